@@ -1,0 +1,282 @@
+// bindings.cpp: the private module rnncore._core.
+//
+// Python (rnncore/_native.py) validates every argument first; the checks here are a last
+// line of defence so that nothing reaching the kernels can crash the interpreter. Arrays come
+// in C-contiguous with the dtype of x; outputs are allocated here, then the GIL is released
+// for the whole native call.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "driver.h"
+
+namespace py = pybind11;
+using namespace rnncore;
+
+namespace {
+
+enum class CellKind { Elman, LSTM, GRU, GRUResetBefore };
+
+CellKind cell_kind(const std::string& name) {
+  if (name == "rnn") return CellKind::Elman;
+  if (name == "lstm") return CellKind::LSTM;
+  if (name == "gru") return CellKind::GRU;
+  if (name == "gru_reset_before") return CellKind::GRUResetBefore;
+  throw std::invalid_argument("unknown cell '" + name + "'");
+}
+
+int gates_of(CellKind k) { return k == CellKind::Elman ? 1 : (k == CellKind::LSTM ? 4 : 3); }
+int cache_gates_of(CellKind k) { return k == CellKind::Elman ? 0 : 4; }
+
+int activation_id(const std::string& a) {
+  if (a == "tanh") return kTanh;
+  if (a == "relu") return kRelu;
+  if (a == "sigmoid") return kSigmoid;
+  throw std::invalid_argument("unknown activation '" + a + "'");
+}
+
+// A C-contiguous array of T with `n` elements, or null for None (when allowed).
+template <typename T>
+const T* in_ptr(const py::object& o, long n, const char* name, bool optional = false) {
+  if (o.is_none()) {
+    if (optional) return nullptr;
+    throw std::invalid_argument(std::string(name) + " is required");
+  }
+  py::array a = py::reinterpret_borrow<py::array>(o);
+  if (!py::isinstance<py::array>(o) || !a.dtype().is(py::dtype::of<T>()) ||
+      !(a.flags() & py::array::c_style) || a.size() != n)
+    throw std::invalid_argument(std::string(name) + ": expected a C-contiguous array of " +
+                                std::to_string(n) + " elements of the dtype of x");
+  return static_cast<const T*>(a.data());
+}
+
+template <typename T>
+py::array_t<T> new_array(std::vector<py::ssize_t> shape) {
+  return py::array_t<T>(shape);
+}
+
+struct Sizes {
+  int T, B, D, H;
+};
+
+Sizes sizes_of(const py::array& x, const py::array& wh, bool batch_first) {
+  if (x.ndim() != 3 || wh.ndim() != 2) throw std::invalid_argument("x must be 3-D and wh 2-D");
+  Sizes s;
+  s.T = (int)x.shape(batch_first ? 1 : 0);
+  s.B = (int)x.shape(batch_first ? 0 : 1);
+  s.D = (int)x.shape(2);
+  s.H = (int)wh.shape(0);
+  if (s.T < 1 || s.B < 1 || s.D < 1 || s.H < 1) throw std::invalid_argument("empty sizes");
+  return s;
+}
+
+std::vector<int> lengths_of(const py::object& o, int T, int B) {
+  std::vector<int> len(B, T);
+  if (o.is_none()) return len;
+  const int* l = in_ptr<int>(o, B, "lengths");
+  for (int b = 0; b < B; ++b) {
+    if (l[b] < 1 || l[b] > T) throw std::invalid_argument("lengths must lie in [1, T]");
+    len[b] = l[b];
+  }
+  return len;
+}
+
+std::vector<py::ssize_t> seq_shape(const Sizes& s, bool batch_first, long F) {
+  if (batch_first) return {s.B, s.T, (py::ssize_t)F};
+  return {s.T, s.B, (py::ssize_t)F};
+}
+
+template <typename T>
+void run_forward(CellKind k, Problem<T>& p) {
+  py::gil_scoped_release release;
+  switch (k) {
+    case CellKind::Elman: forward<T, ElmanCell>(p); break;
+    case CellKind::LSTM: forward<T, LSTMCell>(p); break;
+    case CellKind::GRU: forward<T, GRUCell>(p); break;
+    case CellKind::GRUResetBefore: forward<T, GRUResetBeforeCell>(p); break;
+  }
+}
+
+template <typename T>
+void run_backward(CellKind k, Problem<T>& p) {
+  py::gil_scoped_release release;
+  switch (k) {
+    case CellKind::Elman: backward<T, ElmanCell>(p); break;
+    case CellKind::LSTM: backward<T, LSTMCell>(p); break;
+    case CellKind::GRU: backward<T, GRUCell>(p); break;
+    case CellKind::GRUResetBefore: backward<T, GRUResetBeforeCell>(p); break;
+  }
+}
+
+template <typename T>
+py::tuple forward_t(CellKind k, const py::array& x, const py::array& wx, const py::array& wh,
+                    const py::object& bx, const py::object& bh, const py::object& h0,
+                    const py::object& c0, const py::object& lengths, bool batch_first, int act) {
+  Sizes s = sizes_of(x, wh, batch_first);
+  const long G = gates_of(k), GC = cache_gates_of(k), GH = G * s.H;
+  std::vector<int> len = lengths_of(lengths, s.T, s.B);
+  Problem<T> p;
+  p.T_ = s.T, p.B = s.B, p.D = s.D, p.H = s.H, p.batch_first = batch_first, p.act = act;
+  p.x = in_ptr<T>(x, (long)s.T * s.B * s.D, "x");
+  p.wx = in_ptr<T>(wx, s.D * GH, "wx");
+  p.wh = in_ptr<T>(wh, s.H * GH, "wh");
+  p.bx = in_ptr<T>(bx, GH, "b");
+  p.bh = in_ptr<T>(bh, GH, "b_hh", true);
+  p.h0 = in_ptr<T>(h0, (long)s.B * s.H, "h0", true);
+  p.c0 = in_ptr<T>(c0, (long)s.B * s.H, "c0", true);
+  p.len = len.data();
+  auto hs = new_array<T>(seq_shape(s, batch_first, s.H));
+  auto hn = new_array<T>({s.B, s.H});
+  p.hs = hs.mutable_data();
+  p.hn = hn.mutable_data();
+  py::object cn = py::none(), gates = py::none(), cs = py::none();
+  if (GC) {
+    auto g = new_array<T>(seq_shape(s, batch_first, GC * s.H));
+    p.gates = g.mutable_data();
+    gates = g;
+  }
+  if (k == CellKind::LSTM) {
+    auto a = new_array<T>({s.B, s.H});
+    auto c = new_array<T>(seq_shape(s, batch_first, s.H));
+    p.cn = a.mutable_data();
+    p.cs = c.mutable_data();
+    cn = a;
+    cs = c;
+  }
+  run_forward(k, p);
+  return py::make_tuple(hs, hn, cn, gates, cs);
+}
+
+template <typename T>
+py::tuple backward_t(CellKind k, int act, bool batch_first, const py::array& x, const py::array& wx,
+                     const py::array& wh, const py::object& bx, const py::object& bh,
+                     const py::object& h0, const py::object& c0, const py::object& lengths,
+                     const py::object& hs, const py::object& gates, const py::object& cs,
+                     const py::object& dhs, const py::object& dhn, const py::object& dcn) {
+  Sizes s = sizes_of(x, wh, batch_first);
+  const long G = gates_of(k), GC = cache_gates_of(k), GH = G * s.H;
+  const long nTB = (long)s.T * s.B, nBH = (long)s.B * s.H;
+  std::vector<int> len = lengths_of(lengths, s.T, s.B);
+  Problem<T> p;
+  p.T_ = s.T, p.B = s.B, p.D = s.D, p.H = s.H, p.batch_first = batch_first, p.act = act;
+  p.x = in_ptr<T>(x, nTB * s.D, "x");
+  p.wx = in_ptr<T>(wx, s.D * GH, "wx");
+  p.wh = in_ptr<T>(wh, s.H * GH, "wh");
+  p.bx = in_ptr<T>(bx, GH, "b");
+  p.bh = in_ptr<T>(bh, GH, "b_hh", true);
+  p.h0 = in_ptr<T>(h0, nBH, "h0", true);
+  p.c0 = in_ptr<T>(c0, nBH, "c0", true);
+  p.len = len.data();
+  p.hs = const_cast<T*>(in_ptr<T>(hs, nTB * s.H, "cache hs"));
+  if (GC) p.gates = const_cast<T*>(in_ptr<T>(gates, nTB * GC * s.H, "cache gates"));
+  if (k == CellKind::LSTM) p.cs = const_cast<T*>(in_ptr<T>(cs, nTB * s.H, "cache cs"));
+  p.dhs = in_ptr<T>(dhs, nTB * s.H, "dhs", true);
+  p.dhn = in_ptr<T>(dhn, nBH, "dh_n", true);
+  p.dcn = in_ptr<T>(dcn, nBH, "dc_n", true);
+  auto dx = new_array<T>(seq_shape(s, batch_first, s.D));
+  auto dwx = new_array<T>({s.D, GH});
+  auto dwh = new_array<T>({s.H, GH});
+  auto dbx = new_array<T>({GH});
+  auto dh0 = new_array<T>({s.B, s.H});
+  p.dx = dx.mutable_data();
+  p.dwx = dwx.mutable_data();
+  p.dwh = dwh.mutable_data();
+  p.dbx = dbx.mutable_data();
+  p.dh0 = dh0.mutable_data();
+  py::object dbh = py::none(), dc0 = py::none();
+  if (!bh.is_none()) {
+    auto a = new_array<T>({GH});
+    p.dbh = a.mutable_data();
+    dbh = a;
+  }
+  if (k == CellKind::LSTM) {
+    auto a = new_array<T>({s.B, s.H});
+    p.dc0 = a.mutable_data();
+    dc0 = a;
+  }
+  run_backward(k, p);
+  return py::make_tuple(dx, dwx, dwh, dbx, dbh, dh0, dc0);
+}
+
+bool is_double(const py::array& x) {
+  if (x.dtype().is(py::dtype::of<double>())) return true;
+  if (x.dtype().is(py::dtype::of<float>())) return false;
+  throw std::invalid_argument("x must be float32 or float64");
+}
+
+template <typename T>
+bool all_finite_t(const py::array& a) {
+  const T* d = static_cast<const T*>(a.data());
+  const long n = (long)a.size();
+  bool ok = true;
+  {
+    py::gil_scoped_release release;
+    int bad = 0;
+#pragma omp parallel for reduction(| : bad) num_threads(threads_for((double)n, n, 1 << 20)) schedule(static)
+    for (long i = 0; i < n; ++i) bad |= !std::isfinite(d[i]);
+    ok = !bad;
+  }
+  return ok;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "rnncore native kernels (private: use the rnncore package)";
+
+  m.def(
+      "forward",
+      [](const std::string& cell, const py::array& x, const py::array& wx, const py::array& wh,
+         const py::object& bx, const py::object& bh, const py::object& h0, const py::object& c0,
+         const py::object& lengths, bool batch_first, const std::string& activation) {
+        CellKind k = cell_kind(cell);
+        int act = activation_id(activation);
+        if (is_double(x)) return forward_t<double>(k, x, wx, wh, bx, bh, h0, c0, lengths, batch_first, act);
+        return forward_t<float>(k, x, wx, wh, bx, bh, h0, c0, lengths, batch_first, act);
+      },
+      py::arg("cell"), py::arg("x"), py::arg("wx"), py::arg("wh"), py::arg("b_ih"), py::arg("b_hh"),
+      py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("batch_first"), py::arg("activation"),
+      "Forward over all steps -> (hs, h_n, c_n | None, gates | None, cs | None).");
+
+  m.def(
+      "backward",
+      [](const std::string& cell, const std::string& activation, bool batch_first, const py::array& x,
+         const py::array& wx, const py::array& wh, const py::object& bx, const py::object& bh,
+         const py::object& h0, const py::object& c0, const py::object& lengths, const py::object& hs,
+         const py::object& gates, const py::object& cs, const py::object& dhs, const py::object& dhn,
+         const py::object& dcn) {
+        CellKind k = cell_kind(cell);
+        int act = activation_id(activation);
+        if (is_double(x))
+          return backward_t<double>(k, act, batch_first, x, wx, wh, bx, bh, h0, c0, lengths, hs, gates, cs,
+                                    dhs, dhn, dcn);
+        return backward_t<float>(k, act, batch_first, x, wx, wh, bx, bh, h0, c0, lengths, hs, gates, cs, dhs,
+                                 dhn, dcn);
+      },
+      "BPTT over all steps -> (dx, dwx, dwh, db_ih, db_hh | None, dh0, dc0 | None).");
+
+  m.def(
+      "all_finite",
+      [](const py::array& a) {
+        if (!(a.flags() & py::array::c_style)) throw std::invalid_argument("expected a C-contiguous array");
+        return is_double(a) ? all_finite_t<double>(a) : all_finite_t<float>(a);
+      },
+      "True when no element is NaN or infinite.");
+
+  m.def("get_num_threads", &num_threads, "Threads a native call may use.");
+  m.def(
+      "set_num_threads", [](int n) { set_num_threads(n); },
+      "Set the threads a native call may use (0: follow OpenMP's default).");
+  m.def("blas_corename", [] { return std::string(blas_corename()); }, "Kernel set the BLAS chose for this CPU.");
+  m.def("blas_config", [] { return std::string(blas_config()); }, "Build configuration of the vendored BLAS.");
+
+#ifdef VERSION_INFO
+#define RNNCORE_STR2(x) #x
+#define RNNCORE_STR(x) RNNCORE_STR2(x)
+  m.attr("__version__") = RNNCORE_STR(VERSION_INFO);
+#endif
+}

@@ -1,0 +1,157 @@
+// driver.h: the recurrence driver shared by every cell (cells.h supplies the step).
+//
+// forward:  preact = x @ wx for all steps (one GEMM, rows split over threads), then the
+//           time loop, where a step is the cell's recurrent GEMM + fused elementwise pass.
+// backward: the reverse time loop produces dG (gradient of the pre-activations) for all
+//           steps, then dwx = x^T dG, dwh = h_prev^T dG_h, dx = dG wx^T are one GEMM each
+//           and the biases are column sums, all split over output rows/columns.
+// One workspace a call, sized before the loops; nothing is allocated inside them.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "blas.h"
+#include "cells.h"
+#include "parallel.h"
+#include "problem.h"
+
+namespace rnncore {
+
+// Threads for the time loop: one unless a step's recurrent GEMM pays for a team.
+inline int step_threads(int B, int H, int G) {
+  return threads_for((double)B * H * (double)G * H, (long)G * H / 16, 98304.0);
+}
+
+// Threads for the big hoisted GEMMs.
+inline int bulk_threads(double work, long units) { return threads_for(work, units, 262144.0); }
+
+template <typename T, typename Cell>
+void forward(Problem<T>& p) {
+  blas_single_thread();
+  DenormalGuard guard;
+  const int B = p.B, H = p.H, D = p.D, GH = Cell::G * H;
+  const long rows = p.rows();
+  std::vector<T> ws((size_t)B * GH + (size_t)B * H + GH, T(0));
+  T* scratch = ws.data();
+  T* zeros = scratch + (size_t)B * GH;
+  T* bsum = zeros + (size_t)B * H;
+  for (int j = 0; j < GH; ++j) bsum[j] = p.bx[j] + (p.bh ? p.bh[j] : T(0));
+  StepContext<T> ctx{p, scratch, bsum, zeros};
+
+  int F = 0;
+  T* pre = Cell::preact(p, F);
+  parallel_region(bulk_threads((double)rows * D * GH, rows / 16), [&](int tid, int nt) {
+    long lo, hi;
+    split_range(rows, nt, tid, 16, lo, hi);
+    gemm(false, false, (int)(hi - lo), GH, D, T(1), p.x + lo * D, D, p.wx, GH, T(0), pre + lo * F, F);
+  });
+
+  parallel_region(step_threads(B, H, Cell::G), [&](int tid, int nt) {
+    for (int t = 0; t < p.T_; ++t) {
+      Cell::forward_step(ctx, t, tid, nt);
+#pragma omp barrier
+    }
+  });
+}
+
+// dW[:, lo:hi] = sum over (t, b) of h_{t-1}[b]^T dG_t[b][lo:hi], as one GEMM over the stacked
+// hidden states: h_{t-1} is hs shifted by one step (B rows time-major, 1 row batch-first).
+// Batch-first, the shift pairs hs[b-1, T-1] with dG[b, 0] where h0[b] belongs; the
+// correction matrix E (B, H) = h0 - that row replaces it with a second, k = B, GEMM.
+template <typename T>
+void hidden_weight_grad(const Problem<T>& p, const T* dG, int GH, const T* E, long lo, long hi, T* dW) {
+  if (hi <= lo) return;
+  const int H = p.H, n = (int)(hi - lo);
+  const long shift = p.batch_first ? 1 : p.B;
+  gemm(true, false, H, n, (int)(p.rows() - shift), T(1), p.hs, H, dG + shift * GH + lo, GH, T(0),
+       dW + lo, GH);
+  if (E) gemm(true, false, H, n, p.B, T(1), E, H, dG + lo, (int)p.ld(GH), T(1), dW + lo, GH);
+}
+
+// Cells whose hidden-side GEMM input is not h_{t-1} for every block override this.
+template <typename T, typename Cell>
+struct HiddenWeightGrad {
+  static void run(const Problem<T>& p, const T* dGh, const T* E, long lo, long hi) {
+    hidden_weight_grad(p, dGh, Cell::G * p.H, E, lo, hi, p.dwh);
+  }
+};
+
+template <typename T>
+struct HiddenWeightGrad<T, GRUResetBeforeCell> {
+  static void run(const Problem<T>& p, const T* dG, const T* E, long lo, long hi) {
+    const int H = p.H, GH = 3 * H;
+    hidden_weight_grad(p, dG, GH, E, lo, std::min<long>(hi, 2 * H), p.dwh);
+    long a = std::max<long>(lo, 2 * H);
+    if (hi > a)  // the n block multiplies r * h_{t-1}, cached as the fourth gate block
+      gemm(true, false, H, (int)(hi - a), (int)p.rows(), T(1), p.gates + 3 * H, 4 * H, dG + a, GH, T(0),
+           p.dwh + a, GH);
+  }
+};
+
+// out[lo:hi] = column sums of the (rows, ld) matrix M, rows in order.
+template <typename T>
+void column_sums(const T* M, long rows, long ld, long lo, long hi, T* out) {
+  for (long j = lo; j < hi; ++j) out[j] = T(0);
+  for (long r = 0; r < rows; ++r) {
+    const T* m = M + r * ld;
+#pragma omp simd
+    for (long j = lo; j < hi; ++j) out[j] += m[j];
+  }
+}
+
+template <typename T, typename Cell>
+void backward(Problem<T>& p) {
+  blas_single_thread();
+  DenormalGuard guard;
+  const int B = p.B, H = p.H, D = p.D, GH = Cell::G * H;
+  const long rows = p.rows();
+  const size_t nG = (size_t)rows * GH, nBH = (size_t)B * H;
+  std::vector<T> ws(nG * (Cell::SPLIT ? 2 : 1) + 3 * nBH, T(0));
+  T* dG = ws.data();
+  T* dGh = Cell::SPLIT ? dG + nG : dG;
+  T* tmp = dG + nG * (Cell::SPLIT ? 2 : 1);
+  T* zeros = tmp + nBH;
+  T* E = zeros + nBH;
+  StepContext<T> ctx{p, nullptr, nullptr, zeros};
+  ctx.dG = dG;
+  ctx.dGh = dGh;
+  ctx.tmp = tmp;
+  ctx.dh_rec = p.dh0;  // carried down the loop; after step 0 it is dh0
+  ctx.dc_rec = p.dc0;
+  std::fill(p.dh0, p.dh0 + nBH, T(0));
+  if (Cell::HAS_C) std::fill(p.dc0, p.dc0 + nBH, T(0));
+
+  parallel_region(step_threads(B, H, Cell::G), [&](int tid, int nt) {
+    for (int t = p.T_ - 1; t >= 0; --t) {
+      Cell::backward_step(ctx, t, tid, nt);
+#pragma omp barrier
+    }
+  });
+
+  const T* Ep = nullptr;
+  if (p.batch_first) {
+    for (int b = 0; b < B; ++b)
+      for (int j = 0; j < H; ++j)
+        E[(long)b * H + j] = (p.h0 ? p.h0[(long)b * H + j] : T(0)) -
+                             (b > 0 ? p.hs[((long)b * p.T_ - 1) * H + j] : T(0));
+    Ep = E;
+  } else {
+    Ep = p.h0;  // null: h0 was zeros and adds nothing
+  }
+
+  parallel_region(bulk_threads((double)rows * GH * (2.0 * D + H), GH / 16), [&](int tid, int nt) {
+    long lo, hi;
+    split_range(GH, nt, tid, 16, lo, hi);
+    if (hi > lo) {
+      gemm(true, false, D, (int)(hi - lo), (int)rows, T(1), p.x, D, dG + lo, GH, T(0), p.dwx + lo, GH);
+      HiddenWeightGrad<T, Cell>::run(p, dGh, Ep, lo, hi);
+      column_sums(dG, rows, GH, lo, hi, p.dbx);
+      if (p.dbh) column_sums(dGh, rows, GH, lo, hi, p.dbh);
+    }
+    split_range(rows, nt, tid, 16, lo, hi);
+    gemm(false, true, (int)(hi - lo), D, GH, T(1), dG + lo * GH, GH, p.wx, GH, T(0), p.dx + lo * D, D);
+  });
+}
+
+}  // namespace rnncore

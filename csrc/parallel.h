@@ -1,0 +1,75 @@
+// parallel.h: threads, work partitioning and the floating-point mode of a native call.
+//
+// One source of truth for threads: rnncore's count (set_num_threads, else the OpenMP default
+// of the calling thread, which threadpoolctl can limit). Work is split into contiguous,
+// aligned ranges of rows or columns; a reduction is never split across threads, so results
+// do not depend on the thread count.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <omp.h>
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <xmmintrin.h>
+#define RNNCORE_HAVE_MXCSR 1
+#endif
+
+namespace rnncore {
+
+inline std::atomic<int>& thread_setting() {
+  static std::atomic<int> n{0};  // 0: follow omp_get_max_threads()
+  return n;
+}
+
+inline int num_threads() {
+  int n = thread_setting().load(std::memory_order_relaxed);
+  return n > 0 ? n : std::max(1, omp_get_max_threads());
+}
+
+inline void set_num_threads(int n) { thread_setting().store(n < 0 ? 0 : n); }
+
+// Threads worth opening for `work` multiply-adds spread over `parallel_units` independent
+// units: one thread for small work, never more threads than units.
+inline int threads_for(double work, long parallel_units, double min_work_per_thread = 65536.0) {
+  int nt = num_threads();
+  nt = (int)std::min<double>(nt, std::max(1.0, work / min_work_per_thread));
+  nt = (int)std::min<long>(nt, std::max(1L, parallel_units));
+  return std::max(1, nt);
+}
+
+// [lo, hi) of n items for part `tid` of `nt`, boundaries on multiples of `align`.
+inline void split_range(long n, int nt, int tid, long align, long& lo, long& hi) {
+  long chunks = (n + align - 1) / align;
+  long per = chunks / nt, rem = chunks % nt;
+  long c0 = tid * per + std::min<long>(tid, rem);
+  long c1 = c0 + per + (tid < rem ? 1 : 0);
+  lo = std::min(n, c0 * align);
+  hi = std::min(n, c1 * align);
+}
+
+// Flush denormals to zero (FTZ and DAZ) while alive; restore the caller's mode afterwards.
+// MXCSR is per thread: every thread of a parallel region holds its own guard.
+struct DenormalGuard {
+#ifdef RNNCORE_HAVE_MXCSR
+  unsigned saved;
+  DenormalGuard() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }
+  ~DenormalGuard() { _mm_setcsr(saved); }
+#endif
+};
+
+// Run f(tid, nt) on nt threads (inline when nt == 1), each with denormals flushed.
+template <typename F>
+inline void parallel_region(int nt, F&& f) {
+  if (nt <= 1) {
+    DenormalGuard guard;
+    f(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    DenormalGuard guard;
+    f(omp_get_thread_num(), omp_get_num_threads());
+  }
+}
+
+}  // namespace rnncore

@@ -1,0 +1,1 @@
+"""rnncore: fast CPU recurrent networks."""
