@@ -1,1 +1,24 @@
-"""rnncore: fast CPU recurrent networks."""
+"""rnncore: fast CPU recurrent networks.
+
+Functional ops (NumPy arrays in and out) for the Elman RNN, LSTM and GRU: a forward over
+all time steps and its backpropagation through time, in C++ (OpenMP + BLAS) with a NumPy
+twin in :mod:`rnncore.reference`. Pick the implementation with :func:`set_backend`.
+"""
+from __future__ import annotations
+
+from . import reference
+from ._backend import get_backend, implementation as _implementation, set_backend, use_backend
+from ._cache import Cache
+from ._ops import make_ops as _make_ops
+from .threads import blas_info, get_num_threads, num_threads, set_num_threads
+
+__version__ = "0.1.0"
+
+(rnn_forward, rnn_backward, lstm_forward, lstm_backward, gru_forward, gru_backward) = _make_ops(
+    _implementation, __name__)
+
+__all__ = [
+    "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
+    "set_backend", "get_backend", "use_backend", "get_num_threads", "set_num_threads", "num_threads",
+    "blas_info", "reference", "Cache", "__version__",
+]

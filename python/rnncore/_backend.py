@@ -1,0 +1,57 @@
+"""Which implementation the functional ops run on: "native" (C++) or "numpy" (the twin).
+
+The default comes from the RNNCORE_BACKEND environment variable, else "native".
+``set_backend`` changes it for the process; ``use_backend`` for a block, in this thread.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+BACKENDS = ("native", "numpy")
+_default = os.environ.get("RNNCORE_BACKEND", "native")
+if _default not in BACKENDS:
+    raise ImportError(f"RNNCORE_BACKEND must be one of {BACKENDS}, got {_default!r}")
+_local = threading.local()
+
+
+def _check(name):
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    if name == "native":
+        from . import _native
+
+        if _native.core is None:
+            raise RuntimeError(f"the native backend is not built: {_native.import_error}")
+
+
+def set_backend(name: str) -> None:
+    """Run rnncore's ops on ``"native"`` or ``"numpy"`` from now on (whole process)."""
+    global _default
+    _check(name)
+    _default = name
+
+
+def get_backend() -> str:
+    """The backend the ops run on here and now."""
+    stack = getattr(_local, "stack", None)
+    return stack[-1] if stack else _default
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """``with rnncore.use_backend("numpy"): ...`` runs the block (this thread) on that backend."""
+    _check(name)
+    stack = _local.__dict__.setdefault("stack", [])
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def implementation():
+    from . import _native, reference
+
+    return _native if get_backend() == "native" else reference

@@ -1,0 +1,141 @@
+"""Argument checks shared by both backends.
+
+Every functional op validates here, in Python, before any native work: a wrong shape,
+dtype, rank or value raises ``ValueError``/``TypeError`` naming the argument and the
+expected shape. Nothing passed in is modified or converted to another precision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+#: weight blocks per cell (columns of wx / wh are G * H)
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+ACTIVATIONS = ("tanh", "relu", "sigmoid")
+
+
+@dataclass
+class Inputs:
+    """Validated inputs of one recurrent call; sizes T, B, D, H; G weight blocks."""
+
+    op: str
+    cell: str  # "rnn", "lstm", "gru" or "gru_reset_before"
+    x: np.ndarray
+    wx: np.ndarray
+    wh: np.ndarray
+    b_ih: np.ndarray
+    b_hh: Optional[np.ndarray]
+    h0: Optional[np.ndarray]
+    c0: Optional[np.ndarray]
+    lengths: Optional[np.ndarray]  # int32 (B,), or None: every sequence has T steps
+    batch_first: bool
+    activation: str
+    T: int
+    B: int
+    D: int
+    H: int
+    G: int
+
+
+def _layout(batch_first: bool) -> str:
+    return "(B, T, D)" if batch_first else "(T, B, D)"
+
+
+def check_array(op: str, name: str, a, dtype=None, ndim: Optional[int] = None) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    if dtype is None:
+        if a.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
+    elif a.dtype != dtype:
+        raise TypeError(
+            f"{op}: {name} has dtype {a.dtype} but x is {dtype}; every array must have x's dtype "
+            f"(rnncore never changes precision silently)"
+        )
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{op}: {name} must be {ndim}-D, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{op}: {name} must be C-contiguous; pass np.ascontiguousarray({name})")
+    return a
+
+
+def check_shape(op: str, name: str, a: np.ndarray, expected: tuple, legend: str) -> None:
+    if a.shape != expected:
+        raise ValueError(f"{op}: {name} must have shape {legend} = {expected}, got {a.shape}")
+
+
+def check_finite(op: str, name: str, a: np.ndarray) -> None:
+    if a.size and not _all_finite(a):
+        raise ValueError(f"{op}: {name} contains NaN or infinity")
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    from . import _native
+
+    if _native.core is not None and a.size > 4096:
+        return bool(_native.core.all_finite(a))
+    return bool(np.isfinite(a).all())
+
+
+def check_lengths(op: str, lengths, T: int, B: int) -> Optional[np.ndarray]:
+    if lengths is None:
+        return None
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{op}: lengths must be integers, got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"{op}: lengths must have shape (B,) = ({B},), one per sequence, got {arr.shape}")
+    if arr.min() < 1 or arr.max() > T:
+        raise ValueError(f"{op}: lengths must lie in [1, T] = [1, {T}], got min {arr.min()} max {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def recurrent_inputs(op, cell, x, wx, wh, b_ih, b_hh, h0, c0, lengths, batch_first, activation) -> Inputs:
+    """Validate the arguments of a forward call; returns them with the sizes."""
+    if not isinstance(batch_first, (bool, np.bool_)):
+        raise TypeError(f"{op}: batch_first must be a bool, got {type(batch_first).__name__}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    check_array(op, "x", x, ndim=3)
+    dt = x.dtype
+    if batch_first:
+        B, T, D = x.shape
+    else:
+        T, B, D = x.shape
+    if min(x.shape) < 1:
+        raise ValueError(f"{op}: x must have shape {_layout(batch_first)} with every size >= 1, got {x.shape}")
+    G = GATES["gru" if cell.startswith("gru") else cell]
+    gh = "H" if G == 1 else f"{G}*H"
+    check_array(op, "wx", wx, dt, ndim=2)
+    if wx.shape[0] != D or wx.shape[1] % G or wx.shape[1] == 0:
+        raise ValueError(f"{op}: wx must have shape (D, {gh}) with D = {D} from x, got {wx.shape}")
+    H = wx.shape[1] // G
+    check_array(op, "wh", wh, dt, ndim=2)
+    check_shape(op, "wh", wh, (H, G * H), f"(H, {gh})")
+    names = ("b",) if cell == "rnn" else ("b_ih", "b_hh")
+    check_array(op, names[0], b_ih, dt, ndim=1)
+    check_shape(op, names[0], b_ih, (G * H,), f"({gh},)")
+    if b_hh is not None:
+        check_array(op, names[1], b_hh, dt, ndim=1)
+        check_shape(op, names[1], b_hh, (G * H,), f"({gh},)")
+    for name, s in (("h0", h0), ("c0", c0)):
+        if s is not None:
+            check_array(op, name, s, dt, ndim=2)
+            check_shape(op, name, s, (B, H), "(B, H)")
+    lengths = check_lengths(op, lengths, T, B)
+    for name, a in (("wx", wx), ("wh", wh), (names[0], b_ih), (names[-1], b_hh), ("h0", h0), ("c0", c0), ("x", x)):
+        if a is not None:
+            check_finite(op, name, a)
+    return Inputs(op, cell, x, wx, wh, b_ih, b_hh, h0, c0, lengths, bool(batch_first), activation, T, B, D, H, G)
+
+
+def grad_input(op: str, name: str, g, shape: tuple, legend: str, dtype) -> Optional[np.ndarray]:
+    """Validate an incoming gradient (None means zeros)."""
+    if g is None:
+        return None
+    check_array(op, name, g, dtype)
+    check_shape(op, name, g, shape, legend)
+    check_finite(op, name, g)
+    return g

@@ -1,0 +1,241 @@
+"""The NumPy twin of rnncore's native kernels: the readable specification.
+
+Same names and signatures as the functional ops exported from :mod:`rnncore`, plain NumPy,
+one step at a time. It mirrors ``csrc/``: a driver (``forward``/``backward``) shared by all
+cells, and per-cell step functions (``*_step_forward``/``*_step_backward``). The tests hold
+the native code to it, and ``rnncore.set_backend("numpy")`` runs everything on it.
+
+Notation (row vectors): x_t (B, D), h_t (B, H), wx (D, G*H), wh (H, G*H).
+    Elman   h_t = f(x_t @ wx + h_{t-1} @ wh + b)
+    LSTM    [i f g o] = x_t @ wx + b_ih + h_{t-1} @ wh + b_hh;  c_t = f*c_{t-1} + i*g;
+            h_t = o * tanh(c_t)                       (i, f, o sigmoid; g tanh)
+    GRU     [r z] = sigmoid(x_t @ wx + b_ih + h_{t-1} @ wh + b_hh)   (first 2H columns)
+            n = tanh(x_t @ W_in + b_in + r * (h_{t-1} @ W_hn + b_hn))     reset after
+            n = tanh(x_t @ W_in + b_in + (r * h_{t-1}) @ W_hn + b_hn)     reset before
+            h_t = (1 - z) * n + z * h_{t-1}
+Past a sequence's length its outputs are zero and its state stops changing.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+__all__ = [
+    "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
+]
+
+
+def sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+ACTIVATIONS = {
+    # name: (f(a), f'(a) written in terms of h = f(a))
+    "tanh": (np.tanh, lambda h: 1 - h * h),
+    "relu": (lambda a: np.maximum(a, 0), lambda h: (h > 0).astype(h.dtype)),
+    "sigmoid": (sigmoid, lambda h: h * (1 - h)),
+}
+
+
+# -- cell steps --------------------------------------------------------------------------
+# forward:  (xw_t, h_prev, c_prev, inp) -> (h_t, c_t, gates_t)
+# backward: (dh, dc, h_prev, c_prev, h_t, c_t, gates_t, inp)
+#           -> (dgx, dgh, dh_prev, dc_prev, dwh_t)
+# dgx / dgh: gradient of the input-side / hidden-side pre-activations (B, G*H);
+# xw_t = x_t @ wx, computed for all steps before the loop.
+
+def rnn_step_forward(xw_t, h_prev, c_prev, inp):
+    f, _ = ACTIVATIONS[inp.activation]
+    h = f(xw_t + h_prev @ inp.wh + inp.b_ih)
+    return h, None, None
+
+
+def rnn_step_backward(dh, dc, h_prev, c_prev, h, c, gates, inp):
+    _, fprime = ACTIVATIONS[inp.activation]
+    da = dh * fprime(h)
+    return da, da, da @ inp.wh.T, None, h_prev.T @ da
+
+
+def lstm_step_forward(xw_t, h_prev, c_prev, inp):
+    H = inp.H
+    a = xw_t + inp.b_ih + h_prev @ inp.wh + inp.b_hh
+    i, f = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H])
+    g, o = np.tanh(a[:, 2 * H:3 * H]), sigmoid(a[:, 3 * H:])
+    c = f * c_prev + i * g
+    h = o * np.tanh(c)
+    return h, c, np.concatenate([i, f, g, o], axis=1)
+
+
+def lstm_step_backward(dh, dc, h_prev, c_prev, h, c, gates, inp):
+    H = inp.H
+    i, f, g, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+    tc = np.tanh(c)
+    dc = dc + dh * o * (1 - tc * tc)
+    da = np.concatenate([
+        dc * g * i * (1 - i),
+        dc * c_prev * f * (1 - f),
+        dc * i * (1 - g * g),
+        dh * tc * o * (1 - o),
+    ], axis=1)
+    return da, da, da @ inp.wh.T, dc * f, h_prev.T @ da
+
+
+def _gru_biases(inp):
+    b_hh = inp.b_hh if inp.b_hh is not None else np.zeros_like(inp.b_ih)
+    return inp.b_ih, b_hh
+
+
+def gru_step_forward(xw_t, h_prev, c_prev, inp):
+    H = inp.H
+    b_ih, b_hh = _gru_biases(inp)
+    xa = xw_t + b_ih
+    hw = h_prev @ inp.wh + b_hh
+    r = sigmoid(xa[:, :H] + hw[:, :H])
+    z = sigmoid(xa[:, H:2 * H] + hw[:, H:2 * H])
+    hn = hw[:, 2 * H:]
+    n = np.tanh(xa[:, 2 * H:] + r * hn)
+    h = (1 - z) * n + z * h_prev
+    return h, None, np.concatenate([r, z, n, hn], axis=1)
+
+
+def gru_step_backward(dh, dc, h_prev, c_prev, h, c, gates, inp):
+    H = inp.H
+    r, z, n, hn = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+    dn = dh * (1 - z) * (1 - n * n)
+    dr = dn * hn * r * (1 - r)
+    dz = dh * (h_prev - n) * z * (1 - z)
+    dgx = np.concatenate([dr, dz, dn], axis=1)
+    dgh = np.concatenate([dr, dz, dn * r], axis=1)
+    dh_prev = dgh @ inp.wh.T + dh * z
+    return dgx, dgh, dh_prev, None, h_prev.T @ dgh
+
+
+def gru_reset_before_step_forward(xw_t, h_prev, c_prev, inp):
+    H = inp.H
+    b_ih, b_hh = _gru_biases(inp)
+    wh = inp.wh
+    a = xw_t + b_ih + b_hh
+    r = sigmoid(a[:, :H] + h_prev @ wh[:, :H])
+    z = sigmoid(a[:, H:2 * H] + h_prev @ wh[:, H:2 * H])
+    rh = r * h_prev
+    n = np.tanh(a[:, 2 * H:] + rh @ wh[:, 2 * H:])
+    h = (1 - z) * n + z * h_prev
+    return h, None, np.concatenate([r, z, n, rh], axis=1)
+
+
+def gru_reset_before_step_backward(dh, dc, h_prev, c_prev, h, c, gates, inp):
+    H = inp.H
+    wh = inp.wh
+    r, z, n, rh = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+    dn = dh * (1 - z) * (1 - n * n)
+    dz = dh * (h_prev - n) * z * (1 - z)
+    drh = dn @ wh[:, 2 * H:].T
+    dr = drh * h_prev * r * (1 - r)
+    da = np.concatenate([dr, dz, dn], axis=1)
+    dh_prev = da[:, :2 * H] @ wh[:, :2 * H].T + drh * r + dh * z
+    dwh = np.concatenate([h_prev.T @ da[:, :2 * H], rh.T @ dn], axis=1)
+    return da, da, dh_prev, None, dwh
+
+
+STEPS = {
+    "rnn": (rnn_step_forward, rnn_step_backward),
+    "lstm": (lstm_step_forward, lstm_step_backward),
+    "gru": (gru_step_forward, gru_step_backward),
+    "gru_reset_before": (gru_reset_before_step_forward, gru_reset_before_step_backward),
+}
+
+
+# -- the driver ---------------------------------------------------------------------------
+
+def _time_major(a, batch_first):
+    return None if a is None else (a.swapaxes(0, 1) if batch_first else a)
+
+
+def _caller_layout(a, batch_first):
+    return None if a is None else np.ascontiguousarray(a.swapaxes(0, 1) if batch_first else a)
+
+
+def _valid_mask(inp):
+    """(T, B, 1) bool: step t of sequence b is inside its length."""
+    lengths = inp.lengths if inp.lengths is not None else np.full(inp.B, inp.T)
+    return (np.arange(inp.T)[:, None] < lengths[None, :])[:, :, None]
+
+
+def forward(inp):
+    """All steps of one layer -> (hs, h_n, c_n, gates, cs); hs, gates, cs in x's layout."""
+    step, _ = STEPS[inp.cell]
+    T, B, H = inp.T, inp.B, inp.H
+    dt = inp.x.dtype
+    x = _time_major(inp.x, inp.batch_first)
+    xw = x @ inp.wx  # the input projection of every step, hoisted out of the loop
+    valid = _valid_mask(inp)
+    h = inp.h0 if inp.h0 is not None else np.zeros((B, H), dt)
+    c = inp.c0 if inp.c0 is not None else np.zeros((B, H), dt)
+    hs = np.zeros((T, B, H), dt)
+    gates = np.zeros((T, B, 4 * H), dt) if inp.cell != "rnn" else None
+    cs = np.zeros((T, B, H), dt) if inp.cell == "lstm" else None
+    for t in range(T):
+        h_new, c_new, g = step(xw[t], h, c, inp)
+        hs[t] = np.where(valid[t], h_new, 0)
+        h = np.where(valid[t], h_new, h)
+        if gates is not None:
+            gates[t] = g
+        if cs is not None:
+            c = np.where(valid[t], c_new, c)
+            cs[t] = c
+    c_n = c if inp.cell == "lstm" else None
+    bf = inp.batch_first
+    return (_caller_layout(hs, bf), h, c_n, _caller_layout(gates, bf), _caller_layout(cs, bf))
+
+
+def backward(cache, dhs, dh_n, dc_n):
+    """BPTT through all steps -> (dx, dwx, dwh, db_ih, db_hh, dh0, dc0)."""
+    inp = cache.inputs
+    _, step_backward = STEPS[inp.cell]
+    T, B, H = inp.T, inp.B, inp.H
+    dt = inp.x.dtype
+    bf = inp.batch_first
+    x = _time_major(inp.x, bf)
+    hs, gates, cs = (_time_major(a, bf) for a in (cache.hs, cache.gates, cache.cs))
+    dhs = _time_major(dhs, bf) if dhs is not None else np.zeros((T, B, H), dt)
+    valid = _valid_mask(inp)
+    zeros = np.zeros((B, H), dt)
+    h0 = inp.h0 if inp.h0 is not None else zeros
+    c0 = inp.c0 if inp.c0 is not None else zeros
+    dh = dh_n.copy() if dh_n is not None else zeros.copy()
+    dc = dc_n.copy() if dc_n is not None else zeros.copy()
+    dgx_all = np.zeros((T, B, inp.G * H), dt)
+    dwh = np.zeros_like(inp.wh)
+    db_hh = np.zeros_like(inp.b_ih)
+    for t in reversed(range(T)):
+        v = valid[t]
+        h_prev = hs[t - 1] if t > 0 else h0
+        c_prev = cs[t - 1] if (t > 0 and cs is not None) else c0
+        dht = (dh + dhs[t]) * v  # past the length nothing flows
+        dct = dc * v
+        dgx, dgh, dh_prev, dc_prev, dwh_t = step_backward(
+            dht, dct, h_prev, c_prev, hs[t],
+            cs[t] if cs is not None else None,
+            gates[t] if gates is not None else None, inp)
+        dgx_all[t] = dgx
+        dwh += dwh_t
+        db_hh += dgh.sum(axis=0)
+        dh = np.where(v, dh_prev, dh)  # a frozen state passes its gradient through
+        if dc_prev is not None:
+            dc = np.where(v, dc_prev, dc)
+    D = inp.D
+    dwx = x.reshape(-1, D).T @ dgx_all.reshape(-1, inp.G * H)
+    dx = _caller_layout(dgx_all @ inp.wx.T, bf)
+    db_ih = dgx_all.sum(axis=(0, 1))
+    return (dx, dwx, dwh, db_ih, db_hh if inp.b_hh is not None else None, dh,
+            dc if inp.cell == "lstm" else None)
+
+
+# -- public functions: the same signatures as rnncore's ----------------------------------
+import sys  # noqa: E402
+
+from ._ops import make_ops  # noqa: E402
+
+_this = sys.modules[__name__]
+(rnn_forward, rnn_backward, lstm_forward, lstm_backward, gru_forward, gru_backward) = make_ops(
+    lambda: _this, __name__)
