@@ -22,3 +22,6 @@ __all__ = [
     "set_backend", "get_backend", "use_backend", "get_num_threads", "set_num_threads", "num_threads",
     "blas_info", "reference", "Cache", "__version__",
 ]
+
+# -- stacked / bidirectional recurrent layers (rnncore.recurrent) --
+# -- PyTorch state_dict interop (rnncore.interop) --
