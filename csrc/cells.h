@@ -26,11 +26,10 @@ namespace rnncore {
 template <typename T>
 inline void step_gemm(int tid, int nt, int B, int N, int K, const T* A, long lda, const T* W,
                       long ldw, bool tw, T beta, T* out, long ldo) {
-  long lo, hi;
-  split_range(N, nt, tid, 16, lo, hi);
-  if (hi <= lo) return;
-  const T* Wc = tw ? W + lo * ldw : W + lo;
-  gemm(false, tw, B, (int)(hi - lo), K, T(1), A, (int)lda, Wc, (int)ldw, beta, out + lo, (int)ldo);
+  for_chunks(N, tid, nt, [&](long lo, long hi) {
+    const T* Wc = tw ? W + lo * ldw : W + lo;
+    gemm(false, tw, B, (int)(hi - lo), K, T(1), A, (int)lda, Wc, (int)ldw, beta, out + lo, (int)ldo);
+  });
 }
 
 // This thread's hidden units [j0, j1).

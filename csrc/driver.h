@@ -20,7 +20,7 @@ namespace rnncore {
 
 // Threads for the time loop: one unless a step's recurrent GEMM pays for a team.
 inline int step_threads(int B, int H, int G) {
-  return threads_for((double)B * H * (double)G * H, (long)G * H / 16, 98304.0);
+  return threads_for((double)B * H * (double)G * H, num_chunks((long)G * H), 98304.0);
 }
 
 // Threads for the big hoisted GEMMs.
@@ -41,10 +41,10 @@ void forward(Problem<T>& p) {
 
   int F = 0;
   T* pre = Cell::preact(p, F);
-  parallel_region(bulk_threads((double)rows * D * GH, rows / 16), [&](int tid, int nt) {
-    long lo, hi;
-    split_range(rows, nt, tid, 16, lo, hi);
-    gemm(false, false, (int)(hi - lo), GH, D, T(1), p.x + lo * D, D, p.wx, GH, T(0), pre + lo * F, F);
+  parallel_region(bulk_threads((double)rows * D * GH, num_chunks(rows)), [&](int tid, int nt) {
+    for_chunks(rows, tid, nt, [&](long lo, long hi) {
+      gemm(false, false, (int)(hi - lo), GH, D, T(1), p.x + lo * D, D, p.wx, GH, T(0), pre + lo * F, F);
+    });
   });
 
   parallel_region(step_threads(B, H, Cell::G), [&](int tid, int nt) {
@@ -140,17 +140,17 @@ void backward(Problem<T>& p) {
     Ep = p.h0;  // null: h0 was zeros and adds nothing
   }
 
-  parallel_region(bulk_threads((double)rows * GH * (2.0 * D + H), GH / 16), [&](int tid, int nt) {
-    long lo, hi;
-    split_range(GH, nt, tid, 16, lo, hi);
-    if (hi > lo) {
+  const long units = std::max(num_chunks(GH), num_chunks(rows));
+  parallel_region(bulk_threads((double)rows * GH * (2.0 * D + H), units), [&](int tid, int nt) {
+    for_chunks(GH, tid, nt, [&](long lo, long hi) {
       gemm(true, false, D, (int)(hi - lo), (int)rows, T(1), p.x, D, dG + lo, GH, T(0), p.dwx + lo, GH);
       HiddenWeightGrad<T, Cell>::run(p, dGh, Ep, lo, hi);
       column_sums(dG, rows, GH, lo, hi, p.dbx);
       if (p.dbh) column_sums(dGh, rows, GH, lo, hi, p.dbh);
-    }
-    split_range(rows, nt, tid, 16, lo, hi);
-    gemm(false, true, (int)(hi - lo), D, GH, T(1), dG + lo * GH, GH, p.wx, GH, T(0), p.dx + lo * D, D);
+    });
+    for_chunks(rows, tid, nt, [&](long lo, long hi) {
+      gemm(false, true, (int)(hi - lo), D, GH, T(1), dG + lo * GH, GH, p.wx, GH, T(0), p.dx + lo * D, D);
+    });
   });
 }
 

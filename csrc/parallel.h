@@ -47,6 +47,28 @@ inline void split_range(long n, int nt, int tid, long align, long& lo, long& hi)
   hi = std::min(n, c1 * align);
 }
 
+// Fixed chunks of n items, independent of the thread count: at most kMaxChunks chunks of at
+// least kMinChunk items. Each chunk is one BLAS call whoever runs it, so a GEMM's bits do not
+// depend on how many threads share it (OpenBLAS blocks differently for different shapes).
+constexpr long kMaxChunks = 4, kMinChunk = 64;
+
+inline long chunk_width(long n) {
+  long w = (n + kMaxChunks - 1) / kMaxChunks;
+  w = (w + 15) / 16 * 16;
+  return std::max(kMinChunk, w);
+}
+
+inline long num_chunks(long n) { return (n + chunk_width(n) - 1) / chunk_width(n); }
+
+// Call f(lo, hi) for each of this thread's chunks of [0, n).
+template <typename F>
+inline void for_chunks(long n, int tid, int nt, F&& f) {
+  const long w = chunk_width(n);
+  long c0, c1;
+  split_range(num_chunks(n), nt, tid, 1, c0, c1);
+  for (long c = c0; c < c1; ++c) f(c * w, std::min(n, (c + 1) * w));
+}
+
 // Flush denormals to zero (FTZ and DAZ) while alive; restore the caller's mode afterwards.
 // MXCSR is per thread: every thread of a parallel region holds its own guard.
 struct DenormalGuard {
