@@ -125,6 +125,28 @@ def test_dhs_none_and_dh_n_none(cid, cell, kw, dtype):
              run_backward("reference", cell, c_r, None, dh_n, dc_n), TOL[dtype])
 
 
+@pytest.mark.parametrize("impl", ["native", "reference"])
+@pytest.mark.parametrize("cid,cell,kw", [c for c in CELLS if c[1] != "rnn"], ids=[c[0] for c in CELLS[3:]])
+def test_b_hh_none_is_zero_bias(cid, cell, kw, impl, request):
+    """b_hh=None acts like zeros (and db_hh comes back None), on both implementations."""
+    if impl == "reference" and cell == "lstm":
+        request.applymarker(pytest.mark.xfail(raises=TypeError, strict=True, reason=(
+            "library bug: rnncore.reference.lstm_forward with b_hh=None adds None "
+            "(lstm_step_forward does not default b_hh to zeros)")))
+    rng = np.random.default_rng(29)
+    T, B, D, H = 4, 3, 2, 3
+    x, params, h0, c0, dhs, dh_n, dc_n = _inputs(cell, T, B, D, H, np.float64, rng)
+    wx, wh, b_ih, b_hh = params
+    o0, c_0 = run_forward(impl, cell, x, (wx, wh, b_ih, np.zeros_like(b_hh)), h0, c0, **kw)
+    g0 = run_backward(impl, cell, c_0, dhs, dh_n, dc_n)
+    o1, c_1 = run_forward(impl, cell, x, (wx, wh, b_ih, None), h0, c0, **kw)
+    g1 = run_backward(impl, cell, c_1, dhs, dh_n, dc_n)
+    _compare(o1, o0, 1e-14, "out ")
+    assert g1["db_hh"] is None and g0["db_hh"] is not None
+    _compare({n: g for n, g in g1.items() if n != "db_hh"}, {n: g for n, g in g0.items() if n != "db_hh"},
+             1e-14, "grad ")
+
+
 # -- long sequences ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
