@@ -23,5 +23,7 @@ __all__ = [
     "blas_info", "reference", "Cache", "__version__",
 ]
 
-# -- stacked / bidirectional recurrent layers (rnncore.recurrent) --
-# -- PyTorch state_dict interop (rnncore.interop) --
+from .recurrent import init_weights, recurrent_backward, recurrent_forward  # noqa: E402
+__all__ += ["recurrent_forward", "recurrent_backward", "init_weights"]
+from .interop import from_state_dict, load_npz, save_npz, to_state_dict  # noqa: E402
+__all__ += ["to_state_dict", "from_state_dict", "save_npz", "load_npz"]

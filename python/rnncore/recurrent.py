@@ -1,0 +1,367 @@
+"""Stacked and bidirectional recurrent layers, composed over the single-layer functional ops.
+
+:func:`recurrent_forward` / :func:`recurrent_backward` do what ``torch.nn.RNN``, ``nn.LSTM``
+and ``nn.GRU`` do over a whole sequence -- several layers, two directions, dropout between
+layers, variable lengths -- with NumPy arrays in and out. Every layer and direction is one
+call of :func:`rnncore.rnn_forward` / :func:`rnncore.lstm_forward` /
+:func:`rnncore.gru_forward` (and their backwards), so the work runs on whichever backend is
+active (:func:`rnncore.set_backend`); this module only arranges the data around them.
+
+Weights follow PyTorch's layout and order. ``weights`` is a list of ``num_layers * num_dirs``
+tuples ``(wx, wh, b_ih, b_hh)``, index ``layer * num_dirs + direction`` (direction 1 is the
+reverse one): ``wx`` (D_l, G*H) is PyTorch's ``weight_ih_l{layer}[_reverse]`` transposed,
+``wh`` (H, G*H) its ``weight_hh`` transposed, ``b_ih``/``b_hh`` (G*H,) its biases, with
+G = 1 ("rnn"), 4 ("lstm", gates i, f, g, o) or 3 ("gru", gates r, z, n). D_0 is the input
+size, D_l = num_dirs * H for the layers above the first. :mod:`rnncore.interop` converts
+to and from PyTorch's ``state_dict``.
+
+The reverse direction reads each sequence backwards from its own last valid step (as
+PyTorch does for packed sequences): with ``lengths`` the steps ``0 .. len_b - 1`` of
+sequence ``b`` are reversed in place, the padding stays where it is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+
+from ._checks import GATES, check_array, check_lengths, grad_input
+
+__all__ = ["recurrent_forward", "recurrent_backward", "init_weights", "RecurrentCache", "MODES"]
+
+#: the recurrent cells of :func:`recurrent_forward`
+MODES = ("rnn", "lstm", "gru")
+
+
+@dataclass
+class RecurrentCache:
+    """What :func:`recurrent_forward` keeps for :func:`recurrent_backward`.
+
+    ``caches[k]`` is the single-layer op's cache of layer/direction ``k = layer * num_dirs +
+    direction``; ``masks[layer]`` the inverted-dropout mask applied to that layer's output
+    (already scaled by ``1 / (1 - dropout)``), or None where no dropout was applied. The
+    arrays are referenced, not copied: do not modify them before the backward.
+    """
+
+    mode: str
+    num_layers: int
+    num_dirs: int
+    hidden_size: int
+    batch_first: bool
+    dtype: np.dtype
+    x_shape: tuple
+    out_shape: tuple
+    lengths: Optional[np.ndarray]
+    rev_index: Optional[np.ndarray]  # (T, B) time index of the within-length reversal
+    caches: list = field(default_factory=list)
+    masks: List[Optional[np.ndarray]] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        layout = "batch_first" if self.batch_first else "time_major"
+        return (f"RecurrentCache({self.mode}, num_layers={self.num_layers}, num_dirs={self.num_dirs}, "
+                f"H={self.hidden_size}, x={self.x_shape}, {layout}, {self.dtype})")
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+def _reverse(a, batch_first, rev_index):
+    """Reverse ``a`` (x's layout) in time; with ``rev_index`` only within each length.
+
+    Both are involutions, so the same call undoes them (and, being permutations, is also
+    its own adjoint: it carries gradients back the same way).
+    """
+    taxis = 1 if batch_first else 0
+    if rev_index is None:
+        return np.ascontiguousarray(np.flip(a, axis=taxis))
+    T, B = rev_index.shape
+    cols = np.arange(B)
+    if batch_first:
+        return np.ascontiguousarray(a[cols[:, None], rev_index.T])
+    return np.ascontiguousarray(a[rev_index, cols[None, :]])
+
+
+def _reverse_index(lengths, T):
+    """(T, B) index: t -> len_b - 1 - t for t < len_b, t itself past the length."""
+    t = np.arange(T)[:, None]
+    lens = lengths[None, :].astype(np.int64)
+    return np.where(t < lens, lens - 1 - t, t)
+
+
+def _ops(mode):
+    import rnncore
+
+    return {
+        "rnn": (rnncore.rnn_forward, rnncore.rnn_backward),
+        "lstm": (rnncore.lstm_forward, rnncore.lstm_backward),
+        "gru": (rnncore.gru_forward, rnncore.gru_backward),
+    }[mode]
+
+
+def _check_config(op, mode, num_layers, bidirectional, dropout, activation, reset_after):
+    if mode not in MODES:
+        raise ValueError(f"{op}: mode must be one of {MODES}, got {mode!r}")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
+        raise ValueError(f"{op}: num_layers must be an integer >= 1, got {num_layers!r}")
+    if not isinstance(bidirectional, (bool, np.bool_)):
+        raise TypeError(f"{op}: bidirectional must be a bool, got {type(bidirectional).__name__}")
+    try:
+        p = float(dropout)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: dropout must be a number in [0, 1), got {dropout!r}") from None
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{op}: dropout must be in [0, 1), got {dropout!r}")
+    if mode != "rnn" and activation != "tanh":
+        raise ValueError(f"{op}: activation applies to mode='rnn' only (LSTM and GRU use fixed gate "
+                         f"activations), got activation={activation!r} with mode={mode!r}")
+    if mode != "gru" and reset_after is not True:
+        raise ValueError(f"{op}: reset_after applies to mode='gru' only, got reset_after={reset_after!r} "
+                         f"with mode={mode!r}")
+    return int(num_layers), (2 if bidirectional else 1), p
+
+
+def _check_weights(op, mode, weights, num_layers, num_dirs, D, dtype):
+    """Validate the weight tuples; returns the hidden size H."""
+    n = num_layers * num_dirs
+    if not isinstance(weights, (list, tuple)):
+        raise TypeError(f"{op}: weights must be a list of (wx, wh, b_ih, b_hh) tuples, got {type(weights).__name__}")
+    if len(weights) != n:
+        raise ValueError(f"{op}: weights must hold num_layers * num_dirs = {num_layers} * {num_dirs} = {n} "
+                         f"(wx, wh, b_ih, b_hh) tuples (index layer * num_dirs + direction), got {len(weights)}")
+    G = GATES[mode]
+    gh = "H" if G == 1 else f"{G}*H"
+    H = None
+    for k, w in enumerate(weights):
+        layer, d = divmod(k, num_dirs)
+        where = f"weights[{k}] (layer {layer}, {'reverse' if d else 'forward'})"
+        if not isinstance(w, (list, tuple)) or len(w) != 4:
+            raise ValueError(f"{op}: {where} must be a tuple (wx, wh, b_ih, b_hh)")
+        wx, wh, b_ih, b_hh = w
+        for name, a, nd in (("wx", wx, 2), ("wh", wh, 2), ("b_ih", b_ih, 1), ("b_hh", b_hh, 1)):
+            check_array(op, f"{where} {name}", a, dtype, ndim=nd)
+        if H is None:
+            if wh.shape[0] < 1:
+                raise ValueError(f"{op}: {where} wh must have shape (H, {gh}) with H >= 1, got {wh.shape}")
+            H = wh.shape[0]
+        D_l = D if layer == 0 else num_dirs * H
+        legend = "D from x" if layer == 0 else f"num_dirs * H = {num_dirs} * {H}"
+        for name, a, shape, leg in (("wx", wx, (D_l, G * H), f"(D_l, {gh}) with D_l = {legend}"),
+                                    ("wh", wh, (H, G * H), f"(H, {gh})"),
+                                    ("b_ih", b_ih, (G * H,), f"({gh},)"),
+                                    ("b_hh", b_hh, (G * H,), f"({gh},)")):
+            if a.shape != shape:
+                raise ValueError(f"{op}: {where} {name} must have shape {leg} = {shape} (H = {H}), got {a.shape}")
+    return H
+
+
+def _check_state(op, name, s, shape, dtype):
+    if s is None:
+        return None
+    check_array(op, name, s, dtype, ndim=3)
+    if s.shape != shape:
+        raise ValueError(f"{op}: {name} must have shape (num_layers * num_dirs, B, H) = {shape}, got {s.shape}")
+    return s
+
+
+# -- the public API -------------------------------------------------------------------------
+
+def recurrent_forward(mode, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False, dropout=0.0,
+                      training=False, rng=None, batch_first=False, lengths=None, activation="tanh",
+                      reset_after=True):
+    """A multi-layer, optionally bidirectional RNN / LSTM / GRU over a whole sequence.
+
+    The functional counterpart of ``torch.nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``.
+
+    Parameters
+    ----------
+    mode : "rnn", "lstm" or "gru".
+    x : (T, B, D) array, or (B, T, D) with ``batch_first``; float32 or float64, C-contiguous.
+    weights : list of ``num_layers * num_dirs`` tuples ``(wx, wh, b_ih, b_hh)`` in PyTorch's
+        order (index ``layer * num_dirs + direction``), all of x's dtype: wx (D_l, G*H),
+        wh (H, G*H), b_ih and b_hh (G*H,); see the module docstring. For "rnn" the Elman op
+        gets ``b = b_ih + b_hh``. :func:`init_weights` makes them.
+    h0 : (num_layers * num_dirs, B, H) initial hidden states, or None (zeros).
+    c0 : (num_layers * num_dirs, B, H) initial cell states ("lstm" only), or None (zeros).
+    num_layers : number of stacked layers (>= 1).
+    bidirectional : run a second, reversed direction in each layer and concatenate the two
+        outputs on the feature axis (forward first), as PyTorch does.
+    dropout : probability in [0, 1) of zeroing each output of every layer but the last
+        (inverted dropout: the kept ones are scaled by ``1 / (1 - dropout)``). Applied only
+        with ``training=True``.
+    training : apply dropout (the functional default is False, i.e. evaluation).
+    rng : numpy ``Generator`` (or seed) the dropout masks are drawn from; default
+        ``np.random.default_rng()``. The same seed gives the same masks.
+    batch_first : x and the output are (B, T, ...) instead of (T, B, ...).
+    lengths : (B,) integers in [1, T], or None (all T). Outputs past a sequence's length are
+        zero; ``h_n`` is the state at its last valid step; the reverse direction starts at
+        each sequence's own last valid step (like PyTorch's packed sequences).
+    activation : "tanh", "relu" or "sigmoid" ("rnn" only).
+    reset_after : GRU flavour ("gru" only): True is PyTorch's, False the textbook's.
+
+    Returns
+    -------
+    out : (T, B, num_dirs * H) (or (B, T, num_dirs * H)), the last layer's outputs.
+    h_n : (num_layers * num_dirs, B, H) final hidden states (for the reverse direction:
+        the state after reading back to step 0).
+    c_n : (num_layers * num_dirs, B, H) final cell states for "lstm", else None.
+    cache : :class:`RecurrentCache` for :func:`recurrent_backward`.
+    """
+    op = "recurrent_forward"
+    L, nd, p = _check_config(op, mode, num_layers, bidirectional, dropout, activation, reset_after)
+    if not isinstance(batch_first, (bool, np.bool_)):
+        raise TypeError(f"{op}: batch_first must be a bool, got {type(batch_first).__name__}")
+    batch_first = bool(batch_first)
+    check_array(op, "x", x, ndim=3)
+    dt = x.dtype
+    if batch_first:
+        B, T, D = x.shape
+    else:
+        T, B, D = x.shape
+    if min(x.shape) < 1:
+        layout = "(B, T, D)" if batch_first else "(T, B, D)"
+        raise ValueError(f"{op}: x must have shape {layout} with every size >= 1, got {x.shape}")
+    H = _check_weights(op, mode, weights, L, nd, D, dt)
+    state_shape = (L * nd, B, H)
+    h0 = _check_state(op, "h0", h0, state_shape, dt)
+    if c0 is not None and mode != "lstm":
+        raise ValueError(f"{op}: c0 is for mode='lstm' only, got mode={mode!r}")
+    c0 = _check_state(op, "c0", c0, state_shape, dt)
+    lengths = check_lengths(op, lengths, T, B)
+    rev_index = None if lengths is None else _reverse_index(lengths, T)
+    use_dropout = bool(training) and p > 0.0 and L > 1
+    if use_dropout:
+        rng = np.random.default_rng(rng)
+
+    fwd, _ = _ops(mode)
+    cache = RecurrentCache(mode, L, nd, H, batch_first, dt, x.shape, None, lengths, rev_index)
+    h_n = np.empty(state_shape, dt)
+    c_n = np.empty(state_shape, dt) if mode == "lstm" else None
+    layer_in = x
+    for layer in range(L):
+        outs = []
+        for d in range(nd):
+            k = layer * nd + d
+            wx, wh, b_ih, b_hh = weights[k]
+            xin = layer_in if d == 0 else _reverse(layer_in, batch_first, rev_index)
+            h0k = None if h0 is None else h0[k]
+            kw = dict(batch_first=batch_first, lengths=lengths)
+            if mode == "rnn":
+                hs, hk, ck = fwd(xin, wx, wh, b_ih + b_hh, h0k, activation=activation, **kw)
+                c = None
+            elif mode == "lstm":
+                hs, hk, ck, c = fwd(xin, wx, wh, b_ih, b_hh, h0k, None if c0 is None else c0[k], **kw)
+                c_n[k] = ck
+            else:
+                hs, hk, c = fwd(xin, wx, wh, b_ih, b_hh, h0k, reset_after=reset_after, **kw)
+            h_n[k] = hk
+            cache.caches.append(c)
+            outs.append(hs if d == 0 else _reverse(hs, batch_first, rev_index))
+        out = outs[0] if nd == 1 else np.concatenate(outs, axis=-1)
+        if layer < L - 1:
+            mask = None
+            if use_dropout:
+                keep = 1.0 - p
+                mask = (rng.random(out.shape) < keep).astype(dt)
+                mask *= dt.type(1.0 / keep)
+                out = out * mask
+            cache.masks.append(mask)
+        layer_in = out
+    cache.out_shape = layer_in.shape
+    return layer_in, h_n, c_n, cache
+
+
+def recurrent_backward(dout, cache, dh_n=None, dc_n=None):
+    """Backpropagation through time for :func:`recurrent_forward`.
+
+    Parameters
+    ----------
+    dout : gradient of ``out`` (its shape and dtype), or None (zeros). Entries past a
+        sequence's length are ignored (those outputs are constant zeros).
+    cache : the :class:`RecurrentCache` returned by the forward.
+    dh_n, dc_n : gradients of ``h_n`` / ``c_n`` ((num_layers * num_dirs, B, H)), or None.
+
+    Returns
+    -------
+    dx : gradient of x (x's shape).
+    dweights : list of ``(dwx, dwh, db_ih, db_hh)`` with the structure of ``weights``
+        (for "rnn" ``db_ih`` and ``db_hh`` are both the gradient of the summed bias).
+    dh0 : (num_layers * num_dirs, B, H) gradient of h0 (returned even when h0 was None).
+    dc0 : the same for c0 ("lstm"), else None.
+    """
+    op = "recurrent_backward"
+    if not isinstance(cache, RecurrentCache):
+        raise TypeError(f"{op}: cache must be the RecurrentCache returned by recurrent_forward, "
+                        f"got {type(cache).__name__}")
+    mode, L, nd, H, bf, dt = cache.mode, cache.num_layers, cache.num_dirs, cache.hidden_size, cache.batch_first, \
+        cache.dtype
+    B = cache.x_shape[0 if bf else 1]
+    state_shape = (L * nd, B, H)
+    dout = grad_input(op, "dout", dout, cache.out_shape, "the shape of out", dt)
+    dh_n = grad_input(op, "dh_n", dh_n, state_shape, "(num_layers * num_dirs, B, H)", dt)
+    if dc_n is not None and mode != "lstm":
+        raise ValueError(f"{op}: dc_n is for mode='lstm' only, got a cache of mode={mode!r}")
+    dc_n = grad_input(op, "dc_n", dc_n, state_shape, "(num_layers * num_dirs, B, H)", dt)
+
+    _, bwd = _ops(mode)
+    dweights = [None] * (L * nd)
+    dh0 = np.empty(state_shape, dt)
+    dc0 = np.empty(state_shape, dt) if mode == "lstm" else None
+    dlayer = dout
+    for layer in reversed(range(L)):
+        dx = None
+        for d in range(nd):
+            k = layer * nd + d
+            dhs = None
+            if dlayer is not None:
+                dhs = dlayer if nd == 1 else np.ascontiguousarray(dlayer[..., d * H:(d + 1) * H])
+                if d == 1:
+                    dhs = _reverse(dhs, bf, cache.rev_index)
+            dhk = None if dh_n is None else dh_n[k]
+            if mode == "rnn":
+                dxk, dwx, dwh, db, dh0k = bwd(dhs, cache.caches[k], dhk)
+                dweights[k] = (dwx, dwh, db, db.copy())
+            elif mode == "lstm":
+                dxk, dwx, dwh, db_ih, db_hh, dh0k, dc0k = bwd(dhs, cache.caches[k], dhk,
+                                                              None if dc_n is None else dc_n[k])
+                dweights[k] = (dwx, dwh, db_ih, db_hh)
+                dc0[k] = dc0k
+            else:
+                dxk, dwx, dwh, db_ih, db_hh, dh0k = bwd(dhs, cache.caches[k], dhk)
+                dweights[k] = (dwx, dwh, db_ih, db_hh)
+            dh0[k] = dh0k
+            if d == 1:
+                dxk = _reverse(dxk, bf, cache.rev_index)
+            dx = dxk if dx is None else dx + dxk
+        if layer > 0:
+            mask = cache.masks[layer - 1]
+            dlayer = dx if mask is None else dx * mask
+        else:
+            return dx, dweights, dh0, dc0
+
+
+def init_weights(mode, input_size, hidden_size, num_layers=1, bidirectional=False, dtype=np.float32, rng=None):
+    """Weights for :func:`recurrent_forward`, initialised like PyTorch's.
+
+    Every weight and bias is drawn from ``uniform(-1/sqrt(H), 1/sqrt(H))``. Returns a list of
+    ``num_layers * num_dirs`` tuples ``(wx, wh, b_ih, b_hh)`` (C-contiguous, ``dtype``), drawn
+    in that order from ``rng`` (a numpy ``Generator`` or seed; default
+    ``np.random.default_rng()``).
+    """
+    op = "init_weights"
+    L, nd, _ = _check_config(op, mode, num_layers, bidirectional, 0.0, "tanh" if mode != "rnn" else "tanh", True)
+    for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{op}: {name} must be an integer >= 1, got {v!r}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype}")
+    rng = np.random.default_rng(rng)
+    H, G = int(hidden_size), GATES[mode]
+    s = 1.0 / np.sqrt(H)
+    weights = []
+    for layer in range(L):
+        D = int(input_size) if layer == 0 else nd * H
+        for _ in range(nd):
+            weights.append(tuple(rng.uniform(-s, s, shape).astype(dtype)
+                                 for shape in ((D, G * H), (H, G * H), (G * H,), (G * H,))))
+    return weights
