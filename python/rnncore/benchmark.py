@@ -1,0 +1,772 @@
+"""``rnncore bench``: the side-by-side timing table of RNN implementations on this CPU.
+
+For each cell (Elman ``rnn``, ``lstm``, ``gru``) and each grid point (sequence length T,
+batch B, hidden H with D = H, thread count) it times the forward alone and the forward plus
+backward (BPTT) of:
+
+- ``native``: rnncore's C++ ops (``rnncore.rnn_forward`` / ``rnn_backward`` ...);
+- ``twin``: the same calls on the NumPy twin (``rnncore.reference``);
+- ``textbook``: for ``rnn`` only, a NumPy RNN written the textbook way (one cell object per
+  time step, per-step matmuls, a Python loop in backward; :class:`_TextbookTimeRNN`);
+- ``torch``: ``torch.nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``, if PyTorch imports (forward with
+  autograd on, then ``out.backward(dout)``, the gradient of ``sum(out * dout)``).
+
+Every implementation is checked against native once, on its warm-up run, before it is
+timed; a mismatch is printed loudly and makes the exit status 1. Times are medians of
+repeated runs; ratios (impl / native) compare runs of the same process, which is what stays
+meaningful on a noisy, shared machine. Effective GFLOP/s counts the matmul work only:
+forward ``2*T*B*G*H*(D+H)`` (G = 1 rnn, 4 lstm, 3 gru), backward twice that.
+
+Entry point: :func:`main` (``rnncore bench``; ``python bench/compare.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+CELLS = tuple(GATES)
+IMPLS = ("native", "twin", "textbook", "torch")
+
+DEFAULTS = dict(cells=["rnn"], batch=[1, 8, 64, 256], hidden=[128, 512], seq_len=100, threads=[1, 2])
+QUICK = dict(batch=[1, 8], hidden=[32, 64], seq_len=20, threads=[1], min_time=0.02, max_seconds=2.0)
+
+#: validation tolerance: max|impl - native| <= TOL * max|native|, per tensor
+TOL = {"float32": 2e-3, "float64": 1e-8}
+
+
+def flops_forward(T, B, D, H, G):
+    """Matmul FLOPs of one forward: ``2*T*B*G*H*(D+H)`` (input and recurrent projections)."""
+    return 2 * T * B * G * H * (D + H)
+
+
+# -- the textbook NumPy RNN: the seed's layer classes, kept as they are written -------------------
+
+class _TextbookRNN:
+    """One time step of the textbook Elman cell: ``h_next = tanh(h_prev @ Wh + x @ Wx + b)``."""
+
+    def __init__(self, Wx, Wh, b):
+        self.params = [Wx, Wh, b]
+        self.grads = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
+        self.cache = None
+
+    def forward(self, x, h_prev):
+        Wx, Wh, b = self.params
+        t = np.dot(h_prev, Wh) + np.dot(x, Wx) + b
+        h_next = np.tanh(t)
+        self.cache = (x, h_prev, h_next)
+        return h_next
+
+    def backward(self, dh_next):
+        Wx, Wh, b = self.params
+        x, h_prev, h_next = self.cache
+        dt = dh_next * (1 - h_next ** 2)
+        db = np.sum(dt, axis=0)
+        dWh = np.dot(h_prev.T, dt)
+        dh_prev = np.dot(dt, Wh.T)
+        dWx = np.dot(x.T, dt)
+        dx = np.dot(dt, Wx.T)
+        self.grads[0][...] = dWx
+        self.grads[1][...] = dWh
+        self.grads[2][...] = db
+        return dx, dh_prev
+
+
+class _TextbookTimeRNN:
+    """T steps of :class:`_TextbookRNN`, batch-first ``xs (N, T, D) -> hs (N, T, H)``.
+
+    The textbook's TimeRNN, except that outputs take the input's dtype (the book allocates
+    float32 always), so that the float64 benchmark is float64 throughout.
+    """
+
+    def __init__(self, Wx, Wh, b, stateful=False):
+        self.params = [Wx, Wh, b]
+        self.grads = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
+        self.layers = None
+        self.h, self.dh = None, None
+        self.stateful = stateful
+
+    def forward(self, xs):
+        Wx, Wh, b = self.params
+        N, T, D = xs.shape
+        D, H = Wx.shape
+        self.layers = []
+        hs = np.empty((N, T, H), dtype=xs.dtype)
+        if not self.stateful or self.h is None:
+            self.h = np.zeros((N, H), dtype=xs.dtype)
+        for t in range(T):
+            layer = _TextbookRNN(*self.params)
+            self.h = layer.forward(xs[:, t, :], self.h)
+            hs[:, t, :] = self.h
+            self.layers.append(layer)
+        return hs
+
+    def backward(self, dhs):
+        Wx, Wh, b = self.params
+        N, T, H = dhs.shape
+        D, H = Wx.shape
+        dxs = np.empty((N, T, D), dtype=dhs.dtype)
+        dh = 0
+        grads = [0, 0, 0]
+        for t in reversed(range(T)):
+            layer = self.layers[t]
+            dx, dh = layer.backward(dhs[:, t, :] + dh)
+            dxs[:, t, :] = dx
+            for i, grad in enumerate(layer.grads):
+                grads[i] += grad
+        for i, grad in enumerate(grads):
+            self.grads[i][...] = grad
+        self.dh = dh
+        return dxs
+
+    def set_state(self, h):
+        self.h = h
+
+    def reset_state(self):
+        self.h = None
+
+
+# -- one grid point's data, and each implementation set up on it ---------------------------------
+
+class Problem:
+    """Inputs of one grid point, time-major: x (T,B,D), wx (D,GH), wh (H,GH), b_ih, b_hh, dhs (T,B,H)."""
+
+    def __init__(self, cell, T, B, H, dtype, seed=0):
+        rng = np.random.default_rng(seed)
+        G, D = GATES[cell], H
+        s = 1.0 / np.sqrt(H)
+        self.cell, self.T, self.B, self.D, self.H, self.G = cell, T, B, D, H, G
+        self.dtype = np.dtype(dtype)
+        self.x = rng.standard_normal((T, B, D)).astype(dtype)
+        self.wx = rng.uniform(-s, s, (D, G * H)).astype(dtype)
+        self.wh = rng.uniform(-s, s, (H, G * H)).astype(dtype)
+        self.b_ih = rng.uniform(-s, s, (G * H,)).astype(dtype)
+        self.b_hh = None if cell == "rnn" else rng.uniform(-s, s, (G * H,)).astype(dtype)
+        self.dhs = rng.standard_normal((T, B, H)).astype(dtype)
+
+    @property
+    def flops_fwd(self):
+        return flops_forward(self.T, self.B, self.D, self.H, self.G)
+
+
+class _NativeOps:
+    """rnncore's functional ops on ``module`` (``rnncore`` itself, or ``rnncore.reference``)."""
+
+    def __init__(self, module, p):
+        self.p, self.m = p, module
+        self.fwd_op = getattr(module, f"{p.cell}_forward")
+        self.bwd_op = getattr(module, f"{p.cell}_backward")
+        self.out = None
+
+    def _forward(self):
+        p = self.p
+        if p.cell == "rnn":
+            hs, _, cache = self.fwd_op(p.x, p.wx, p.wh, p.b_ih)
+        elif p.cell == "lstm":
+            hs, _, _, cache = self.fwd_op(p.x, p.wx, p.wh, p.b_ih, p.b_hh)
+        else:
+            hs, _, cache = self.fwd_op(p.x, p.wx, p.wh, p.b_ih, p.b_hh)
+        return hs, cache
+
+    def forward(self):
+        self._forward()
+
+    def forward_backward(self):
+        hs, cache = self._forward()
+        grads = self.bwd_op(self.p.dhs, cache)
+        self.out = (hs, grads)
+
+    def result(self):
+        hs, g = self.out
+        r = {"hs": hs, "dx": g[0], "dwx": g[1], "dwh": g[2], "db_ih": g[3]}
+        if self.p.cell != "rnn":
+            r["db_hh"] = g[4]
+        return r
+
+    def threads(self, n):
+        raise NotImplementedError
+
+
+class _Native(_NativeOps):
+    def __init__(self, p):
+        import rnncore
+
+        super().__init__(rnncore, p)
+
+    def threads(self, n):
+        import rnncore
+
+        return rnncore.num_threads(n)
+
+
+class _Twin(_NativeOps):
+    def __init__(self, p):
+        from . import reference
+
+        super().__init__(reference, p)
+
+    def threads(self, n):
+        return _numpy_threads(n)
+
+
+def _numpy_threads(n):
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+class _Textbook:
+    def __init__(self, p):
+        if p.cell != "rnn":
+            raise _NotApplicable("the textbook implementation is the Elman rnn only")
+        self.p = p
+        self.xs = np.ascontiguousarray(p.x.swapaxes(0, 1))  # the textbook is batch-first
+        self.dhs = np.ascontiguousarray(p.dhs.swapaxes(0, 1))
+        self.layer = _TextbookTimeRNN(p.wx.copy(), p.wh.copy(), p.b_ih.copy())
+        self.out = None
+
+    def forward(self):
+        self.layer.forward(self.xs)
+
+    def forward_backward(self):
+        hs = self.layer.forward(self.xs)
+        dxs = self.layer.backward(self.dhs)
+        self.out = (hs, dxs)
+
+    def result(self):
+        hs, dxs = self.out
+        g = self.layer.grads
+        return {"hs": hs.swapaxes(0, 1), "dx": dxs.swapaxes(0, 1), "dwx": g[0], "dwh": g[1], "db_ih": g[2]}
+
+    def threads(self, n):
+        return _numpy_threads(n)
+
+
+class _Torch:
+    def __init__(self, p):
+        import torch
+
+        self.torch, self.p = torch, p
+        tdt = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[p.dtype]
+        D, H = p.D, p.H
+        if p.cell == "rnn":
+            mod = torch.nn.RNN(D, H, nonlinearity="tanh", dtype=tdt)
+        elif p.cell == "lstm":
+            mod = torch.nn.LSTM(D, H, dtype=tdt)
+        else:
+            mod = torch.nn.GRU(D, H, dtype=tdt)
+        b_hh = p.b_hh if p.b_hh is not None else np.zeros_like(p.b_ih)  # rnn: one bias, b_hh = 0
+        with torch.no_grad():
+            mod.weight_ih_l0.copy_(torch.from_numpy(np.ascontiguousarray(p.wx.T)))
+            mod.weight_hh_l0.copy_(torch.from_numpy(np.ascontiguousarray(p.wh.T)))
+            mod.bias_ih_l0.copy_(torch.from_numpy(p.b_ih))
+            mod.bias_hh_l0.copy_(torch.from_numpy(b_hh))
+        self.mod = mod
+        self.x = torch.from_numpy(p.x.copy()).requires_grad_(True)
+        self.dout = torch.from_numpy(p.dhs)
+        self.out = None
+
+    def forward(self):
+        self.mod(self.x)  # autograd on: the forward of a training step
+
+    def forward_backward(self):
+        self.x.grad = None
+        for q in self.mod.parameters():
+            q.grad = None
+        out, _ = self.mod(self.x)
+        out.backward(self.dout)  # = gradient of sum(out * dout)
+        self.out = out
+
+    def result(self):
+        m = self.mod
+        r = {"hs": self.out.detach().numpy(), "dx": self.x.grad.numpy(),
+             "dwx": m.weight_ih_l0.grad.numpy().T, "dwh": m.weight_hh_l0.grad.numpy().T,
+             "db_ih": m.bias_ih_l0.grad.numpy()}
+        if self.p.cell != "rnn":
+            r["db_hh"] = m.bias_hh_l0.grad.numpy()
+        return r
+
+    @contextlib.contextmanager
+    def threads(self, n):
+        before = self.torch.get_num_threads()
+        self.torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            self.torch.set_num_threads(before)
+
+
+class _NotApplicable(Exception):
+    pass
+
+
+FACTORIES = {"native": _Native, "twin": _Twin, "textbook": _Textbook, "torch": _Torch}
+
+
+# -- timing --------------------------------------------------------------------------------------
+
+def _time_runs(fn, budget, min_time, min_runs, repeat, max_runs=10000):
+    """Times of repeated ``fn()`` calls (seconds, after any warm-up the caller did).
+
+    With ``repeat``: exactly that many. Otherwise until at least ``min_runs`` runs and
+    ``min_time`` seconds, but never starting a run that would overrun ``budget`` seconds
+    (at least one run is always made).
+    """
+    times = []
+    gc.collect()
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        while True:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+            n, elapsed = len(times), time.perf_counter() - start
+            if repeat:
+                if n >= repeat:
+                    break
+                continue
+            if n >= max_runs or (n >= min_runs and elapsed >= min_time):
+                break
+            if elapsed + statistics.median(times) > budget:
+                break
+    finally:
+        if gc_was:
+            gc.enable()
+    return times
+
+
+def _stats(times):
+    return {"median": statistics.median(times), "min": min(times), "runs": len(times)}
+
+
+def _compare(res, ref, tol):
+    """Per tensor relative error ``max|a - ref| / max|ref|``; returns (errors, failures)."""
+    errs, bad = {}, []
+    for k, r in ref.items():
+        a = res.get(k)
+        if a is None:
+            continue
+        a = np.asarray(a)
+        if a.shape != r.shape:
+            errs[k] = float("inf")
+            bad.append(f"{k}: shape {a.shape} != native {r.shape}")
+            continue
+        scale = float(np.max(np.abs(r))) or 1.0
+        e = float(np.max(np.abs(a.astype(np.float64) - r))) / scale
+        errs[k] = e
+        if not e <= tol:
+            bad.append(f"{k}: rel. err {e:.2e} > {tol:.0e}")
+    return errs, bad
+
+
+# -- the environment header ----------------------------------------------------------------------
+
+def _cpu():
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = val.strip()
+                elif key == "flags" and not flags:
+                    flags = set(val.split())
+    except OSError:
+        pass
+    return model, {f: (f in flags) if flags else None for f in ("avx2", "avx512f", "fma")}
+
+
+def environment(want_torch):
+    """Facts that decide the numbers: CPU, ISA, BLAS builds and kernels, thread settings."""
+    import rnncore
+    from threadpoolctl import threadpool_info
+
+    model, isa = _cpu()
+    env = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": model, "logical_cpus": os.cpu_count(), "isa": isa,
+        "python": platform.python_version(), "numpy": np.__version__, "rnncore": rnncore.__version__,
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
+    try:
+        info = rnncore.blas_info()
+        env["rnncore_blas"] = {k: info.get(k) for k in ("corename", "version", "config", "filepath", "num_threads")}
+        env["rnncore_threads"] = rnncore.get_num_threads()
+    except RuntimeError as e:
+        env["rnncore_blas"] = {"error": str(e)}
+    mine = env["rnncore_blas"].get("filepath")
+    env["numpy_blas"] = [
+        {k: lib.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "filepath")}
+        for lib in threadpool_info() if lib.get("user_api") == "blas" and lib.get("filepath") != mine]
+    env["torch"] = None
+    if want_torch:
+        try:
+            import torch
+
+            env["torch"] = {"version": torch.__version__, "threads": torch.get_num_threads(),
+                            "mkl": torch.backends.mkl.is_available(),
+                            "mkldnn": torch.backends.mkldnn.is_available()}
+        except Exception as e:  # ImportError, or a broken install
+            env["torch"] = {"error": f"{type(e).__name__}: {e}"}
+    return env
+
+
+def _header_lines(env, cfg):
+    yn = {True: "yes", False: "no", None: "?"}
+    isa = ", ".join(f"{k} {yn[v]}" for k, v in env["isa"].items())
+    rb = env["rnncore_blas"]
+    lines = [
+        f"rnncore bench   rnncore {env['rnncore']}, numpy {env['numpy']}, Python {env['python']}, {env['date']}",
+        f"CPU: {env['cpu']} ({env['logical_cpus']} logical CPUs); ISA: {isa}",
+        (f"rnncore BLAS: {rb.get('config') or rb.get('version')} (kernel {rb.get('corename')}), "
+         f"rnncore threads default {env.get('rnncore_threads')}" if "error" not in rb
+         else f"rnncore: {rb['error']}"),
+    ]
+    for lib in env["numpy_blas"]:
+        lines.append(f"numpy BLAS: {lib['internal_api']} {lib['version']} (kernel {lib['architecture']}), "
+                     f"{os.path.basename(lib['filepath'] or '')}")
+    t = env["torch"]
+    if t is None:
+        lines.append("torch: not requested")
+    elif "error" in t:
+        lines.append(f"torch: unavailable ({t['error']})")
+    else:
+        lines.append(f"torch: {t['version']}, default threads {t['threads']}, MKL {yn[t['mkl']]}, "
+                     f"oneDNN {yn[t['mkldnn']]}")
+    lines.append(f"env: OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE'] or '(unset)'}  "
+                 f"OMP_NUM_THREADS={env['OMP_NUM_THREADS'] or '(unset)'}")
+    if env["OPENBLAS_CORETYPE"]:
+        lines.append("  note: OPENBLAS_CORETYPE pins OpenBLAS's kernel; unset it to let OpenBLAS pick for this CPU")
+    lines += [
+        f"grid: cells {','.join(cfg['cells'])}; T={cfg['seq_len']}; D=H; B {cfg['batch']}; H {cfg['hidden']}; "
+        f"threads {cfg['threads']}; dtype {cfg['dtype']}",
+        f"timing: median of {'%d runs' % cfg['repeat'] if cfg['repeat'] else 'repeats (>= 3 runs and >= %gs)' % cfg['min_time']}"
+        f" after a warm-up run that is also the check against native (tol {TOL[cfg['dtype']]:g} x max|native|); "
+        f"--max-seconds {cfg['max_seconds']:g} per implementation and point",
+        "FLOPs: forward 2*T*B*G*H*(D+H) (G = 1 rnn, 4 lstm, 3 gru), backward 2x forward; "
+        "GF/s = native 3*forward FLOPs / native fwd+bwd time",
+        "columns: times in ms (fwd alone; f+b = forward + backward); x = impl f+b time / native f+b time "
+        "(> 1: native is faster); torch fwd runs with autograd on",
+    ]
+    return lines
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+def _ms(s):
+    if s is None:
+        return "-"
+    ms = s * 1e3
+    if ms < 1:
+        return f"{ms:.3f}"
+    if ms < 10:
+        return f"{ms:.2f}"
+    if ms < 100:
+        return f"{ms:.1f}"
+    return f"{ms:.0f}"
+
+
+IMPL_W = {"native": 24, "twin": 22, "textbook": 22, "torch": 22}
+
+
+def _table_head(impls):
+    top = f"{'cell':<5}{'thr':>4}{'B':>5}{'H':>6} "
+    sub = " " * len(top)
+    for name in impls:
+        top += "| " + name.ljust(IMPL_W[name])
+        if name == "native":
+            sub += "| " + f"{'fwd':>7}{'f+b':>8}{'GF/s':>7}".ljust(IMPL_W[name])
+        else:
+            sub += "| " + f"{'fwd':>7}{'f+b':>8}{'x':>6}".ljust(IMPL_W[name])
+    return [top.rstrip(), sub.rstrip()]
+
+
+def _table_row(row, impls):
+    s = f"{row['cell']:<5}{row['threads']:>4}{row['B']:>5}{row['H']:>6} "
+    for name in impls:
+        r = row["impls"].get(name, {"status": "n/a"})
+        st = r["status"]
+        if st in ("ok", "failed") and r.get("fwdbwd"):
+            fwd = _ms(r["fwd"]["median"]) if r.get("fwd") else "-"
+            fb = _ms(r["fwdbwd"]["median"])
+            if name == "native":
+                gf = r.get("gflops")
+                cell = f"{fwd:>7}{fb:>8}{(f'{gf:.1f}' if gf else '-'):>7}"
+            else:
+                ratio = r.get("ratio")
+                cell = f"{fwd:>7}{fb:>8}{(f'{ratio:.1f}x' if ratio else '-'):>6}"
+            if st == "failed":
+                cell += " FAILED"
+        else:
+            cell = f"{st.upper() if st in ('failed', 'error') else st:>7}"
+        s += "| " + cell.ljust(IMPL_W[name])
+    return s.rstrip()
+
+
+# -- running the grid ----------------------------------------------------------------------------
+
+def _bench_impl(name, p, threads, ref, cfg, best_rate, say):
+    """One implementation at one point: set up, warm-up + check, time. Returns (record, outputs)."""
+    key = (name, p.cell, threads)
+    flops = 3 * p.flops_fwd
+    rec = {"status": "ok"}
+    if key in best_rate and best_rate[key] * flops > cfg["max_seconds"]:
+        est = best_rate[key] * flops
+        return {"status": "skipped", "note": f"estimated {est:.1f}s per fwd+bwd > --max-seconds"}, None
+    try:
+        impl = FACTORIES[name](p)
+    except _NotApplicable:
+        return {"status": "n/a"}, None
+    try:
+        with impl.threads(threads):
+            t0 = time.perf_counter()
+            impl.forward_backward()  # warm-up, and the run that is checked
+            warm = time.perf_counter() - t0
+            rec["warmup"] = warm
+            best_rate[key] = min(best_rate.get(key, float("inf")), warm / flops)
+            res = impl.result()
+            if ref is not None:
+                errs, bad = _compare(res, ref, TOL[cfg["dtype"]])
+                rec["max_rel_err"] = errs
+                if bad:
+                    rec["status"] = "failed"
+                    say(f"!!! VALIDATION FAILED: {name} {p.cell} T={p.T} B={p.B} H={p.H} threads={threads} "
+                        f"{p.dtype}: " + "; ".join(bad), err=True)
+            if warm > cfg["max_seconds"]:
+                rec["note"] = f"warm-up took {warm:.1f}s > --max-seconds"
+                if rec["status"] == "ok":
+                    rec["status"] = "skipped"
+                return rec, res
+            budget = cfg["max_seconds"] / 2
+            fb = _time_runs(impl.forward_backward, budget, cfg["min_time"], 3, cfg["repeat"])
+            impl.forward()  # warm the forward-only path
+            fw = _time_runs(impl.forward, budget, cfg["min_time"], 3, cfg["repeat"])
+        best_rate[key] = min(best_rate[key], statistics.median(fb) / flops)
+        rec.update(fwd=_stats(fw), fwdbwd=_stats(fb))
+        return rec, res
+    except Exception as e:  # report and carry on with the other implementations
+        say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H} threads={threads}: {type(e).__name__}: {e}", err=True)
+        return {"status": "error", "note": f"{type(e).__name__}: {e}"}, None
+
+
+def run(cfg, say=print, progress=None):
+    """Run the grid in ``cfg``; ``say(line, err=False)`` prints. Returns the result rows."""
+    rows = []
+    best_rate = {}
+    for cell in cfg["cells"]:
+        for H in cfg["hidden"]:
+            for B in cfg["batch"]:
+                p = Problem(cell, cfg["seq_len"], B, H, cfg["dtype"])
+                ref = None
+                for threads in cfg["threads"]:
+                    row = {"cell": cell, "T": p.T, "B": B, "H": H, "D": p.D, "threads": threads,
+                           "dtype": cfg["dtype"], "flops_fwd": p.flops_fwd, "impls": {}}
+                    for name in cfg["impls"]:
+                        if progress is not None:
+                            progress.set_description(f"{cell} B={B} H={H} thr={threads} {name}")
+                        rec, res = _bench_impl(name, p, threads, ref, cfg, best_rate, say)
+                        if name == "native":
+                            if rec["status"] != "ok":
+                                say(f"!!! native {cell} B={B} H={H} threads={threads}: {rec['status']} "
+                                    f"({rec.get('note', '')}); no reference for the others", err=True)
+                            elif ref is None:
+                                ref = res  # the oracle for every other implementation here
+                        row["impls"][name] = rec
+                        if progress is not None:
+                            progress.update(1)
+                    _ratios(row, p)
+                    rows.append(row)
+                    say(_table_row(row, cfg["impls"]))
+                del ref
+    return rows
+
+
+def _ratios(row, p):
+    nat = row["impls"].get("native", {})
+    if nat.get("status") != "ok":
+        return
+    nfb, nfw = nat["fwdbwd"]["median"], nat["fwd"]["median"]
+    nat["gflops"] = 3 * p.flops_fwd / nfb / 1e9
+    nat["gflops_fwd"] = p.flops_fwd / nfw / 1e9
+    for name, r in row["impls"].items():
+        if name != "native" and r.get("fwdbwd"):
+            r["ratio"] = r["fwdbwd"]["median"] / nfb
+            r["ratio_fwd"] = r["fwd"]["median"] / nfw
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+class _ArgError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _ArgError(message)
+
+
+def _int_list(name):
+    def parse(text):
+        try:
+            vals = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} takes positive integers (e.g. 1,8,64), got {text!r}")
+        if not vals or any(v < 1 for v in vals):
+            raise argparse.ArgumentTypeError(f"{name} takes positive integers (e.g. 1,8,64), got {text!r}")
+        return vals
+    return parse
+
+
+def _positive(kind, name):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text!r}")
+        return v
+    return parse
+
+
+def _cells(text):
+    vals = [v.strip().lower() for v in text.split(",") if v.strip()]
+    bad = [v for v in vals if v not in CELLS]
+    if not vals or bad:
+        raise argparse.ArgumentTypeError(f"--cells takes {', '.join(CELLS)} (comma-separated), got {text!r}")
+    return vals
+
+
+def build_parser():
+    ap = _Parser(prog="rnncore bench", description=(
+        "Time rnncore's native RNN/LSTM/GRU forward and BPTT against its NumPy twin, a textbook NumPy "
+        "RNN and PyTorch, side by side, with the machine's facts in the header. Lists are "
+        "comma- or space-separated."))
+    ap.add_argument("--cells", nargs="+", type=_cells, help="rnn, lstm, gru (default: rnn)")
+    ap.add_argument("--batch", nargs="+", type=_int_list("--batch"), help="batch sizes B (default 1,8,64,256)")
+    ap.add_argument("--hidden", nargs="+", type=_int_list("--hidden"), help="hidden sizes H = D (default 128,512)")
+    ap.add_argument("--seq-len", type=_positive(int, "--seq-len"), help="sequence length T (default 100)")
+    ap.add_argument("--threads", nargs="+", type=_int_list("--threads"), help="thread counts (default 1,2)")
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ap.add_argument("--repeat", type=_positive(int, "--repeat"),
+                    help="exactly this many timed runs (default: adaptive, >= 3 runs and >= 0.3 s)")
+    ap.add_argument("--min-time", type=_positive(float, "--min-time"), help="adaptive repeats: seconds (default 0.3)")
+    ap.add_argument("--max-seconds", type=_positive(float, "--max-seconds"),
+                    help="skip an implementation at a point when one fwd+bwd would take longer (default 30)")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny grid for smoke tests (B 1,8; H 32,64; T 20; 1 thread)")
+    ap.add_argument("--json", metavar="PATH", help="also write the results and the environment as JSON")
+    ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    ap.add_argument("--no-textbook", action="store_true", help="leave the textbook NumPy RNN out")
+    ap.add_argument("--no-twin", action="store_true", help="leave rnncore's NumPy twin out")
+    return ap
+
+
+def _flat(lists):
+    return None if lists is None else [v for sub in lists for v in sub]
+
+
+def _config(args):
+    base = dict(DEFAULTS, min_time=0.3, max_seconds=30.0)
+    if args.quick:
+        base.update(QUICK)
+    given = {"cells": _flat(args.cells), "batch": _flat(args.batch), "hidden": _flat(args.hidden),
+             "seq_len": args.seq_len, "threads": _flat(args.threads), "min_time": args.min_time,
+             "max_seconds": args.max_seconds}
+    cfg = dict(base, **{k: v for k, v in given.items() if v is not None})
+    cfg["cells"] = list(dict.fromkeys(cfg["cells"]))
+    cfg.update(dtype=args.dtype, repeat=args.repeat, json=args.json)
+    impls = ["native"]
+    if not args.no_twin:
+        impls.append("twin")
+    if not args.no_textbook and "rnn" in cfg["cells"]:
+        impls.append("textbook")
+    if not args.no_torch:
+        impls.append("torch")
+    cfg["impls"] = impls
+    return cfg
+
+
+def main(argv=None) -> int:
+    """``rnncore bench [options]``: print the table; 0 on success, 1 on a failed check, 2 on bad arguments."""
+    ap = build_parser()
+    try:
+        args = ap.parse_args(argv)
+    except _ArgError as e:
+        print(f"rnncore bench: error: {e} (see rnncore bench --help)", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    cfg = _config(args)
+    if cfg["json"]:
+        d = os.path.dirname(os.path.abspath(cfg["json"]))
+        if not os.path.isdir(d):
+            print(f"rnncore bench: error: --json {cfg['json']}: folder {d} does not exist", file=sys.stderr)
+            return 2
+    try:
+        import rnncore
+
+        rnncore.get_num_threads()
+    except (ImportError, RuntimeError) as e:
+        print(f"rnncore bench: error: the native backend is unavailable: {e}", file=sys.stderr)
+        return 1
+
+    env = environment("torch" in cfg["impls"])
+    if "torch" in cfg["impls"] and (env["torch"] is None or "error" in env["torch"]):
+        cfg["impls"].remove("torch")
+    ncpu = os.cpu_count() or 1
+    for line in _header_lines(env, cfg):
+        print(line)
+    if max(cfg["threads"]) > ncpu:
+        print(f"  note: --threads {max(cfg['threads'])} exceeds the {ncpu} logical CPUs here")
+    print()
+    for line in _table_head(cfg["impls"]):
+        print(line)
+    sys.stdout.flush()
+
+    from tqdm import tqdm
+
+    total = (len(cfg["cells"]) * len(cfg["hidden"]) * len(cfg["batch"]) * len(cfg["threads"])
+             * len(cfg["impls"]))
+    failures = []
+    with tqdm(total=total, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False,
+              dynamic_ncols=True) as bar:
+        def say(line, err=False):
+            if err:
+                failures.append(line)
+            tqdm.write(line, file=sys.stderr if err else sys.stdout)
+            (sys.stderr if err else sys.stdout).flush()
+
+        try:
+            rows = run(cfg, say=say, progress=bar)
+        except KeyboardInterrupt:
+            print("rnncore bench: interrupted", file=sys.stderr)
+            return 130
+    if failures:
+        print(f"\n{len(failures)} problem(s):")
+        for line in failures:
+            print("  " + line)
+    if cfg["json"]:
+        with open(cfg["json"], "w") as f:
+            json.dump({"environment": env, "config": {k: v for k, v in cfg.items() if k != "json"},
+                       "tolerance": TOL[cfg["dtype"]], "results": rows}, f, indent=1)
+        print(f"wrote {cfg['json']}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
