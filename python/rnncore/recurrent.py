@@ -246,8 +246,7 @@ def recurrent_forward(mode, x, weights, h0=None, c0=None, *, num_layers=1, bidir
             h0k = None if h0 is None else h0[k]
             kw = dict(batch_first=batch_first, lengths=lengths)
             if mode == "rnn":
-                hs, hk, ck = fwd(xin, wx, wh, b_ih + b_hh, h0k, activation=activation, **kw)
-                c = None
+                hs, hk, c = fwd(xin, wx, wh, b_ih + b_hh, h0k, activation=activation, **kw)
             elif mode == "lstm":
                 hs, hk, ck, c = fwd(xin, wx, wh, b_ih, b_hh, h0k, None if c0 is None else c0[k], **kw)
                 c_n[k] = ck
