@@ -1,0 +1,203 @@
+"""The ``rnncore`` command line: ``train``, ``sample`` and ``bench``.
+
+``rnncore train`` with no arguments trains a character-level LSTM language model on the
+Python standard library's own sources (no download) and reports its validation perplexity
+against the unigram baseline. ``rnncore sample CHECKPOINT`` writes text from a trained model.
+``rnncore bench`` prints the backend comparison table (:mod:`rnncore.benchmark`).
+Bad arguments give a one-line message on stderr and a non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonneg_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def _fraction(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    ap = _Parser(prog="rnncore", description="Fast CPU recurrent networks: train and sample language models, "
+                                              "compare backends.")
+    ap.add_argument("--version", action="version", version=_version())
+    sub = ap.add_subparsers(dest="command", metavar="{train,sample,bench}")
+
+    t = sub.add_parser("train", help="train a language model (default: character LSTM on the stdlib sources)",
+                       description="Train a recurrent language model with truncated BPTT. With no options: a "
+                                   "character-level LSTM on the Python standard library's own sources.")
+    t.add_argument("--corpus", metavar="PATH", help="UTF-8 text file or folder (default: the stdlib .py sources)")
+    t.add_argument("--level", choices=("char", "word"), default=d.level, help="tokens (default %(default)s)")
+    t.add_argument("--cell", choices=("rnn", "lstm", "gru"), default=d.cell, help="recurrent cell (default %(default)s)")
+    t.add_argument("--hidden", type=_positive_int, default=d.hidden, help="hidden units (default %(default)s)")
+    t.add_argument("--embed", type=_positive_int, default=None, help="embedding size (default min(hidden, 64))")
+    t.add_argument("--layers", type=_positive_int, default=d.layers, help="stacked layers (default %(default)s)")
+    t.add_argument("--dropout", type=_fraction, default=d.dropout, help="dropout (default %(default)s)")
+    t.add_argument("--seq-len", type=_positive_int, default=d.seq_len, help="BPTT steps per chunk (default %(default)s)")
+    t.add_argument("--batch", type=_positive_int, default=d.batch, help="parallel streams (default %(default)s)")
+    t.add_argument("--steps", type=_nonneg_int, default=d.steps, help="training steps (default %(default)s)")
+    t.add_argument("--lr", type=_positive_float, default=d.lr, help="learning rate (default %(default)s)")
+    t.add_argument("--clip", type=_positive_float, default=d.clip, help="max gradient norm (default %(default)s)")
+    t.add_argument("--optimizer", choices=("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"),
+                   default=d.optimizer, help="(default %(default)s)")
+    t.add_argument("--eval-every", type=_positive_int, default=d.eval_every,
+                   help="validate and checkpoint every N steps (default %(default)s)")
+    t.add_argument("--sample-every", type=_positive_int, default=d.sample_every,
+                   help="print a sample every N steps (default %(default)s)")
+    t.add_argument("--max-chars", type=_nonneg_int, default=d.max_chars,
+                   help="read at most this many characters of the corpus, 0 for all (default %(default)s)")
+    t.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype, help="(default %(default)s)")
+    t.add_argument("--seed", type=int, default=d.seed, help="random seed; the same seed gives the same run "
+                                                            "(default %(default)s)")
+    t.add_argument("--out", metavar="DIR", help="output folder (default runs/<level>-<cell>-<time>)")
+    t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (model, data and optimizer "
+                                                    "settings come from it)")
+    t.add_argument("--backend", choices=("native", "numpy"), help="implementation of the recurrent ops")
+    t.add_argument("--threads", type=_positive_int, help="threads for rnncore and NumPy's BLAS")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="generate text from a checkpoint",
+                       description="Generate text from a checkpoint written by rnncore train.")
+    s.add_argument("checkpoint", metavar="CHECKPOINT", help="model.npz from rnncore train")
+    s.add_argument("--length", type=_nonneg_int, default=500, help="tokens to generate (default %(default)s)")
+    s.add_argument("--temperature", type=_positive_float, default=0.8, help="(default %(default)s)")
+    s.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k most likely tokens")
+    s.add_argument("--prime", default=None, help="text to start from (default a newline)")
+    s.add_argument("--seed", type=int, default=None, help="random seed (default: fresh randomness)")
+    s.add_argument("--backend", choices=("native", "numpy"), help="implementation of the recurrent ops")
+
+    sub.add_parser("bench", help="compare rnncore's backends (and PyTorch if installed); see rnncore bench --help",
+                   add_help=False)
+    return ap
+
+
+def _version():
+    try:
+        from . import __version__
+
+        return f"rnncore {__version__}"
+    except ImportError:  # pragma: no cover
+        return "rnncore"
+
+
+def _cmd_train(args) -> int:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(corpus=args.corpus, level=args.level, cell=args.cell, hidden=args.hidden, embed=args.embed,
+                      layers=args.layers, dropout=args.dropout, seq_len=args.seq_len, batch=args.batch,
+                      steps=args.steps, lr=args.lr, clip=args.clip, optimizer=args.optimizer,
+                      eval_every=args.eval_every, sample_every=args.sample_every, max_chars=args.max_chars,
+                      dtype=args.dtype, seed=args.seed, out=args.out, resume=args.resume, backend=args.backend,
+                      threads=args.threads, progress=not args.no_progress)
+    train(cfg)
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    import contextlib
+
+    import numpy as np
+
+    import rnncore
+
+    from .models import LanguageModel
+
+    model = LanguageModel.load(args.checkpoint)
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError(f"{args.checkpoint} has no tokenizer")
+    prime = args.prime
+    if prime is None:
+        prime = "\n" if tok.kind == "char" and "\n" in tok.chars else None
+        ids = tok.encode(prime) if prime is not None else np.zeros(1, np.int32)
+        prime = tok.decode(ids)
+    else:
+        ids = tok.encode(prime)
+        if len(ids) == 0:
+            raise ValueError("--prime gives no tokens")
+    ctx = rnncore.use_backend(args.backend) if args.backend else contextlib.nullcontext()
+    with ctx:
+        new = model.generate(ids, args.length, temperature=args.temperature, top_k=args.top_k,
+                             rng=np.random.default_rng(args.seed))
+    sep = " " if tok.kind == "word" and len(new) else ""
+    sys.stdout.write(prime + sep + tok.decode(new) + "\n")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``rnncore`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "bench":
+            try:
+                from . import benchmark
+            except ImportError as e:
+                print(f"rnncore bench: error: the benchmark module is not available ({e})", file=sys.stderr)
+                return 1
+            return int(benchmark.main(argv[1:]) or 0)
+        ap = build_parser()
+        try:
+            args = ap.parse_args(argv)
+        except SystemExit as e:  # argparse: --help/--version (0) or a bad argument (2, message printed)
+            return e.code if isinstance(e.code, int) else 0
+        if args.command is None:
+            ap.print_help(sys.stderr)
+            return 2
+        if args.command == "train":
+            return _cmd_train(args)
+        return _cmd_sample(args)
+    except KeyboardInterrupt:
+        print("rnncore: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, TypeError, RuntimeError, KeyError, FloatingPointError) as e:
+        cmd = argv[0] if argv and argv[0] in ("train", "sample") else ""
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"rnncore{' ' + cmd if cmd else ''}: error: {msg}", file=sys.stderr)
+        return 1

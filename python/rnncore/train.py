@@ -1,0 +1,282 @@
+"""Training loop for :class:`rnncore.models.LanguageModel` (what ``rnncore train`` runs).
+
+``train(TrainConfig(...))`` reads a corpus (default: the Python standard library's own
+sources), fits a tokenizer, and trains with truncated BPTT: the text is cut into ``batch``
+parallel streams read ``seq_len`` tokens at a time, the recurrent state carried from one
+chunk to the next and reset at each new pass. Adam with gradient-norm clipping. It shows a
+tqdm bar (loss, perplexity), evaluates validation perplexity every ``eval_every`` steps,
+prints a sample every ``sample_every`` steps, writes a checkpoint (``model.npz``: weights,
+tokenizer, optimizer and recurrent state, so ``resume`` continues the same run exactly) and
+a loss plot (``loss.png``, when matplotlib is installed), and finally compares the
+validation perplexity with the unigram baseline.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import data as _data
+from .models import CELLS, LanguageModel
+from .optim import OPTIMIZERS, clip_grads
+
+__all__ = ["TrainConfig", "train", "checkpoint_path"]
+
+#: options a resumed run takes from the checkpoint (they fix the model and the data stream)
+_FROM_CHECKPOINT = ("corpus", "level", "max_chars", "max_vocab", "cell", "hidden", "embed", "layers", "dropout",
+                    "seq_len", "batch", "seed", "optimizer", "dtype", "val_fraction")
+
+
+@dataclass
+class TrainConfig:
+    corpus: Optional[str] = None  # file or folder; None: the stdlib sources
+    level: str = "char"  # "char" or "word"
+    cell: str = "lstm"
+    hidden: int = 256
+    embed: Optional[int] = None  # default min(hidden, 64)
+    layers: int = 1
+    dropout: float = 0.0
+    seq_len: int = 64
+    batch: int = 32
+    steps: int = 1500
+    lr: float = 3e-3
+    clip: float = 5.0
+    optimizer: str = "adam"
+    eval_every: int = 250
+    sample_every: int = 500
+    sample_len: int = 240
+    max_chars: int = 3_000_000
+    max_vocab: int = 10000
+    val_fraction: float = 0.05
+    seed: int = 0
+    dtype: str = "float32"
+    out: Optional[str] = None
+    resume: Optional[str] = None
+    backend: Optional[str] = None
+    threads: Optional[int] = None
+    progress: bool = True
+    plot: bool = True
+
+    def validate(self):
+        if self.level not in ("char", "word"):
+            raise ValueError(f"level must be 'char' or 'word', got {self.level!r}")
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        for name in ("hidden", "layers", "seq_len", "batch", "eval_every", "sample_every", "max_vocab"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        return self
+
+
+def checkpoint_path(out_dir: str) -> str:
+    return os.path.join(out_dir, "model.npz")
+
+
+def _default_out(cfg: TrainConfig) -> str:
+    return os.path.join("runs", f"{cfg.level}-{cfg.cell}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+@contextlib.contextmanager
+def _runtime(backend, threads):
+    """Run the block on ``backend`` with ``threads`` threads (rnncore's and NumPy's BLAS)."""
+    import rnncore
+
+    with contextlib.ExitStack() as stack:
+        if backend:
+            stack.enter_context(rnncore.use_backend(backend))
+        if threads:
+            from threadpoolctl import threadpool_limits
+
+            stack.enter_context(threadpool_limits(limits=threads))
+            if backend != "numpy":
+                stack.enter_context(rnncore.num_threads(threads))
+        yield
+
+
+def _make_tokenizer(level, train_text, full_text, max_vocab):
+    if level == "char":
+        return _data.CharTokenizer().fit(full_text)
+    return _data.WordTokenizer().fit(train_text, max_vocab=max_vocab)
+
+
+def _prime_ids(tokenizer, val_ids):
+    """Sample prime: a newline where the vocabulary has one, else the first validation id."""
+    try:
+        ids = tokenizer.encode("\n")
+        if len(ids):
+            return ids
+    except ValueError:
+        pass
+    return np.asarray(val_ids[:1])
+
+
+def _save_plot(path, losses, val_hist):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    losses = np.asarray(losses, dtype=np.float64)
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, lw=0.6, alpha=0.4, label="train loss")
+    if len(losses) >= 20:
+        w = max(len(losses) // 50, 5)
+        smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
+        ax.plot(steps[w - 1:], smooth, lw=1.5, label=f"train loss ({w}-step mean)")
+    if val_hist:
+        vs, vl = zip(*[(s, math.log(p)) for s, p in val_hist])
+        ax.plot(vs, vl, "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def train(cfg: TrainConfig, log=None) -> dict:
+    """Train (or resume) a language model; returns a summary dict with ``checkpoint``,
+    ``val_ppl``, ``unigram_ppl``, ``losses``, ``val_history``, ``seconds``, ``sample``."""
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    say = log or (lambda s: tqdm.write(s, file=sys.stdout))
+    model = None
+    meta = {}
+    if cfg.resume:
+        model = LanguageModel.load(cfg.resume)
+        meta = model.checkpoint.get("meta", {})
+        if "train_config" not in meta or model.tokenizer is None:
+            raise ValueError(f"{cfg.resume} has no training state (not written by rnncore train)")
+        saved = meta["train_config"]
+        cfg = dataclasses.replace(cfg, **{k: saved[k] for k in _FROM_CHECKPOINT if k in saved})
+        if cfg.out is None:
+            cfg.out = os.path.dirname(os.path.abspath(cfg.resume))
+    cfg.validate()
+    out_dir = cfg.out or _default_out(cfg)
+    ckpt = checkpoint_path(out_dir)
+
+    text = _data.load_corpus(cfg.corpus, cfg.max_chars)
+    train_text, val_text = _data.split_text(text, cfg.val_fraction)
+    tok = model.tokenizer if model is not None else _make_tokenizer(cfg.level, train_text, text, cfg.max_vocab)
+    train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
+    if len(val_ids) < 4 or len(train_ids) < 2 * cfg.batch:
+        raise ValueError(f"corpus too small: {len(train_ids)} training and {len(val_ids)} validation tokens")
+    V = tok.vocab_size
+    batcher = _data.StreamBatcher(train_ids, cfg.batch, cfg.seq_len)
+    source = cfg.corpus or "the Python standard library sources"
+    say(f"corpus: {source}: {len(text):,} chars -> {len(train_ids):,} train / {len(val_ids):,} validation "
+        f"{cfg.level} tokens, vocabulary {V}")
+
+    if model is None:
+        model = LanguageModel(V, cfg.hidden, embed_size=cfg.embed, num_layers=cfg.layers, cell=cfg.cell,
+                              dropout=cfg.dropout, dtype=np.dtype(cfg.dtype), seed=cfg.seed)
+    model.tokenizer = tok
+    opt = OPTIMIZERS[cfg.optimizer](lr=cfg.lr)
+    step, losses, val_hist = 0, [], []
+    if cfg.resume:
+        ck = model.checkpoint
+        step = int(meta["step"])
+        losses = list(meta.get("losses", []))
+        val_hist = [tuple(v) for v in meta.get("val_history", [])]
+        opt.load_state_dict({k[len("optim."):]: v for k, v in ck.items() if k.startswith("optim.")})
+        opt.lr = cfg.lr
+        if "state.h" in ck:
+            model.set_state((ck["state.h"], ck.get("state.c")))
+        if "rng" in meta:
+            model.set_rng_state(meta["rng"])
+        say(f"resumed {cfg.resume} at step {step}")
+    n_params = sum(p.size for p in model.params)
+    say(f"model: {cfg.cell} {cfg.layers}x{cfg.hidden}, embedding {model.config['embed_size']}, "
+        f"{n_params:,} parameters; batch {cfg.batch} x {batcher.seq_len} steps, {cfg.steps} steps "
+        f"({batcher.n_chunks} per pass over the training text)")
+
+    def save():
+        h, c = model.get_state()
+        arrays = {f"optim.{k}": v for k, v in opt.state_dict().items()}
+        if h is not None:
+            arrays["state.h"] = h
+        if c is not None:
+            arrays["state.c"] = c
+        m = {"step": step, "train_config": dataclasses.asdict(cfg), "losses": losses,
+             "val_history": [list(v) for v in val_hist], "rng": model.get_rng_state()}
+        return model.save(ckpt, tokenizer=tok, meta=m, arrays=arrays)
+
+    def sample(n):
+        rng = np.random.default_rng([cfg.seed, step])
+        prime = _prime_ids(tok, val_ids)
+        return tok.decode(np.concatenate([prime, model.generate(prime, n, temperature=0.8, rng=rng)]))
+
+    def evaluate():
+        ppl = model.perplexity(val_ids, cfg.batch, cfg.seq_len)
+        val_hist.append((step, ppl))
+        return ppl
+
+    model.train()
+    ema = None
+    with _runtime(cfg.backend, cfg.threads):
+        bar = tqdm(total=cfg.steps, initial=min(step, cfg.steps), disable=not cfg.progress, unit="step",
+                   dynamic_ncols=True, file=sys.stderr, desc="train")
+        try:
+            while step < cfg.steps:
+                if step % batcher.n_chunks == 0:
+                    model.reset_state()
+                xs, ts = batcher.chunk(step)
+                loss = model.loss(xs, ts)
+                model.backward()
+                clip_grads(model.grads, cfg.clip)
+                opt.update(model.params, model.grads)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss} at step {step + 1}; try a lower --lr")
+                step += 1
+                losses.append(loss)
+                ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+                bar.update(1)
+                bar.set_postfix(loss=f"{ema:.3f}", ppl=f"{math.exp(ema):.2f}", refresh=False)
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    ppl = evaluate()
+                    save()
+                    say(f"step {step}: train loss {ema:.3f}, validation perplexity {ppl:.3f}")
+                if step % cfg.sample_every == 0 and step < cfg.steps:
+                    say(f"--- sample at step {step} ---\n{sample(cfg.sample_len)}\n---")
+        except KeyboardInterrupt:
+            bar.close()
+            save()
+            say(f"interrupted at step {step}; checkpoint saved to {ckpt} (continue with --resume {ckpt})")
+            raise
+        bar.close()
+        if not val_hist or val_hist[-1][0] != step:
+            evaluate()
+        final_ppl = val_hist[-1][1]
+        path = save()
+        text_sample = sample(cfg.sample_len)
+    unigram = _data.unigram_perplexity(train_ids, val_ids, V)
+    plot = _save_plot(os.path.join(out_dir, "loss.png"), losses, val_hist) if cfg.plot and losses else None
+    seconds = time.perf_counter() - t_start
+    say(f"--- sample ---\n{text_sample}\n---")
+    say(f"checkpoint: {path}" + (f"; loss plot: {plot}" if plot else ""))
+    say(f"validation perplexity {final_ppl:.3f} vs unigram baseline {unigram:.3f} "
+        f"({cfg.level} level, vocabulary {V}); {step} steps in {seconds:.1f} s")
+    return {"checkpoint": path, "val_ppl": final_ppl, "unigram_ppl": unigram, "losses": losses,
+            "val_history": val_hist, "seconds": seconds, "sample": text_sample, "plot": plot, "steps": step}
