@@ -141,6 +141,14 @@ def test_batch_first_equals_time_major():
         assert_close(a, tm[name], 1e-12, name)
 
 
+def test_full_lengths_equal_no_lengths():
+    x, w, st, _, g = _problem("gru", 2, True, 5, 3, 2, 3, np.float64, 6)
+    a = _run("gru", x, w, st, g, num_layers=2, bidirectional=True)
+    b = _run("gru", x, w, st, g, num_layers=2, bidirectional=True, lengths=np.full(3, 5))
+    for name in a:
+        assert_close(b[name], a[name], 1e-13, name)
+
+
 # -- finite differences ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("mid,mode,kw", [MODES[0], MODES[2], MODES[3]], ids=["rnn", "lstm", "gru"])

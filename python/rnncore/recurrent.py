@@ -347,7 +347,7 @@ def init_weights(mode, input_size, hidden_size, num_layers=1, bidirectional=Fals
     ``np.random.default_rng()``).
     """
     op = "init_weights"
-    L, nd, _ = _check_config(op, mode, num_layers, bidirectional, 0.0, "tanh" if mode != "rnn" else "tanh", True)
+    L, nd, _ = _check_config(op, mode, num_layers, bidirectional, 0.0, "tanh", True)
     for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{op}: {name} must be an integer >= 1, got {v!r}")
