@@ -130,12 +130,23 @@ def _read(path: Path):
         return None
 
 
-def _read_tree(root: Path, pattern: str, max_chars: int, skip=frozenset()) -> str:
+def _walk(folder: Path, suffix: str, skip):
+    """Files under ``folder`` ending in ``suffix``, in sorted path order, lazily."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return
+    for e in entries:
+        if e.is_dir(follow_symlinks=False):
+            if e.name not in skip:
+                yield from _walk(Path(e.path), suffix, skip)
+        elif e.is_file() and e.name.endswith(suffix):
+            yield Path(e.path)
+
+
+def _read_tree(root: Path, suffix: str, max_chars: int, skip=frozenset()) -> str:
     parts, total = [], 0
-    files = sorted((p for p in root.rglob(pattern) if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
-    for p in files:
-        if skip & set(p.relative_to(root).parts[:-1]):
-            continue
+    for p in _walk(root, suffix, skip):
         text = _read(p)
         if not text:
             continue
@@ -152,7 +163,7 @@ def stdlib_corpus(max_chars: int = 3_000_000) -> str:
     path; tests, codec tables and site-packages left out), concatenated in sorted path
     order and cut at ``max_chars`` characters."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    text = _read_tree(root, "*.py", max_chars, _SKIP_DIRS)
+    text = _read_tree(root, ".py", max_chars, _SKIP_DIRS)
     if not text:
         raise FileNotFoundError(f"no readable .py files under the standard library folder {root}")
     return text
@@ -165,7 +176,7 @@ def load_corpus(path=None, max_chars: int = 3_000_000) -> str:
         return stdlib_corpus(max_chars)
     p = Path(os.path.expanduser(str(path)))
     if p.is_dir():
-        text = _read_tree(p, "*", max_chars, frozenset({".git", "__pycache__"}))
+        text = _read_tree(p, "", max_chars, frozenset({".git", "__pycache__"}))
         if not text:
             raise ValueError(f"no readable UTF-8 text files under {p}")
         return text
