@@ -1,0 +1,126 @@
+"""The training loop and the ``rnncore`` command line, end to end with tiny settings."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rnncore.cli import main
+from rnncore.models import LanguageModel
+
+TINY = ["--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "16", "--max-chars", "20000",
+        "--eval-every", "10", "--sample-every", "10", "--no-progress", "--threads", "1"]
+
+
+def _losses(ckpt):
+    return LanguageModel.load(ckpt).checkpoint["meta"]["losses"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--steps", "20", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_train_writes_checkpoint_plot_and_baseline(trained, capsys):
+    ckpt = trained / "model.npz"
+    assert ckpt.is_file()
+    pytest.importorskip("matplotlib")
+    assert (trained / "loss.png").is_file()
+    model = LanguageModel.load(ckpt)
+    meta = model.checkpoint["meta"]
+    assert meta["step"] == 20 and len(meta["losses"]) == 20
+    assert [s for s, _ in meta["val_history"]] == [10, 20]
+    assert model.tokenizer.kind == "char" and model.config["cell"] == "lstm"
+
+
+def test_same_seed_same_run_and_resume_continues_exactly(trained, tmp_path, capsys):
+    again = tmp_path / "again"
+    assert main(["train", "--steps", "20", "--out", str(again), *TINY]) == 0
+    full = _losses(trained / "model.npz")
+    assert _losses(again / "model.npz") == full
+    half = tmp_path / "half"
+    assert main(["train", "--steps", "10", "--out", str(half), *TINY]) == 0
+    assert _losses(half / "model.npz") == full[:10]
+    assert main(["train", "--steps", "20", "--resume", str(half / "model.npz"), "--no-progress"]) == 0
+    assert _losses(half / "model.npz") == full
+    out = capsys.readouterr().out
+    assert "resumed" in out and "unigram baseline" in out
+
+
+def test_sample_command(trained, capsys):
+    ckpt = str(trained / "model.npz")
+    assert main(["sample", ckpt, "--length", "40", "--seed", "3", "--prime", "def "]) == 0
+    a = capsys.readouterr().out
+    assert a.startswith("def ") and len(a) >= 44
+    assert main(["sample", ckpt, "--length", "40", "--seed", "3", "--prime", "def ", "--top-k", "5",
+                 "--temperature", "0.5", "--backend", "numpy"]) == 0
+    assert capsys.readouterr().out.startswith("def ")
+    assert main(["sample", ckpt, "--length", "40", "--seed", "3", "--prime", "def "]) == 0
+    assert capsys.readouterr().out == a
+
+
+def test_word_level_gru_on_own_corpus(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("you say goodbye and I say hello .\n" * 200)
+    out = tmp_path / "w"
+    assert main(["train", "--corpus", str(corpus), "--level", "word", "--cell", "gru", "--steps", "30",
+                 "--lr", "0.01", "--out", str(out), *TINY]) == 0
+    model = LanguageModel.load(out / "model.npz")
+    assert model.tokenizer.kind == "word" and model.vocab_size == 8
+    meta = model.checkpoint["meta"]
+    assert meta["val_history"][-1][1] < 3.0
+    assert "unigram baseline" in capsys.readouterr().out
+    assert main(["sample", str(out / "model.npz"), "--length", "5", "--prime", "you say", "--seed", "0"]) == 0
+    assert capsys.readouterr().out.startswith("you say ")
+
+
+def test_numpy_backend_matches_native(tmp_path, capsys):
+    args = ["train", "--steps", "4", "--eval-every", "4", "--dtype", "float64", *TINY]
+    assert main([*args, "--out", str(tmp_path / "n"), "--backend", "native"]) == 0
+    assert main([*args, "--out", str(tmp_path / "p"), "--backend", "numpy"]) == 0
+    np.testing.assert_allclose(_losses(tmp_path / "n" / "model.npz"), _losses(tmp_path / "p" / "model.npz"),
+                               rtol=1e-10)
+
+
+def test_bad_arguments_in_process(capsys, tmp_path):
+    assert main(["train", "--hidden", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--hidden" in err
+    assert main(["sample", str(tmp_path / "none.npz")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not found" in err
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+    assert "train" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--bogus"], "unrecognized"),
+    (["train", "--cell", "transformer"], "--cell"),
+    (["train", "--lr", "-1"], "--lr"),
+    (["train", "--corpus", "/no/such/file.txt"], "not found"),
+    (["sample"], "CHECKPOINT"),
+    (["sample", "/no/such/model.npz"], "not found"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments_subprocess(args, needle, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "rnncore", *args], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=120)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert needle in r.stderr
+
+
+def test_sample_rejects_non_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "x.npz"
+    np.savez(bad, a=np.arange(3))
+    assert main(["sample", str(bad)]) == 1
+    assert "not an rnncore" in capsys.readouterr().err
+    assert main(["sample", str(bad.with_name("y.txt"))]) == 1
