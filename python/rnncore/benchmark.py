@@ -179,7 +179,7 @@ class _NativeOps:
         return hs, cache
 
     def forward(self):
-        self._forward()
+        return self._forward()[0]
 
     def forward_backward(self):
         hs, cache = self._forward()
@@ -236,7 +236,7 @@ class _Textbook:
         self.out = None
 
     def forward(self):
-        self.layer.forward(self.xs)
+        return self.layer.forward(self.xs).swapaxes(0, 1)
 
     def forward_backward(self):
         hs = self.layer.forward(self.xs)
@@ -277,7 +277,7 @@ class _Torch:
         self.out = None
 
     def forward(self):
-        self.mod(self.x)  # autograd on: the forward of a training step
+        return self.mod(self.x)[0].detach().numpy()  # autograd on: the forward of a training step
 
     def forward_backward(self):
         self.x.grad = None
