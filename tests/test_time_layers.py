@@ -9,8 +9,8 @@ float32 tolerances are k * max|ref| (conftest.assert_close).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -19,8 +19,18 @@ import rnncore
 import rnncore.time_layers as L
 from conftest import assert_close
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
-import _textbook_layers as R  # noqa: E402
+
+
+def _load_oracle():
+    # bench/_textbook_layers.py, loaded by path (bench/ is not put on sys.path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "bench", "_textbook_layers.py")
+    spec = importlib.util.spec_from_file_location("_textbook_layers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+R = _load_oracle()
 
 K32 = 2e-5   # float32: |diff| <= K32 * max|ref| on these small shapes
 GATES = {"TimeRNN": 1, "TimeLSTM": 4, "TimeGRU": 3}
