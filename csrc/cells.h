@@ -19,16 +19,21 @@
 #include "blas.h"
 #include "parallel.h"
 #include "problem.h"
+#include "small_gemm.h"
 
 namespace rnncore {
 
-// out[:, cols of this thread] = A (B, K) @ W[:, cols] (or @ W[cols, :]^T when tw), + beta * out.
+// out[:, cols of this thread] = A (B, K) @ W[:, cols] + beta * out. Backward steps pass the
+// transposed recurrent weights (ctx.whT), so every step GEMM is this one shape.
 template <typename T>
 inline void step_gemm(int tid, int nt, int B, int N, int K, const T* A, long lda, const T* W,
-                      long ldw, bool tw, T beta, T* out, long ldo) {
+                      long ldw, T beta, T* out, long ldo) {
   for_chunks(N, tid, nt, [&](long lo, long hi) {
-    const T* Wc = tw ? W + lo * ldw : W + lo;
-    gemm(false, tw, B, (int)(hi - lo), K, T(1), A, (int)lda, Wc, (int)ldw, beta, out + lo, (int)ldo);
+    const int n = (int)(hi - lo);
+    if (use_small_gemm(B, n))
+      small_gemm(B, n, K, A, lda, W + lo, ldw, beta, out + lo, ldo);
+    else
+      gemm(false, false, B, n, K, T(1), A, (int)lda, W + lo, (int)ldw, beta, out + lo, (int)ldo);
   });
 }
 
@@ -39,11 +44,11 @@ inline void unit_range(int H, int tid, int nt, long& j0, long& j1) { split_range
 template <typename T>
 inline void gather_dh(const StepContext<T>& c, int t, int b, long j0, long j1, T* dh) {
   const Problem<T>& p = c.p;
-  const T* up = p.dhs ? p.dhs + p.off(t, p.H) + b * p.ld(p.H) : nullptr;
-  const T* last = (p.dhn && t == p.len[b] - 1) ? p.dhn + (long)b * p.H : nullptr;
+  const T* up = p.dhs ? p.dhs + p.off(t, p.H) + b * p.ld(p.H) : c.zeros;
+  const T* last = (p.dhn && t == p.len[b] - 1) ? p.dhn + (long)b * p.H : c.zeros;
   const T* rec = c.dh_rec + (long)b * p.H;
 #pragma omp simd
-  for (long j = j0; j < j1; ++j) dh[j] = rec[j] + (up ? up[j] : T(0)) + (last ? last[j] : T(0));
+  for (long j = j0; j < j1; ++j) dh[j] = rec[j] + up[j] + last[j];
 }
 
 // ---------------------------------------------------------------------------------------
@@ -81,7 +86,7 @@ struct ElmanCell {
     const Problem<T>& p = c.p;
     long ldh;
     const T* hp = c.hprev(t, ldh);
-    step_gemm(tid, nt, p.B, p.H, p.H, hp, ldh, p.wh, p.H, false, T(0), c.scratch, p.H);
+    step_gemm(tid, nt, p.B, p.H, p.H, hp, ldh, p.wh, p.H, T(0), c.scratch, p.H);
 #pragma omp barrier
     long j0, j1;
     unit_range(p.H, tid, nt, j0, j1);
@@ -120,8 +125,7 @@ struct ElmanCell {
       default: backward_rows<T, kSigmoid>(c, t, j0, j1); break;
     }
 #pragma omp barrier
-    step_gemm(tid, nt, p.B, p.H, p.H, c.dG + p.off(t, p.H), p.ld(p.H), p.wh, p.H, true, T(0),
-              c.dh_rec, p.H);
+    step_gemm(tid, nt, p.B, p.H, p.H, c.dG + p.off(t, p.H), p.ld(p.H), c.whT, p.H, T(0), c.dh_rec, p.H);
   }
 };
 
@@ -145,7 +149,7 @@ struct LSTMCell {
     long ldh, ldc;
     const T* hp = c.hprev(t, ldh);
     const T* cp = c.cprev(t, ldc);
-    step_gemm(tid, nt, p.B, 4 * H, H, hp, ldh, p.wh, 4 * H, false, T(0), c.scratch, 4 * H);
+    step_gemm(tid, nt, p.B, 4 * H, H, hp, ldh, p.wh, 4 * H, T(0), c.scratch, 4 * H);
 #pragma omp barrier
     long j0, j1;
     unit_range(H, tid, nt, j0, j1);
@@ -200,14 +204,14 @@ struct LSTMCell {
       const T* g = p.gates + p.off(t, 4 * H) + b * p.ld(4 * H);
       const T* cc = p.cs + p.off(t, H) + b * p.ld(H);
       const T* cpr = cp + b * ldc;
-      const T* dcl = (p.dcn && t == p.len[b] - 1) ? p.dcn + (long)b * H : nullptr;
+      const T* dcl = (p.dcn && t == p.len[b] - 1) ? p.dcn + (long)b * H : c.zeros;
       T* dh = c.tmp + (long)b * H;
       gather_dh(c, t, b, j0, j1, dh);
 #pragma omp simd
       for (long j = j0; j < j1; ++j) {
         T gi = g[j], gf = g[H + j], gg = g[2 * H + j], go = g[3 * H + j];
         T tc = vtanh(cc[j]);
-        T dc = dcr[j] + (dcl ? dcl[j] : T(0)) + dh[j] * go * (T(1) - tc * tc);
+        T dc = dcr[j] + dcl[j] + dh[j] * go * (T(1) - tc * tc);
         dg[j] = dc * gg * gi * (T(1) - gi);
         dg[H + j] = dc * cpr[j] * gf * (T(1) - gf);
         dg[2 * H + j] = dc * gi * (T(1) - gg * gg);
@@ -216,8 +220,7 @@ struct LSTMCell {
       }
     }
 #pragma omp barrier
-    step_gemm(tid, nt, p.B, H, 4 * H, c.dG + p.off(t, 4 * H), p.ld(4 * H), p.wh, 4 * H, true, T(0),
-              c.dh_rec, H);
+    step_gemm(tid, nt, p.B, H, 4 * H, c.dG + p.off(t, 4 * H), p.ld(4 * H), c.whT, H, T(0), c.dh_rec, H);
   }
 };
 
@@ -242,13 +245,13 @@ struct GRUCell {
     const int H = p.H;
     long ldh;
     const T* hp = c.hprev(t, ldh);
-    step_gemm(tid, nt, p.B, 3 * H, H, hp, ldh, p.wh, 3 * H, false, T(0), c.scratch, 3 * H);
+    step_gemm(tid, nt, p.B, 3 * H, H, hp, ldh, p.wh, 3 * H, T(0), c.scratch, 3 * H);
 #pragma omp barrier
     long j0, j1;
     unit_range(H, tid, nt, j0, j1);
     const T* bs = c.bsum;
     const T* bx = p.bx;
-    const T* bh = p.bh;
+    const T* bh = p.bh ? p.bh : c.zeros;
     for (int b = 0; b < p.B; ++b) {
       T* h = p.hs + p.off(t, H) + b * p.ld(H);
       if (t >= p.len[b]) {
@@ -262,7 +265,7 @@ struct GRUCell {
       for (long j = j0; j < j1; ++j) {
         T r = vsigmoid(g[j] + s[j] + bs[j]);
         T z = vsigmoid(g[H + j] + s[H + j] + bs[H + j]);
-        T hn = s[2 * H + j] + (bh ? bh[2 * H + j] : T(0));
+        T hn = s[2 * H + j] + bh[2 * H + j];
         T n = vtanh(g[2 * H + j] + bx[2 * H + j] + r * hn);
         g[j] = r;
         g[H + j] = z;
@@ -310,8 +313,7 @@ struct GRUCell {
       }
     }
 #pragma omp barrier
-    step_gemm(tid, nt, p.B, H, 3 * H, c.dGh + p.off(t, 3 * H), p.ld(3 * H), p.wh, 3 * H, true, T(1),
-              c.dh_rec, H);
+    step_gemm(tid, nt, p.B, H, 3 * H, c.dGh + p.off(t, 3 * H), p.ld(3 * H), c.whT, H, T(1), c.dh_rec, H);
   }
 };
 
@@ -335,7 +337,7 @@ struct GRUResetBeforeCell {
     const int H = p.H;
     long ldh;
     const T* hp = c.hprev(t, ldh);
-    step_gemm(tid, nt, p.B, 2 * H, H, hp, ldh, p.wh, 3 * H, false, T(0), c.scratch, 3 * H);
+    step_gemm(tid, nt, p.B, 2 * H, H, hp, ldh, p.wh, 3 * H, T(0), c.scratch, 3 * H);
 #pragma omp barrier
     long j0, j1;
     unit_range(H, tid, nt, j0, j1);
@@ -354,7 +356,7 @@ struct GRUResetBeforeCell {
     }
 #pragma omp barrier
     step_gemm(tid, nt, p.B, H, H, p.gates + p.off(t, 4 * H) + 3 * H, p.ld(4 * H), p.wh + 2 * H, 3 * H,
-              false, T(0), c.scratch + 2 * H, 3 * H);
+              T(0), c.scratch + 2 * H, 3 * H);
 #pragma omp barrier
     for (int b = 0; b < p.B; ++b) {
       T* h = p.hs + p.off(t, H) + b * p.ld(H);
@@ -406,8 +408,8 @@ struct GRUResetBeforeCell {
     }
 #pragma omp barrier
     // d(r * h) = dn @ W_hn^T, into tmp (dh is no longer needed)
-    step_gemm(tid, nt, p.B, H, H, c.dG + p.off(t, 3 * H) + 2 * H, p.ld(3 * H), p.wh + 2 * H, 3 * H,
-              true, T(0), c.tmp, H);
+    step_gemm(tid, nt, p.B, H, H, c.dG + p.off(t, 3 * H) + 2 * H, p.ld(3 * H), c.whT + 2L * H * H, H, T(0),
+              c.tmp, H);
 #pragma omp barrier
     for (int b = 0; b < p.B; ++b) {
       T* dg = c.dG + p.off(t, 3 * H) + b * p.ld(3 * H);
@@ -424,8 +426,7 @@ struct GRUResetBeforeCell {
       }
     }
 #pragma omp barrier
-    step_gemm(tid, nt, p.B, H, 2 * H, c.dG + p.off(t, 3 * H), p.ld(3 * H), p.wh, 3 * H, true, T(1),
-              c.dh_rec, H);
+    step_gemm(tid, nt, p.B, H, 2 * H, c.dG + p.off(t, 3 * H), p.ld(3 * H), c.whT, H, T(1), c.dh_rec, H);
   }
 };
 

@@ -20,7 +20,7 @@ namespace rnncore {
 
 // Threads for the time loop: one unless a step's recurrent GEMM pays for a team.
 inline int step_threads(int B, int H, int G) {
-  return threads_for((double)B * H * (double)G * H, num_chunks((long)G * H), 98304.0);
+  return threads_for((double)B * H * (double)G * H, num_chunks((long)G * H), 262144.0);
 }
 
 // Threads for the big hoisted GEMMs.
@@ -32,10 +32,11 @@ void forward(Problem<T>& p) {
   DenormalGuard guard;
   const int B = p.B, H = p.H, D = p.D, GH = Cell::G * H;
   const long rows = p.rows();
-  std::vector<T> ws((size_t)B * GH + (size_t)B * H + GH, T(0));
+  const size_t nzeros = std::max((size_t)B * H, (size_t)GH);  // stands in for h0, c0 or b_hh
+  std::vector<T> ws((size_t)B * GH + nzeros + GH, T(0));
   T* scratch = ws.data();
   T* zeros = scratch + (size_t)B * GH;
-  T* bsum = zeros + (size_t)B * H;
+  T* bsum = zeros + nzeros;
   for (int j = 0; j < GH; ++j) bsum[j] = p.bx[j] + (p.bh ? p.bh[j] : T(0));
   StepContext<T> ctx{p, scratch, bsum, zeros};
 
@@ -107,13 +108,17 @@ void backward(Problem<T>& p) {
   const int B = p.B, H = p.H, D = p.D, GH = Cell::G * H;
   const long rows = p.rows();
   const size_t nG = (size_t)rows * GH, nBH = (size_t)B * H;
-  std::vector<T> ws(nG * (Cell::SPLIT ? 2 : 1) + 3 * nBH, T(0));
+  std::vector<T> ws(nG * (Cell::SPLIT ? 2 : 1) + 3 * nBH + (size_t)H * GH, T(0));
   T* dG = ws.data();
   T* dGh = Cell::SPLIT ? dG + nG : dG;
   T* tmp = dG + nG * (Cell::SPLIT ? 2 : 1);
   T* zeros = tmp + nBH;
   T* E = zeros + nBH;
+  T* whT = E + nBH;
+  for (int i = 0; i < H; ++i)
+    for (int j = 0; j < GH; ++j) whT[(long)j * H + i] = p.wh[(long)i * GH + j];
   StepContext<T> ctx{p, nullptr, nullptr, zeros};
+  ctx.whT = whT;
   ctx.dG = dG;
   ctx.dGh = dGh;
   ctx.tmp = tmp;

@@ -59,13 +59,14 @@ struct StepContext {
   const Problem<T>& p;
   T* scratch;       // (B, G*H) result of the step's recurrent GEMM
   const T* bsum;    // (G*H) bx + bh
-  const T* zeros;   // (B, H) stands in for a missing h0 / c0
+  const T* zeros;   // at least (B, H) and (G*H) zeros: stands in for a missing h0, c0, b_hh, dh
   // backward only
   T* dG = nullptr;      // (T, B, G*H) layout: gradient of the input-side pre-activations
   T* dGh = nullptr;     // same for the hidden side when a cell distinguishes them, else == dG
   T* dh_rec = nullptr;  // (B, H) gradient reaching h_{t-1} through the recurrence
   T* dc_rec = nullptr;  // (B, H) gradient reaching c_{t-1}
   T* tmp = nullptr;     // (B, H)
+  const T* whT = nullptr;  // (G*H, H) wh transposed, so dh_{t-1} = dG_t @ whT
 
   const T* hprev(int t, long& ldh) const {
     if (t > 0) {

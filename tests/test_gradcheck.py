@@ -89,11 +89,7 @@ CASES = [pytest.param(cid, cell, kw, v, id=f"{cid}-{v}") for cid, cell, kw in CE
 
 @pytest.mark.parametrize("cid,cell,kw,variant", CASES)
 @pytest.mark.parametrize("impl", ["reference", "native"])
-def test_gradients_match_finite_differences(impl, cid, cell, kw, variant, request):
-    if impl == "reference" and cell == "lstm" and not VARIANTS[variant][3]:
-        request.applymarker(pytest.mark.xfail(raises=TypeError, strict=True, reason=(
-            "library bug: rnncore.reference.lstm_forward with b_hh=None adds None "
-            "(lstm_step_forward does not default b_hh to zeros)")))
+def test_gradients_match_finite_differences(impl, cid, cell, kw, variant):
     a, R, S, U = _setup(cid, cell, VARIANTS[variant])
     with_h0, lengths, batch_first, _ = VARIANTS[variant]
     fkw = dict(kw, batch_first=batch_first, lengths=None if lengths is None else np.array(lengths))

@@ -127,12 +127,8 @@ def test_dhs_none_and_dh_n_none(cid, cell, kw, dtype):
 
 @pytest.mark.parametrize("impl", ["native", "reference"])
 @pytest.mark.parametrize("cid,cell,kw", [c for c in CELLS if c[1] != "rnn"], ids=[c[0] for c in CELLS[3:]])
-def test_b_hh_none_is_zero_bias(cid, cell, kw, impl, request):
+def test_b_hh_none_is_zero_bias(cid, cell, kw, impl):
     """b_hh=None acts like zeros (and db_hh comes back None), on both implementations."""
-    if impl == "reference" and cell == "lstm":
-        request.applymarker(pytest.mark.xfail(raises=TypeError, strict=True, reason=(
-            "library bug: rnncore.reference.lstm_forward with b_hh=None adds None "
-            "(lstm_step_forward does not default b_hh to zeros)")))
     rng = np.random.default_rng(29)
     T, B, D, H = 4, 3, 2, 3
     x, params, h0, c0, dhs, dh_n, dc_n = _inputs(cell, T, B, D, H, np.float64, rng)

@@ -56,9 +56,16 @@ def rnn_step_backward(dh, dc, h_prev, c_prev, h, c, gates, inp):
     return da, da, da @ inp.wh.T, None, h_prev.T @ da
 
 
+def _biases(inp):
+    """(b_ih, b_hh), a missing b_hh as zeros."""
+    b_hh = inp.b_hh if inp.b_hh is not None else np.zeros_like(inp.b_ih)
+    return inp.b_ih, b_hh
+
+
 def lstm_step_forward(xw_t, h_prev, c_prev, inp):
     H = inp.H
-    a = xw_t + inp.b_ih + h_prev @ inp.wh + inp.b_hh
+    b_ih, b_hh = _biases(inp)
+    a = xw_t + b_ih + h_prev @ inp.wh + b_hh
     i, f = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H])
     g, o = np.tanh(a[:, 2 * H:3 * H]), sigmoid(a[:, 3 * H:])
     c = f * c_prev + i * g
@@ -80,14 +87,9 @@ def lstm_step_backward(dh, dc, h_prev, c_prev, h, c, gates, inp):
     return da, da, da @ inp.wh.T, dc * f, h_prev.T @ da
 
 
-def _gru_biases(inp):
-    b_hh = inp.b_hh if inp.b_hh is not None else np.zeros_like(inp.b_ih)
-    return inp.b_ih, b_hh
-
-
 def gru_step_forward(xw_t, h_prev, c_prev, inp):
     H = inp.H
-    b_ih, b_hh = _gru_biases(inp)
+    b_ih, b_hh = _biases(inp)
     xa = xw_t + b_ih
     hw = h_prev @ inp.wh + b_hh
     r = sigmoid(xa[:, :H] + hw[:, :H])
@@ -112,7 +114,7 @@ def gru_step_backward(dh, dc, h_prev, c_prev, h, c, gates, inp):
 
 def gru_reset_before_step_forward(xw_t, h_prev, c_prev, inp):
     H = inp.H
-    b_ih, b_hh = _gru_biases(inp)
+    b_ih, b_hh = _biases(inp)
     wh = inp.wh
     a = xw_t + b_ih + b_hh
     r = sigmoid(a[:, :H] + h_prev @ wh[:, :H])

@@ -12,6 +12,8 @@ import contextlib
 
 from . import _native
 
+_setting = 0  # what set_num_threads last stored (0: follow OpenMP's default)
+
 
 def _core():
     if _native.core is None:
@@ -28,22 +30,22 @@ def set_num_threads(n: int) -> None:
     """Use ``n`` threads in native calls (0 or None: follow OpenMP's default again)."""
     if n is None:
         n = 0
-    if not isinstance(n, int) or n < 0:
+    global _setting
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise ValueError(f"set_num_threads: n must be an int >= 0, got {n!r}")
     _core().set_num_threads(n)
+    _setting = n
 
 
 @contextlib.contextmanager
 def num_threads(n: int):
     """``with rnncore.num_threads(1): ...``"""
-    core = _core()
-    # The stored setting (0 = follow OpenMP) is not readable directly; remember the effective one.
-    before = core.get_num_threads()
+    before = _setting
     set_num_threads(n)
     try:
         yield
     finally:
-        core.set_num_threads(before)
+        set_num_threads(before)
 
 
 def blas_info() -> dict:
