@@ -42,7 +42,7 @@ DEFAULTS = dict(cells=["rnn"], batch=[1, 8, 64, 256], hidden=[128, 512], seq_len
 QUICK = dict(batch=[1, 8], hidden=[32, 64], seq_len=20, threads=[1], min_time=0.02, max_seconds=2.0)
 
 #: validation tolerance: max|impl - native| <= TOL * max|native|, per tensor
-TOL = {"float32": 2e-3, "float64": 1e-8}
+TOL = {"float32": 1e-4, "float64": 1e-8}
 
 
 def flops_forward(T, B, D, H, G):
@@ -510,7 +510,7 @@ def _table_row(row, impls):
                 ratio = r.get("ratio")
                 cell = f"{fwd:>7}{fb:>8}{(f'{ratio:.1f}x' if ratio else '-'):>6}"
             if st == "failed":
-                cell += " FAILED"
+                cell = f"{fwd:>7}{fb:>8} FAILED"  # the ratio is in --json
         else:
             cell = f"{st.upper() if st in ('failed', 'error') else st:>7}"
         s += "| " + cell.ljust(IMPL_W[name])
@@ -524,9 +524,10 @@ def _bench_impl(name, p, threads, ref, cfg, best_rate, say):
     key = (name, p.cell, threads)
     flops = 3 * p.flops_fwd
     rec = {"status": "ok"}
-    if key in best_rate and best_rate[key] * flops > cfg["max_seconds"]:
+    limit = float("inf") if name == "native" else cfg["max_seconds"]  # native is the yardstick: always run
+    if key in best_rate and best_rate[key] * flops > limit:
         est = best_rate[key] * flops
-        return {"status": "skipped", "note": f"estimated {est:.1f}s per fwd+bwd > --max-seconds"}, None
+        return {"status": "skipped", "note": f"estimated {est:.3g}s per fwd+bwd > --max-seconds"}, None
     try:
         impl = FACTORIES[name](p)
     except _NotApplicable:
@@ -546,12 +547,12 @@ def _bench_impl(name, p, threads, ref, cfg, best_rate, say):
                     rec["status"] = "failed"
                     say(f"!!! VALIDATION FAILED: {name} {p.cell} T={p.T} B={p.B} H={p.H} threads={threads} "
                         f"{p.dtype}: " + "; ".join(bad), err=True)
-            if warm > cfg["max_seconds"]:
-                rec["note"] = f"warm-up took {warm:.1f}s > --max-seconds"
+            if warm > limit:
+                rec["note"] = f"warm-up took {warm:.3g}s > --max-seconds"
                 if rec["status"] == "ok":
                     rec["status"] = "skipped"
                 return rec, res
-            budget = cfg["max_seconds"] / 2
+            budget = max(cfg["max_seconds"], 2 * warm) / 2
             fb = _time_runs(impl.forward_backward, budget, cfg["min_time"], 3, cfg["repeat"])
             impl.forward()  # warm the forward-only path
             fw = _time_runs(impl.forward, budget, cfg["min_time"], 3, cfg["repeat"])
