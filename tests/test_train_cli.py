@@ -124,3 +124,9 @@ def test_sample_rejects_non_checkpoint(tmp_path, capsys):
     assert main(["sample", str(bad)]) == 1
     assert "not an rnncore" in capsys.readouterr().err
     assert main(["sample", str(bad.with_name("y.txt"))]) == 1
+
+
+def test_bench_is_passed_through(capsys):
+    assert main(["bench", "--no-such-option"]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "bench" in err
