@@ -1,25 +1,19 @@
-"""pytest-benchmark setup for bench/: shared problems, reference results, thread control.
+"""pytest-benchmark setup for bench/: thread control and the machine facts saved with results.
 
 Run the smoke check (each op once, outputs checked):   python -m pytest bench -q --benchmark-disable
-Run the benchmarks:                                    python -m pytest bench --benchmark-group-by=group
+Run the benchmarks:                                    python -m pytest bench
 ``--rnn-threads N`` pins every implementation to N threads (rnncore, NumPy's BLAS, torch);
-the default is 1 (reproducible, and safe on a busy CI runner); 0 leaves each at its own default. The implementations are the ones ``rnncore bench`` times
-(:mod:`rnncore.benchmark`).
+the default is 1 (reproducible, and safe on a busy CI runner); 0 leaves each at its own default.
+The implementations are the ones ``rnncore bench`` times (:mod:`rnncore.benchmark`).
+Nothing here is imported by the tests (tests/ has a conftest.py too): only hooks and fixtures.
 """
 from __future__ import annotations
 
-import functools
 import os
 
-import numpy as np
 import pytest
 
 from rnncore import benchmark as rb
-
-#: sequence length of every bench case
-T = 50
-#: max|impl - reference| <= TOL * max|reference| (float32, T = 50)
-TOL = 1e-4
 
 
 def pytest_addoption(parser):
@@ -35,42 +29,16 @@ def pytest_benchmark_update_machine_info(config, machine_info):
                                                    "OPENBLAS_CORETYPE", "OMP_NUM_THREADS")}
 
 
-@functools.lru_cache(maxsize=None)
-def problem(cell, B, H):
-    return rb.Problem(cell, T, B, H, "float32", seed=0)
-
-
-def reference(impl, cell, B, H):
-    """Outputs the timed ``impl`` must match: the twin's for native and torch, native's for the twin."""
-    return _outputs("native" if impl == "twin" else "twin", cell, B, H)
-
-
-@functools.lru_cache(maxsize=8)
-def _outputs(impl, cell, B, H):
-    runner = rb.FACTORIES[impl](problem(cell, B, H))
-    with runner.threads(1):  # one thread: robust on a busy machine, and this part is not timed
-        runner.forward_backward()
-    return runner.result()
-
-
-def assert_close(name, actual, ref):
-    actual, ref = np.asarray(actual), np.asarray(ref)
-    assert actual.shape == ref.shape, f"{name}: shape {actual.shape} != {ref.shape}"
-    scale = float(np.max(np.abs(ref))) or 1.0
-    err = float(np.max(np.abs(actual.astype(np.float64) - ref))) / scale
-    assert err <= TOL, f"{name}: max|diff| / max|ref| = {err:.2e} > {TOL:g}"
-
-
 @pytest.fixture
 def make_runner(request):
-    """``make_runner(impl, cell, B, H)`` -> the implementation set up (and thread-pinned) on that problem."""
+    """``make_runner(impl, problem)`` -> that implementation set up (and thread-pinned) on the problem."""
     n = request.config.getoption("--rnn-threads") or None
     stack = []
 
-    def make(impl, cell, B, H):
+    def make(impl, problem):
         if impl == "torch":
             pytest.importorskip("torch")
-        runner = rb.FACTORIES[impl](problem(cell, B, H))
+        runner = rb.FACTORIES[impl](problem)
         if n is not None:
             cm = runner.threads(n)
             cm.__enter__()

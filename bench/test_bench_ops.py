@@ -3,27 +3,58 @@
 Implementations: rnncore native, rnncore's NumPy twin, and torch.nn.RNN/LSTM/GRU when
 PyTorch imports (skipped otherwise); T = 50, D = H, float32, B in {1, 64}, H in {128, 512}.
 Every test also checks what it timed: native and torch against the twin, the twin against
-native (see conftest.TOL). No assertion here depends on time.
+native (``max|impl - ref| <= TOL * max|ref|``). No assertion here depends on time.
 
     python -m pytest bench -q --benchmark-disable            # smoke: each case once, checked
-    python -m pytest bench --benchmark-group-by=group        # timings, grouped by cell/op/size
+    python -m pytest bench                                   # timings, grouped by cell/op/size
 """
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import pytest
 
-from conftest import T, assert_close, reference
-from rnncore.benchmark import GATES, flops_forward
+from rnncore import benchmark as rb
 
+#: sequence length of every case
+T = 50
+#: max|impl - reference| <= TOL * max|reference| (float32, T = 50)
+TOL = 1e-4
 IMPLS = ["native", "twin", "torch"]
 CELLS = ["rnn", "lstm", "gru"]
-GRID = pytest.mark.parametrize("B,H", [(1, 128), (1, 512), (64, 128), (64, 512)],
-                               ids=lambda v: str(v))
+GRID = pytest.mark.parametrize("B,H", [(1, 128), (1, 512), (64, 128), (64, 512)], ids=str)
+
+
+@functools.lru_cache(maxsize=None)
+def problem(cell, B, H):
+    return rb.Problem(cell, T, B, H, "float32", seed=0)
+
+
+def reference(impl, cell, B, H):
+    """Outputs the timed ``impl`` must match: the twin's for native and torch, native's for the twin."""
+    return _outputs("native" if impl == "twin" else "twin", cell, B, H)
+
+
+@functools.lru_cache(maxsize=8)
+def _outputs(impl, cell, B, H):
+    runner = rb.FACTORIES[impl](problem(cell, B, H))
+    with runner.threads(1):  # one thread: robust on a busy machine, and this part is not timed
+        runner.forward_backward()
+    return runner.result()
+
+
+def assert_close(name, actual, ref):
+    actual, ref = np.asarray(actual), np.asarray(ref)
+    assert actual.shape == ref.shape, f"{name}: shape {actual.shape} != {ref.shape}"
+    scale = float(np.max(np.abs(ref))) or 1.0
+    err = float(np.max(np.abs(actual.astype(np.float64) - ref))) / scale
+    assert err <= TOL, f"{name}: max|diff| / max|ref| = {err:.2e} > {TOL:g}"
 
 
 def _label(benchmark, op, impl, cell, B, H, threads):
     benchmark.group = f"{cell} {op} T={T} B={B} H={H}"
-    flops = flops_forward(T, B, H, H, GATES[cell]) * (1 if op == "forward" else 3)
+    flops = rb.flops_forward(T, B, H, H, rb.GATES[cell]) * (1 if op == "forward" else 3)
     benchmark.extra_info.update(impl=impl, cell=cell, op=op, T=T, B=B, H=H, D=H, threads=threads,
                                 flops=flops)
 
@@ -32,7 +63,7 @@ def _label(benchmark, op, impl, cell, B, H, threads):
 @pytest.mark.parametrize("cell", CELLS)
 @GRID
 def test_forward(benchmark, make_runner, threads_info, impl, cell, B, H):
-    runner = make_runner(impl, cell, B, H)
+    runner = make_runner(impl, problem(cell, B, H))
     _label(benchmark, "forward", impl, cell, B, H, threads_info)
     hs = benchmark(runner.forward)
     assert_close(f"{impl} {cell} hs", hs, reference(impl, cell, B, H)["hs"])
@@ -42,7 +73,7 @@ def test_forward(benchmark, make_runner, threads_info, impl, cell, B, H):
 @pytest.mark.parametrize("cell", CELLS)
 @GRID
 def test_forward_backward(benchmark, make_runner, threads_info, impl, cell, B, H):
-    runner = make_runner(impl, cell, B, H)
+    runner = make_runner(impl, problem(cell, B, H))
     _label(benchmark, "forward+backward", impl, cell, B, H, threads_info)
     benchmark(runner.forward_backward)
     ref = reference(impl, cell, B, H)
