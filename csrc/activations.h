@@ -6,6 +6,8 @@
 // exponent bits. Inputs are clamped, so the results are finite for any finite argument.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -14,13 +16,11 @@ namespace rnncore {
 template <typename To, typename From>
 inline To bits_as(From v) {
   static_assert(sizeof(To) == sizeof(From), "size mismatch");
-  To out;
-  std::memcpy(&out, &v, sizeof(To));
-  return out;
+  return __builtin_bit_cast(To, v);
 }
 
 inline float vexp(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  x = std::min(std::max(x, -87.0f), 88.0f);
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   float fn = x * 1.44269504088896341f + magic;
   uint32_t nbits = bits_as<uint32_t>(fn);
@@ -39,7 +39,7 @@ inline float vexp(float x) {
 }
 
 inline double vexp(double x) {
-  x = x < -708.0 ? -708.0 : (x > 709.0 ? 709.0 : x);
+  x = std::min(std::max(x, -708.0), 709.0);
   const double magic = 6755399441055744.0;  // 1.5 * 2^52
   double fn = x * 1.4426950408889634073599 + magic;
   uint64_t nbits = bits_as<uint64_t>(fn);
@@ -63,10 +63,8 @@ inline T vsigmoid(T x) {
 
 template <typename T>
 inline T vtanh(T x) {
-  T ax = x < T(0) ? -x : x;
-  T e = vexp(T(-2) * ax);
-  T t = (T(1) - e) / (T(1) + e);
-  return x < T(0) ? -t : t;
+  T e = vexp(T(-2) * std::fabs(x));
+  return std::copysign((T(1) - e) / (T(1) + e), x);
 }
 
 enum Activation : int { kTanh = 0, kRelu = 1, kSigmoid = 2 };

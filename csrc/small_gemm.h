@@ -18,37 +18,44 @@ struct SmallGemm {
   static void run(int M, int N, int K, const T* A, long lda, const T* W, long ldw, T beta, T* C, long ldc) {
     for (int n0 = 0; n0 < N; n0 += P) {
       const int np = std::min(P, N - n0);
-      for (int r = 0; r < M; ++r) {
-        T* c = C + r * ldc + n0;
-        if (beta == T(0))
-          for (int j = 0; j < np; ++j) c[j] = T(0);
-        else if (beta != T(1))
-          for (int j = 0; j < np; ++j) c[j] *= beta;
-      }
+      if (beta != T(0) && beta != T(1))
+        for (int r = 0; r < M; ++r)
+          for (int j = 0; j < np; ++j) C[r * ldc + n0 + j] *= beta;
       // W streams through row by row (contiguous runs of np), four rows at a time, each W
       // vector feeding every row of the M x np panel of C, which stays in L1.
       switch (M) {
-        case 1: panel<1>(np, K, A, lda, W + n0, ldw, C + n0, ldc); break;
-        case 2: panel<2>(np, K, A, lda, W + n0, ldw, C + n0, ldc); break;
-        case 3: panel<3>(np, K, A, lda, W + n0, ldw, C + n0, ldc); break;
-        case 4: panel<4>(np, K, A, lda, W + n0, ldw, C + n0, ldc); break;
+        case 1: panel<1>(np, K, A, lda, W + n0, ldw, beta == T(0), C + n0, ldc); break;
+        case 2: panel<2>(np, K, A, lda, W + n0, ldw, beta == T(0), C + n0, ldc); break;
+        case 3: panel<3>(np, K, A, lda, W + n0, ldw, beta == T(0), C + n0, ldc); break;
+        case 4: panel<4>(np, K, A, lda, W + n0, ldw, beta == T(0), C + n0, ldc); break;
         default:
           for (int r = 0; r < M; r += 4) {
             const int rows = std::min(4, M - r);
             const T* Ar = A + r * lda;
             T* Cr = C + r * ldc + n0;
-            if (rows == 4) panel<4>(np, K, Ar, lda, W + n0, ldw, Cr, ldc);
-            else if (rows == 3) panel<3>(np, K, Ar, lda, W + n0, ldw, Cr, ldc);
-            else if (rows == 2) panel<2>(np, K, Ar, lda, W + n0, ldw, Cr, ldc);
-            else panel<1>(np, K, Ar, lda, W + n0, ldw, Cr, ldc);
+            if (rows == 4) panel<4>(np, K, Ar, lda, W + n0, ldw, beta == T(0), Cr, ldc);
+            else if (rows == 3) panel<3>(np, K, Ar, lda, W + n0, ldw, beta == T(0), Cr, ldc);
+            else if (rows == 2) panel<2>(np, K, Ar, lda, W + n0, ldw, beta == T(0), Cr, ldc);
+            else panel<1>(np, K, Ar, lda, W + n0, ldw, beta == T(0), Cr, ldc);
           }
       }
     }
   }
 
+  // C[:R, :np] (+)= A[:R, :K] @ W[:K, :np]; `overwrite` ignores what C held (beta == 0).
   template <int R>
-  static void panel(int np, int K, const T* A, long lda, const T* W, long ldw, T* C, long ldc) {
+  static void panel(int np, int K, const T* A, long lda, const T* W, long ldw, bool overwrite, T* C, long ldc) {
     int k = 0;
+    if (overwrite) {  // the first row of W initializes C: no separate clearing pass
+      T a[R];
+      for (int r = 0; r < R; ++r) a[r] = A[r * lda];
+#pragma omp simd
+      for (int j = 0; j < np; ++j) {
+        const T v0 = W[j];
+        for (int r = 0; r < R; ++r) C[r * ldc + j] = a[r] * v0;
+      }
+      k = 1;
+    }
     for (; k + 4 <= K; k += 4) {
       const T* w0 = W + (long)k * ldw;
       const T* w1 = w0 + ldw;
