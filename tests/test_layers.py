@@ -181,3 +181,16 @@ def test_bad_input_messages():
         LSTM(3, 4, dropout=1.5)
     with pytest.raises(ValueError, match="lengths"):
         LastStep().forward(np.zeros((2, 3, 1)), np.array([0, 3]))
+
+
+def test_gradcheck_catches_a_wrong_gradient():
+    class Broken(Linear):
+        def backward(self, dout):
+            dx = super().backward(dout)
+            self.grads[0] *= 1.01
+            return dx
+
+    errs = gradcheck(Broken(3, 2, dtype=np.float64, rng=0), np.random.default_rng(0).standard_normal((4, 3)))
+    assert errs["weight"] > 5e-3 and errs["bias"] < TOL
+    with pytest.raises(TypeError, match="float64"):
+        gradcheck(Linear(3, 2), np.zeros((1, 3), np.float32))

@@ -104,6 +104,7 @@ def test_bad_arguments_in_process(capsys, tmp_path):
     (["train", "--cell", "transformer"], "--cell"),
     (["train", "--lr", "-1"], "--lr"),
     (["train", "--corpus", "/no/such/file.txt"], "not found"),
+    (["train", "--resume", "/no/such/model.npz"], "not found"),
     (["sample"], "CHECKPOINT"),
     (["sample", "/no/such/model.npz"], "not found"),
     (["frobnicate"], "invalid choice"),
