@@ -236,6 +236,10 @@ def train(cfg: TrainConfig, log=None) -> dict:
     model.train()
     ema = None
     with _runtime(cfg.backend, cfg.threads):
+        import rnncore
+
+        backend = rnncore.get_backend()
+        say(f"backend {backend}" + (f", {rnncore.get_num_threads()} threads" if backend == "native" else ""))
         bar = tqdm(total=cfg.steps, initial=min(step, cfg.steps), disable=not cfg.progress, unit="step",
                    dynamic_ncols=True, file=sys.stderr, desc="train")
         try:
