@@ -51,6 +51,16 @@ inline void gather_dh(const StepContext<T>& c, int t, int b, long j0, long j1, T
   for (long j = j0; j < j1; ++j) dh[j] = rec[j] + up[j] + last[j];
 }
 
+// Gated cells keep 4 blocks of H per (t, b) in `gates`; x @ wx lands in the first G of them
+// and is overwritten by the post-activation gates step by step.
+struct GatesCache {
+  template <typename T>
+  static T* preact(const Problem<T>& p, int& F) {
+    F = 4 * p.H;
+    return p.gates;
+  }
+};
+
 // ---------------------------------------------------------------------------------------
 // Elman: h_t = f(x_t @ wx + h_{t-1} @ wh + b). No cache beyond hs: f' comes from h_t.
 struct ElmanCell {
@@ -132,15 +142,9 @@ struct ElmanCell {
 // ---------------------------------------------------------------------------------------
 // LSTM: [i f g o] = x_t @ wx + h_{t-1} @ wh + b_ih + b_hh; i, f, o sigmoid, g tanh;
 // c_t = f * c_{t-1} + i * g; h_t = o * tanh(c_t). Cache: the four gates and c_t.
-struct LSTMCell {
+struct LSTMCell : GatesCache {
   static constexpr int G = 4, GC = 4;
   static constexpr bool HAS_C = true, SPLIT = false;
-
-  template <typename T>
-  static T* preact(const Problem<T>& p, int& F) {
-    F = 4 * p.H;
-    return p.gates;
-  }
 
   template <typename T>
   static void forward_step(const StepContext<T>& c, int t, int tid, int nt) {
@@ -229,15 +233,9 @@ struct LSTMCell {
 //   r = s(x W_ir + b_ir + h W_hr + b_hr), z = s(x W_iz + b_iz + h W_hz + b_hz),
 //   n = tanh(x W_in + b_in + r * (h W_hn + b_hn)), h' = (1 - z) * n + z * h.
 // Cache: r, z, n and hn = h W_hn + b_hn.
-struct GRUCell {
+struct GRUCell : GatesCache {
   static constexpr int G = 3, GC = 4;
   static constexpr bool HAS_C = false, SPLIT = true;
-
-  template <typename T>
-  static T* preact(const Problem<T>& p, int& F) {
-    F = 4 * p.H;
-    return p.gates;
-  }
 
   template <typename T>
   static void forward_step(const StepContext<T>& c, int t, int tid, int nt) {
@@ -321,15 +319,9 @@ struct GRUCell {
 // GRU, reset-before flavour (the textbook's; Keras reset_after=False), same r, z, n order:
 //   n = tanh(x W_in + b_in + (r * h) W_hn + b_hn), everything else as GRUCell.
 // Two recurrent GEMMs a step (the second needs r). Cache: r, z, n and rh = r * h_{t-1}.
-struct GRUResetBeforeCell {
+struct GRUResetBeforeCell : GatesCache {
   static constexpr int G = 3, GC = 4;
   static constexpr bool HAS_C = false, SPLIT = false;
-
-  template <typename T>
-  static T* preact(const Problem<T>& p, int& F) {
-    F = 4 * p.H;
-    return p.gates;
-  }
 
   template <typename T>
   static void forward_step(const StepContext<T>& c, int t, int tid, int nt) {
