@@ -92,20 +92,23 @@ def check_lengths(op: str, lengths, T: int, B: int) -> Optional[np.ndarray]:
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
-def recurrent_inputs(op, cell, x, wx, wh, b_ih, b_hh, h0, c0, lengths, batch_first, activation) -> Inputs:
-    """Validate the arguments of a forward call; returns them with the sizes."""
+def check_sequence(op: str, x, batch_first) -> tuple:
+    """Validate x (T, B, D), or (B, T, D) with batch_first; returns (T, B, D)."""
     if not isinstance(batch_first, (bool, np.bool_)):
         raise TypeError(f"{op}: batch_first must be a bool, got {type(batch_first).__name__}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"{op}: activation must be one of {ACTIVATIONS}, got {activation!r}")
     check_array(op, "x", x, ndim=3)
-    dt = x.dtype
-    if batch_first:
-        B, T, D = x.shape
-    else:
-        T, B, D = x.shape
     if min(x.shape) < 1:
         raise ValueError(f"{op}: x must have shape {_layout(batch_first)} with every size >= 1, got {x.shape}")
+    B, T, D = x.shape if batch_first else (x.shape[1], x.shape[0], x.shape[2])
+    return T, B, D
+
+
+def recurrent_inputs(op, cell, x, wx, wh, b_ih, b_hh, h0, c0, lengths, batch_first, activation) -> Inputs:
+    """Validate the arguments of a forward call; returns them with the sizes."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    T, B, D = check_sequence(op, x, batch_first)
+    dt = x.dtype
     G = GATES["gru" if cell.startswith("gru") else cell]
     gh = "H" if G == 1 else f"{G}*H"
     check_array(op, "wx", wx, dt, ndim=2)

@@ -26,7 +26,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ._checks import GATES, check_array, check_lengths, grad_input
+from ._checks import GATES, check_array, check_lengths, check_sequence, grad_input
 
 __all__ = ["recurrent_forward", "recurrent_backward", "init_weights", "RecurrentCache", "MODES"]
 
@@ -208,18 +208,9 @@ def recurrent_forward(mode, x, weights, h0=None, c0=None, *, num_layers=1, bidir
     """
     op = "recurrent_forward"
     L, nd, p = _check_config(op, mode, num_layers, bidirectional, dropout, activation, reset_after)
-    if not isinstance(batch_first, (bool, np.bool_)):
-        raise TypeError(f"{op}: batch_first must be a bool, got {type(batch_first).__name__}")
+    T, B, D = check_sequence(op, x, batch_first)
     batch_first = bool(batch_first)
-    check_array(op, "x", x, ndim=3)
     dt = x.dtype
-    if batch_first:
-        B, T, D = x.shape
-    else:
-        T, B, D = x.shape
-    if min(x.shape) < 1:
-        layout = "(B, T, D)" if batch_first else "(T, B, D)"
-        raise ValueError(f"{op}: x must have shape {layout} with every size >= 1, got {x.shape}")
     H = _check_weights(op, mode, weights, L, nd, D, dt)
     state_shape = (L * nd, B, H)
     h0 = _check_state(op, "h0", h0, state_shape, dt)
