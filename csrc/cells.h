@@ -11,6 +11,7 @@
 // its final state was captured at t == len[b] - 1.
 //
 // Gate orders (PyTorch's): LSTM i, f, g, o; GRU r, z, n.
+// Recurrent weights come packed for the step GEMM: ctx.wrec is wh (forward) or wh^T (backward).
 #pragma once
 
 #include <type_traits>
@@ -23,17 +24,17 @@
 
 namespace rnncore {
 
-// out[:, cols of this thread] = A (B, K) @ W[:, cols] + beta * out. Backward steps pass the
-// transposed recurrent weights (ctx.whT), so every step GEMM is this one shape.
+// out[:, cols of this thread] = A (B, W.K) @ W[:, cols] + beta * out (beta 0 or 1), in fixed
+// column chunks. Small batches use the packed register-blocked kernel, larger ones the BLAS.
 template <typename T>
-inline void step_gemm(int tid, int nt, int B, int N, int K, const T* A, long lda, const T* W,
-                      long ldw, T beta, T* out, long ldo) {
+inline void step_gemm(int tid, int nt, int B, int N, const T* A, long lda, const Packed<T>& W, T beta, T* out,
+                      long ldo) {
   for_chunks(N, tid, nt, [&](long lo, long hi) {
-    const int n = (int)(hi - lo);
-    if (use_small_gemm(B, n))
-      small_gemm(B, n, K, A, lda, W + lo, ldw, beta, out + lo, ldo);
+    if (B <= kSmallBatch)
+      small_gemm(B, (int)lo, (int)hi, A, lda, W, beta, out, ldo);
     else
-      gemm(false, false, B, n, K, T(1), A, (int)lda, W + lo, (int)ldw, beta, out + lo, (int)ldo);
+      gemm(false, false, B, (int)(hi - lo), W.K, T(1), A, (int)lda, W.plain + lo, (int)W.ldw, beta, out + lo,
+           (int)ldo);
   });
 }
 
@@ -96,7 +97,7 @@ struct ElmanCell {
     const Problem<T>& p = c.p;
     long ldh;
     const T* hp = c.hprev(t, ldh);
-    step_gemm(tid, nt, p.B, p.H, p.H, hp, ldh, p.wh, p.H, T(0), c.scratch, p.H);
+    step_gemm(tid, nt, p.B, p.H, hp, ldh, c.wrec, T(0), c.scratch, p.H);
 #pragma omp barrier
     long j0, j1;
     unit_range(p.H, tid, nt, j0, j1);
@@ -135,7 +136,7 @@ struct ElmanCell {
       default: backward_rows<T, kSigmoid>(c, t, j0, j1); break;
     }
 #pragma omp barrier
-    step_gemm(tid, nt, p.B, p.H, p.H, c.dG + p.off(t, p.H), p.ld(p.H), c.whT, p.H, T(0), c.dh_rec, p.H);
+    step_gemm(tid, nt, p.B, p.H, c.dG + p.off(t, p.H), p.ld(p.H), c.wrec, T(0), c.dh_rec, p.H);
   }
 };
 
@@ -153,7 +154,7 @@ struct LSTMCell : GatesCache {
     long ldh, ldc;
     const T* hp = c.hprev(t, ldh);
     const T* cp = c.cprev(t, ldc);
-    step_gemm(tid, nt, p.B, 4 * H, H, hp, ldh, p.wh, 4 * H, T(0), c.scratch, 4 * H);
+    step_gemm(tid, nt, p.B, 4 * H, hp, ldh, c.wrec, T(0), c.scratch, 4 * H);
 #pragma omp barrier
     long j0, j1;
     unit_range(H, tid, nt, j0, j1);
@@ -224,7 +225,7 @@ struct LSTMCell : GatesCache {
       }
     }
 #pragma omp barrier
-    step_gemm(tid, nt, p.B, H, 4 * H, c.dG + p.off(t, 4 * H), p.ld(4 * H), c.whT, H, T(0), c.dh_rec, H);
+    step_gemm(tid, nt, p.B, H, c.dG + p.off(t, 4 * H), p.ld(4 * H), c.wrec, T(0), c.dh_rec, H);
   }
 };
 
@@ -243,7 +244,7 @@ struct GRUCell : GatesCache {
     const int H = p.H;
     long ldh;
     const T* hp = c.hprev(t, ldh);
-    step_gemm(tid, nt, p.B, 3 * H, H, hp, ldh, p.wh, 3 * H, T(0), c.scratch, 3 * H);
+    step_gemm(tid, nt, p.B, 3 * H, hp, ldh, c.wrec, T(0), c.scratch, 3 * H);
 #pragma omp barrier
     long j0, j1;
     unit_range(H, tid, nt, j0, j1);
@@ -311,7 +312,7 @@ struct GRUCell : GatesCache {
       }
     }
 #pragma omp barrier
-    step_gemm(tid, nt, p.B, H, 3 * H, c.dGh + p.off(t, 3 * H), p.ld(3 * H), c.whT, H, T(1), c.dh_rec, H);
+    step_gemm(tid, nt, p.B, H, c.dGh + p.off(t, 3 * H), p.ld(3 * H), c.wrec, T(1), c.dh_rec, H);
   }
 };
 
@@ -322,6 +323,7 @@ struct GRUCell : GatesCache {
 struct GRUResetBeforeCell : GatesCache {
   static constexpr int G = 3, GC = 4;
   static constexpr bool HAS_C = false, SPLIT = false;
+  static constexpr bool RESET_BEFORE = true;  // forward needs W_hn on its own (ctx.wrec2)
 
   template <typename T>
   static void forward_step(const StepContext<T>& c, int t, int tid, int nt) {
@@ -329,7 +331,7 @@ struct GRUResetBeforeCell : GatesCache {
     const int H = p.H;
     long ldh;
     const T* hp = c.hprev(t, ldh);
-    step_gemm(tid, nt, p.B, 2 * H, H, hp, ldh, p.wh, 3 * H, T(0), c.scratch, 3 * H);
+    step_gemm(tid, nt, p.B, 2 * H, hp, ldh, c.wrec, T(0), c.scratch, 3 * H);
 #pragma omp barrier
     long j0, j1;
     unit_range(H, tid, nt, j0, j1);
@@ -347,8 +349,8 @@ struct GRUResetBeforeCell : GatesCache {
       }
     }
 #pragma omp barrier
-    step_gemm(tid, nt, p.B, H, H, p.gates + p.off(t, 4 * H) + 3 * H, p.ld(4 * H), p.wh + 2 * H, 3 * H,
-              T(0), c.scratch + 2 * H, 3 * H);
+    step_gemm(tid, nt, p.B, H, p.gates + p.off(t, 4 * H) + 3 * H, p.ld(4 * H), c.wrec2, T(0), c.scratch + 2 * H,
+              3 * H);
 #pragma omp barrier
     for (int b = 0; b < p.B; ++b) {
       T* h = p.hs + p.off(t, H) + b * p.ld(H);
@@ -400,7 +402,7 @@ struct GRUResetBeforeCell : GatesCache {
     }
 #pragma omp barrier
     // d(r * h) = dn @ W_hn^T, into tmp (dh is no longer needed)
-    step_gemm(tid, nt, p.B, H, H, c.dG + p.off(t, 3 * H) + 2 * H, p.ld(3 * H), c.whT + 2L * H * H, H, T(0),
+    step_gemm(tid, nt, p.B, H, c.dG + p.off(t, 3 * H) + 2 * H, p.ld(3 * H), c.wrec.rows(2 * H, 3 * H), T(0),
               c.tmp, H);
 #pragma omp barrier
     for (int b = 0; b < p.B; ++b) {
@@ -418,7 +420,7 @@ struct GRUResetBeforeCell : GatesCache {
       }
     }
 #pragma omp barrier
-    step_gemm(tid, nt, p.B, H, 2 * H, c.dG + p.off(t, 3 * H), p.ld(3 * H), c.whT, H, T(1), c.dh_rec, H);
+    step_gemm(tid, nt, p.B, H, c.dG + p.off(t, 3 * H), p.ld(3 * H), c.wrec.rows(0, 2 * H), T(1), c.dh_rec, H);
   }
 };
 

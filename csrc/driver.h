@@ -9,6 +9,7 @@
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "blas.h"
@@ -17,6 +18,30 @@
 #include "problem.h"
 
 namespace rnncore {
+
+template <typename Cell, typename = void>
+struct ResetBefore {
+  static constexpr bool value = false;
+};
+template <typename Cell>
+struct ResetBefore<Cell, std::void_t<decltype(Cell::RESET_BEFORE)>> {
+  static constexpr bool value = Cell::RESET_BEFORE;
+};
+template <typename Cell>
+constexpr bool is_reset_before() {
+  return ResetBefore<Cell>::value;
+}
+
+// An unpacked (K, N) matrix for the BLAS path of step_gemm.
+template <typename T>
+Packed<T> plain(const T* W, int K, int N, long ldw) {
+  Packed<T> w;
+  w.K = K;
+  w.N = N;
+  w.plain = W;
+  w.ldw = ldw;
+  return w;
+}
 
 // Threads for the time loop: one unless a step's recurrent GEMM pays for a team.
 inline int step_threads(int B, int H, int G) {
@@ -39,6 +64,14 @@ void forward(Problem<T>& p) {
   T* bsum = zeros + nzeros;
   for (int j = 0; j < GH; ++j) bsum[j] = p.bx[j] + (p.bh ? p.bh[j] : T(0));
   StepContext<T> ctx{p, scratch, bsum, zeros};
+  std::vector<T> packed, packed2;
+  if (B <= kSmallBatch) {
+    ctx.wrec = pack(p.wh, GH, 1, H, GH, packed, p.wh, GH);
+    if (is_reset_before<Cell>()) ctx.wrec2 = pack(p.wh + 2 * H, GH, 1, H, H, packed2, p.wh + 2 * H, GH);
+  } else {
+    ctx.wrec = plain(p.wh, H, GH, GH);
+    ctx.wrec2 = plain(p.wh + 2 * H, H, H, GH);
+  }
 
   int F = 0;
   T* pre = Cell::preact(p, F);
@@ -108,17 +141,22 @@ void backward(Problem<T>& p) {
   const int B = p.B, H = p.H, D = p.D, GH = Cell::G * H;
   const long rows = p.rows();
   const size_t nG = (size_t)rows * GH, nBH = (size_t)B * H;
-  std::vector<T> ws(nG * (Cell::SPLIT ? 2 : 1) + 3 * nBH + (size_t)H * GH, T(0));
+  std::vector<T> ws(nG * (Cell::SPLIT ? 2 : 1) + 3 * nBH, T(0));
   T* dG = ws.data();
   T* dGh = Cell::SPLIT ? dG + nG : dG;
   T* tmp = dG + nG * (Cell::SPLIT ? 2 : 1);
   T* zeros = tmp + nBH;
   T* E = zeros + nBH;
-  T* whT = E + nBH;
-  for (int i = 0; i < H; ++i)
-    for (int j = 0; j < GH; ++j) whT[(long)j * H + i] = p.wh[(long)i * GH + j];
   StepContext<T> ctx{p, nullptr, nullptr, zeros};
-  ctx.whT = whT;
+  std::vector<T> packed;  // wh^T, packed for small batches, plain for the BLAS
+  if (B <= kSmallBatch) {
+    ctx.wrec = pack(p.wh, 1, GH, GH, H, packed, (const T*)nullptr, 0);
+  } else {
+    packed.resize((size_t)H * GH);
+    for (int i = 0; i < H; ++i)
+      for (int j = 0; j < GH; ++j) packed[(long)j * H + i] = p.wh[(long)i * GH + j];
+    ctx.wrec = plain(packed.data(), GH, H, H);
+  }
   ctx.dG = dG;
   ctx.dGh = dGh;
   ctx.tmp = tmp;

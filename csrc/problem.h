@@ -10,6 +10,8 @@
 
 #include <vector>
 
+#include "small_gemm.h"
+
 namespace rnncore {
 
 template <typename T>
@@ -60,13 +62,14 @@ struct StepContext {
   T* scratch;       // (B, G*H) result of the step's recurrent GEMM
   const T* bsum;    // (G*H) bx + bh
   const T* zeros;   // at least (B, H) and (G*H) zeros: stands in for a missing h0, c0, b_hh, dh
+  Packed<T> wrec{};   // forward: wh (H, G*H); backward: wh^T (G*H, H)
+  Packed<T> wrec2{};  // forward of the reset-before GRU: W_hn (H, H)
   // backward only
   T* dG = nullptr;      // (T, B, G*H) layout: gradient of the input-side pre-activations
   T* dGh = nullptr;     // same for the hidden side when a cell distinguishes them, else == dG
   T* dh_rec = nullptr;  // (B, H) gradient reaching h_{t-1} through the recurrence
   T* dc_rec = nullptr;  // (B, H) gradient reaching c_{t-1}
   T* tmp = nullptr;     // (B, H)
-  const T* whT = nullptr;  // (G*H, H) wh transposed, so dh_{t-1} = dG_t @ whT
 
   const T* hprev(int t, long& ldh) const {
     if (t > 0) {
