@@ -19,11 +19,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
+    "recurrent_forward", "recurrent_backward", "init_weights",
+    "to_state_dict", "from_state_dict", "save_npz", "load_npz",
     "set_backend", "get_backend", "use_backend", "get_num_threads", "set_num_threads", "num_threads",
     "blas_info", "reference", "Cache", "__version__",
 ]
 
-from .recurrent import init_weights, recurrent_backward, recurrent_forward  # noqa: E402
-__all__ += ["recurrent_forward", "recurrent_backward", "init_weights"]
 from .interop import from_state_dict, load_npz, save_npz, to_state_dict  # noqa: E402
-__all__ += ["to_state_dict", "from_state_dict", "save_npz", "load_npz"]
+from .recurrent import init_weights, recurrent_backward, recurrent_forward  # noqa: E402
+
+# Larger submodules load on first use: rnncore.layers, rnncore.time_layers, rnncore.optim, ...
+_SUBMODULES = ("layers", "time_layers", "optim", "models", "data", "train", "gradcheck", "benchmark", "cli")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
