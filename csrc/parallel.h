@@ -47,13 +47,19 @@ inline void split_range(long n, int nt, int tid, long align, long& lo, long& hi)
   hi = std::min(n, c1 * align);
 }
 
-// Fixed chunks of n items, independent of the thread count: at most kMaxChunks chunks of at
-// least kMinChunk items. Each chunk is one BLAS call whoever runs it, so a GEMM's bits do not
-// depend on how many threads share it (OpenBLAS blocks differently for different shapes).
-constexpr long kMaxChunks = 4, kMinChunk = 64;
+// Fixed chunks of n items, independent of the thread count: as many chunks as the machine
+// has cores (at least 2), each at least kMinChunk items. Each chunk is one BLAS call whoever
+// runs it, so a GEMM's bits do not depend on how many threads share it (OpenBLAS blocks
+// differently for different shapes). Fewer, larger chunks waste less BLAS packing.
+constexpr long kMinChunk = 64;
+
+inline long max_chunks() {
+  static const long n = std::min(16, std::max(2, omp_get_num_procs()));
+  return n;
+}
 
 inline long chunk_width(long n) {
-  long w = (n + kMaxChunks - 1) / kMaxChunks;
+  long w = (n + max_chunks() - 1) / max_chunks();
   w = (w + 15) / 16 * 16;
   return std::max(kMinChunk, w);
 }
