@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "driver.h"
+#include "softmax.h"
 
 namespace py = pybind11;
 using namespace rnncore;
@@ -223,6 +224,50 @@ bool all_finite_t(const py::array& a) {
   return ok;
 }
 
+template <typename T>
+py::tuple xent_forward_t(const py::array& x, const py::array& t, int64_t ignore) {
+  const long N = (long)x.shape(0), V = (long)x.shape(1);
+  const T* xp = in_ptr<T>(x, N * V, "logits");
+  const int64_t* tp = in_ptr<int64_t>(t, N, "targets");
+  for (long n = 0; n < N; ++n)
+    if (tp[n] != ignore && (tp[n] < 0 || tp[n] >= V)) throw std::invalid_argument("targets out of range");
+  auto probs = new_array<T>({(py::ssize_t)N, (py::ssize_t)V});
+  auto loss = new_array<double>({(py::ssize_t)N});
+  T* pp = probs.mutable_data();
+  double* lp = loss.mutable_data();
+  {
+    py::gil_scoped_release release;
+    DenormalGuard guard;
+    softmax_xent_forward(xp, tp, N, V, ignore, pp, lp);
+  }
+  return py::make_tuple(probs, loss);
+}
+
+template <typename T>
+py::array xent_backward_t(const py::array& probs, const py::array& t, int64_t ignore, double scale,
+                          const py::object& out) {
+  const long N = (long)probs.shape(0), V = (long)probs.shape(1);
+  const T* pp = in_ptr<T>(probs, N * V, "probs");
+  const int64_t* tp = in_ptr<int64_t>(t, N, "targets");
+  for (long n = 0; n < N; ++n)
+    if (tp[n] != ignore && (tp[n] < 0 || tp[n] >= V)) throw std::invalid_argument("targets out of range");
+  py::array_t<T> dx;
+  if (out.is_none()) {
+    dx = new_array<T>({(py::ssize_t)N, (py::ssize_t)V});
+  } else {
+    dx = py::reinterpret_borrow<py::array_t<T>>(out);
+    in_ptr<T>(out, N * V, "out");
+    if (!dx.writeable()) throw std::invalid_argument("out must be writeable");
+  }
+  T* dp = dx.mutable_data();
+  {
+    py::gil_scoped_release release;
+    DenormalGuard guard;
+    softmax_xent_backward(pp, tp, N, V, ignore, (T)scale, dp);
+  }
+  return dx;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -258,6 +303,23 @@ PYBIND11_MODULE(_core, m) {
                                  dhn, dcn);
       },
       "BPTT over all steps -> (dx, dwx, dwh, db_ih, db_hh | None, dh0, dc0 | None).");
+
+  m.def(
+      "softmax_xent_forward",
+      [](const py::array& x, const py::array& t, int64_t ignore) {
+        if (x.ndim() != 2) throw std::invalid_argument("logits must be 2-D");
+        return is_double(x) ? xent_forward_t<double>(x, t, ignore) : xent_forward_t<float>(x, t, ignore);
+      },
+      "Row softmax of (N, V) logits and per-row cross-entropy -> (probs, row_loss float64).");
+  m.def(
+      "softmax_xent_backward",
+      [](const py::array& probs, const py::array& t, int64_t ignore, double scale, const py::object& out) {
+        if (probs.ndim() != 2) throw std::invalid_argument("probs must be 2-D");
+        return is_double(probs) ? xent_backward_t<double>(probs, t, ignore, scale, out)
+                                : xent_backward_t<float>(probs, t, ignore, scale, out);
+      },
+      py::arg("probs"), py::arg("targets"), py::arg("ignore"), py::arg("scale"), py::arg("out") = py::none(),
+      "scale * (probs - onehot(targets)), zero rows where targets == ignore.");
 
   m.def(
       "all_finite",

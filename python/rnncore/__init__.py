@@ -21,10 +21,12 @@ __all__ = [
     "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
     "recurrent_forward", "recurrent_backward", "init_weights",
     "to_state_dict", "from_state_dict", "save_npz", "load_npz",
+    "softmax_cross_entropy", "softmax_cross_entropy_backward",
     "set_backend", "get_backend", "use_backend", "get_num_threads", "set_num_threads", "num_threads",
     "blas_info", "reference", "Cache", "__version__",
 ]
 
+from .losses import softmax_cross_entropy, softmax_cross_entropy_backward  # noqa: E402
 from .interop import from_state_dict, load_npz, save_npz, to_state_dict  # noqa: E402
 from .recurrent import init_weights, recurrent_backward, recurrent_forward  # noqa: E402
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .losses import softmax_cross_entropy, softmax_cross_entropy_backward
+
 __all__ = ["Embedding", "RNN", "LSTM", "GRU", "Linear", "SoftmaxCrossEntropy", "LastStep", "Dropout",
            "Sequential"]
 
@@ -285,12 +287,6 @@ class Linear:
         return (d2 @ W.T).reshape(*self.x.shape)
 
 
-def log_softmax(x):
-    """log softmax over the last axis (stable)."""
-    z = x - x.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
 def softmax(x):
     """softmax over the last axis (stable)."""
     z = np.exp(x - x.max(axis=-1, keepdims=True))
@@ -315,24 +311,16 @@ class SoftmaxCrossEntropy:
             raise TypeError(f"SoftmaxCrossEntropy.forward: targets must be integers, got dtype {ts.dtype}")
         if ts.shape != scores.shape[:-1]:
             raise ValueError(f"SoftmaxCrossEntropy.forward: targets must have shape {scores.shape[:-1]}, got {ts.shape}")
-        s = scores.reshape(-1, V)
-        t = ts.reshape(-1)
-        mask = t != self.ignore_index
-        tt = np.where(mask, t, 0)
-        if tt.size and (tt.min() < 0 or tt.max() >= V):
-            raise ValueError(f"SoftmaxCrossEntropy.forward: targets must lie in [0, {V}) or be ignore_index")
-        logp = log_softmax(s)
-        count = max(int(mask.sum()), 1)
-        loss = -(logp[np.arange(len(tt)), tt] * mask).sum() / count
-        self.cache = (logp, tt, mask, count, scores.shape)
+        scores = np.ascontiguousarray(scores)
+        loss, probs = softmax_cross_entropy(scores, ts, ignore_index=self.ignore_index)  # fused, native
+        if not np.any(ts != self.ignore_index):
+            loss = 0.0  # nothing to predict: no loss, no gradient
+        self.cache = (probs, ts)
         return float(loss)
 
     def backward(self, dout=1.0):
-        logp, tt, mask, count, shape = self.cache
-        dx = np.exp(logp)
-        dx[np.arange(len(tt)), tt] -= 1
-        dx *= (mask * (dout / count))[:, None].astype(dx.dtype)
-        return dx.reshape(shape)
+        probs, ts = self.cache
+        return softmax_cross_entropy_backward(probs, ts, ignore_index=self.ignore_index, dloss=dout)
 
 
 class LastStep:

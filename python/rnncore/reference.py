@@ -241,3 +241,28 @@ from ._ops import make_ops  # noqa: E402
 _this = sys.modules[__name__]
 (rnn_forward, rnn_backward, lstm_forward, lstm_backward, gru_forward, gru_backward) = make_ops(
     lambda: _this, __name__)
+
+
+# -- the output layer: softmax + cross-entropy by rows (twin of csrc/softmax.h) -------------
+
+def softmax_xent_forward(x, t, ignore):
+    """x (N, V), t (N,) int64 -> probs (N, V) = softmax by rows, row_loss (N,) float64
+    = -log probs[n, t[n]] (0 where t[n] == ignore)."""
+    m = x.max(axis=1, keepdims=True)
+    e = np.exp(x - m)
+    s = e.sum(axis=1, keepdims=True)
+    probs = e / s
+    valid = t != ignore
+    rows = np.arange(len(t))
+    logp = (x[rows, np.where(valid, t, 0)] - m[:, 0]).astype(np.float64) - np.log(s[:, 0].astype(np.float64))
+    return probs, np.where(valid, -logp, 0.0)
+
+
+def softmax_xent_backward(probs, t, ignore, scale, out=None):
+    """scale * (probs - onehot(t)) (N, V), zero rows where t == ignore; written into `out` if given."""
+    dx = np.multiply(probs, probs.dtype.type(scale), out=out)
+    valid = t != ignore
+    rows = np.arange(len(t))[valid]
+    dx[rows, t[valid]] -= probs.dtype.type(scale)
+    dx[~valid] = 0
+    return dx

@@ -45,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 
 import rnncore as _rc
+from .losses import softmax_cross_entropy, softmax_cross_entropy_backward
 
 GPU = False
 
@@ -613,32 +614,21 @@ class TimeSoftmaxWithLoss:
         self._xs = None
 
     def forward(self, xs, ts):
-        N, T, V = xs.shape
-        if ts.ndim == 3:
+        if ts.ndim == 3:  # one-hot targets
             ts = ts.argmax(axis=2)
-        mask = (ts != self.ignore_label).reshape(N * T)
-        ts = ts.reshape(N * T)
-        ys = softmax(xs.reshape(N * T, V))
-        ls = np.log(ys[np.arange(N * T), ts])
-        ls *= mask
-        loss = -np.sum(ls)
-        loss /= mask.sum()
-        self.cache = (ts, ys, mask, (N, T, V))
+        xs = np.ascontiguousarray(xs)
+        loss, probs = softmax_cross_entropy(xs, ts, ignore_index=self.ignore_label)  # fused, native
+        self.cache = (ts, probs)
         self._xs = xs
         return loss
 
     def backward(self, dout=1):
-        ts, ys, mask, (N, T, V) = self.cache
-        if ys is None:  # a second backward: the first one consumed the softmax
-            ys = softmax(self._xs.reshape(N * T, V))
-        self.cache = (ts, None, mask, (N, T, V))
-        dx = ys
-        dx[np.arange(N * T), ts] -= 1
-        dx *= dout
-        dx /= mask.sum()
-        if not mask.all():
-            dx *= mask[:, np.newaxis]
-        return dx.reshape(N, T, V)
+        ts, probs = self.cache
+        if probs is None:  # a second backward: the first one consumed the softmax
+            _, probs = softmax_cross_entropy(self._xs, ts, ignore_index=self.ignore_label)
+        self.cache = (ts, None)
+        # like the original, the gradient is written over the cached softmax
+        return softmax_cross_entropy_backward(probs, ts, ignore_index=self.ignore_label, dloss=dout, out=probs)
 
 
 class TimeSigmoidWithLoss:

@@ -1,0 +1,75 @@
+"""Softmax cross-entropy over all (batch, time) positions, fused natively.
+
+``loss, probs = softmax_cross_entropy(logits, targets)`` takes logits (..., V) and integer
+targets (...) and returns the mean cross-entropy over the positions whose target is not
+``ignore_index``, and the softmax probabilities (the backward needs them);
+``softmax_cross_entropy_backward(probs, targets)`` gives d loss / d logits. The work runs in
+C++ (``rnncore._core.softmax_xent_*``) or on its NumPy twin (``rnncore.reference``), per
+the active backend.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._backend import implementation
+from ._checks import check_array
+
+
+def _targets(op, targets, lead_shape, V, ignore_index):
+    t = np.asarray(targets)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{op}: targets must be integers, got dtype {t.dtype}")
+    if t.shape != lead_shape:
+        raise ValueError(f"{op}: targets must have shape {lead_shape} (logits without the class axis), got {t.shape}")
+    t = np.ascontiguousarray(t.reshape(-1), dtype=np.int64)
+    bad = (t != ignore_index) & ((t < 0) | (t >= V))
+    if bad.any():
+        raise ValueError(f"{op}: targets must lie in [0, V) = [0, {V}) or equal ignore_index={ignore_index}, "
+                         f"got {t[bad][0]}")
+    return t
+
+
+def _core(op):
+    impl = implementation()
+    return impl.core if hasattr(impl, "core") else impl
+
+
+def softmax_cross_entropy(logits, targets, *, ignore_index=-1):
+    """Mean cross-entropy of softmax(logits) -> ``(loss, probs)``.
+
+    logits (..., V) float32/float64 C-contiguous; targets (...) integers in [0, V) or
+    ``ignore_index``. ``loss`` is a Python float (NaN when every position is ignored, as in
+    PyTorch); ``probs`` has the shape and dtype of logits.
+    """
+    op = "softmax_cross_entropy"
+    check_array(op, "logits", logits)
+    if logits.ndim < 2 or logits.shape[-1] < 1 or logits.size == 0:
+        raise ValueError(f"{op}: logits must have shape (..., V) with V >= 1 and no empty axis, got {logits.shape}")
+    V = logits.shape[-1]
+    t = _targets(op, targets, logits.shape[:-1], V, ignore_index)
+    probs, row_loss = _core(op).softmax_xent_forward(logits.reshape(-1, V), t, int(ignore_index))
+    count = int(np.count_nonzero(t != ignore_index))
+    loss = float(row_loss.sum() / count) if count else float("nan")
+    return loss, probs.reshape(logits.shape)
+
+
+def softmax_cross_entropy_backward(probs, targets, *, ignore_index=-1, dloss=1.0, out=None):
+    """Gradient of :func:`softmax_cross_entropy`'s loss (times ``dloss``) w.r.t. the logits.
+
+    ``out`` (for example ``probs`` itself, to save memory) receives the result if given.
+    """
+    op = "softmax_cross_entropy_backward"
+    check_array(op, "probs", probs)
+    if probs.ndim < 2:
+        raise ValueError(f"{op}: probs must have shape (..., V), got {probs.shape}")
+    V = probs.shape[-1]
+    t = _targets(op, targets, probs.shape[:-1], V, ignore_index)
+    if out is not None:
+        check_array(op, "out", out, probs.dtype)
+        if out.shape != probs.shape or not out.flags.writeable:
+            raise ValueError(f"{op}: out must be a writeable array of shape {probs.shape}")
+        out = out.reshape(-1, V)
+    count = int(np.count_nonzero(t != ignore_index))
+    scale = float(dloss) / count if count else 0.0
+    dx = _core(op).softmax_xent_backward(probs.reshape(-1, V), t, int(ignore_index), scale, out)
+    return dx.reshape(probs.shape)
