@@ -52,9 +52,13 @@ inline void gather_dh(const StepContext<T>& c, int t, int b, long j0, long j1, T
   for (long j = j0; j < j1; ++j) dh[j] = rec[j] + up[j] + last[j];
 }
 
+struct CellBase {
+  static constexpr bool RESET_BEFORE = false;  // true: the forward step needs W_hn apart (ctx.wrec2)
+};
+
 // Gated cells keep 4 blocks of H per (t, b) in `gates`; x @ wx lands in the first G of them
 // and is overwritten by the post-activation gates step by step.
-struct GatesCache {
+struct GatesCache : CellBase {
   template <typename T>
   static T* preact(const Problem<T>& p, int& F) {
     F = 4 * p.H;
@@ -64,7 +68,7 @@ struct GatesCache {
 
 // ---------------------------------------------------------------------------------------
 // Elman: h_t = f(x_t @ wx + h_{t-1} @ wh + b). No cache beyond hs: f' comes from h_t.
-struct ElmanCell {
+struct ElmanCell : CellBase {
   static constexpr int G = 1, GC = 0;
   static constexpr bool HAS_C = false, SPLIT = false;
 
@@ -323,7 +327,7 @@ struct GRUCell : GatesCache {
 struct GRUResetBeforeCell : GatesCache {
   static constexpr int G = 3, GC = 4;
   static constexpr bool HAS_C = false, SPLIT = false;
-  static constexpr bool RESET_BEFORE = true;  // forward needs W_hn on its own (ctx.wrec2)
+  static constexpr bool RESET_BEFORE = true;
 
   template <typename T>
   static void forward_step(const StepContext<T>& c, int t, int tid, int nt) {

@@ -9,7 +9,6 @@
 #pragma once
 
 #include <algorithm>
-#include <type_traits>
 #include <vector>
 
 #include "blas.h"
@@ -18,19 +17,6 @@
 #include "problem.h"
 
 namespace rnncore {
-
-template <typename Cell, typename = void>
-struct ResetBefore {
-  static constexpr bool value = false;
-};
-template <typename Cell>
-struct ResetBefore<Cell, std::void_t<decltype(Cell::RESET_BEFORE)>> {
-  static constexpr bool value = Cell::RESET_BEFORE;
-};
-template <typename Cell>
-constexpr bool is_reset_before() {
-  return ResetBefore<Cell>::value;
-}
 
 // An unpacked (K, N) matrix for the BLAS path of step_gemm.
 template <typename T>
@@ -67,10 +53,10 @@ void forward(Problem<T>& p) {
   std::vector<T> packed, packed2;
   if (B <= kSmallBatch) {
     ctx.wrec = pack(p.wh, GH, 1, H, GH, packed, p.wh, GH);
-    if (is_reset_before<Cell>()) ctx.wrec2 = pack(p.wh + 2 * H, GH, 1, H, H, packed2, p.wh + 2 * H, GH);
+    if (Cell::RESET_BEFORE) ctx.wrec2 = pack(p.wh + 2 * H, GH, 1, H, H, packed2, p.wh + 2 * H, GH);
   } else {
     ctx.wrec = plain(p.wh, H, GH, GH);
-    ctx.wrec2 = plain(p.wh + 2 * H, H, H, GH);
+    if (Cell::RESET_BEFORE) ctx.wrec2 = plain(p.wh + 2 * H, H, H, GH);
   }
 
   int F = 0;

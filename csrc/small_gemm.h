@@ -97,39 +97,36 @@ inline void small_kernel(int K, const T* A, long lda, const T* Wp, long pstride,
 // 4x faster at batch 1-2, 2x at 4, 1.2x at 8, slower from 16).
 constexpr int kSmallBatch = 8;
 
-// C[:, n0:n1] (+)= A @ W[:, n0:n1]; n0 on a panel boundary; beta is 0 or 1.
+// C[:, n0:n1] (+)= A @ W[:, n0:n1]; n0 on a panel boundary; beta is 0 or 1. Panels go two
+// at a time in the outer loop, so each streams in from memory once for all row groups.
 template <typename T>
 void small_gemm(int M, int n0, int n1, const T* A, long lda, const Packed<T>& W, T beta, T* C, long ldc) {
   constexpr int NB = Vec<T>::NB;
   const bool overwrite = beta == T(0);
   const long ps = W.pstride;
-  for (int m = 0; m < M; m += 4) {
-    const int rows = std::min(4, M - m);
-    const T* Am = A + m * lda;
-    T* Cm = C + m * ldc;
-    // one and two rows take two panels at once, three and four rows one
-    const int step = rows <= 2 ? 2 * NB : NB;
-    for (int n = n0; n < n1; n += step) {
-      const T* Wp = W.data + (long)(n / NB) * ps;
-      const int nb = std::min(step, n1 - n);
-      if (nb < step) {  // the last few panels one at a time
-        for (int q = n; q < n1; q += NB) {
-          const T* Wq = W.data + (long)(q / NB) * ps;
-          const int nq = std::min(NB, n1 - q);
-          switch (rows) {
-            case 1: small_kernel<T, 1, 1>(W.K, Am, lda, Wq, ps, nq, overwrite, Cm + q, ldc); break;
-            case 2: small_kernel<T, 2, 1>(W.K, Am, lda, Wq, ps, nq, overwrite, Cm + q, ldc); break;
-            case 3: small_kernel<T, 3, 1>(W.K, Am, lda, Wq, ps, nq, overwrite, Cm + q, ldc); break;
-            default: small_kernel<T, 4, 1>(W.K, Am, lda, Wq, ps, nq, overwrite, Cm + q, ldc); break;
-          }
-        }
-        break;
-      }
-      switch (rows) {
-        case 1: small_kernel<T, 1, 2>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm + n, ldc); break;
-        case 2: small_kernel<T, 2, 2>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm + n, ldc); break;
-        case 3: small_kernel<T, 3, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm + n, ldc); break;
-        default: small_kernel<T, 4, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm + n, ldc); break;
+  for (int n = n0; n < n1; n += 2 * NB) {
+    const T* Wp = W.data + (long)(n / NB) * ps;
+    const int nb = std::min(2 * NB, n1 - n);  // columns in this pair of panels
+    const int na = std::min(NB, nb);           // ... in its first panel
+    for (int m = 0; m < M; m += 4) {
+      const T* Am = A + m * lda;
+      T* Cm = C + m * ldc + n;
+      switch (std::min(4, M - m)) {  // one and two rows take both panels at once
+        case 1:
+          if (nb > NB) small_kernel<T, 1, 2>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc);
+          else small_kernel<T, 1, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc);
+          break;
+        case 2:
+          if (nb > NB) small_kernel<T, 2, 2>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc);
+          else small_kernel<T, 2, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc);
+          break;
+        case 3:
+          small_kernel<T, 3, 1>(W.K, Am, lda, Wp, ps, na, overwrite, Cm, ldc);
+          if (nb > NB) small_kernel<T, 3, 1>(W.K, Am, lda, Wp + ps, ps, nb - NB, overwrite, Cm + NB, ldc);
+          break;
+        default:
+          small_kernel<T, 4, 1>(W.K, Am, lda, Wp, ps, na, overwrite, Cm, ldc);
+          if (nb > NB) small_kernel<T, 4, 1>(W.K, Am, lda, Wp + ps, ps, nb - NB, overwrite, Cm + NB, ldc);
       }
     }
   }
