@@ -272,6 +272,7 @@ py::array xent_backward_t(const py::array& probs, const py::array& t, int64_t ig
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "rnncore native kernels (private: use the rnncore package)";
+  blas_single_thread();  // at import, so OpenBLAS's idle pool winds down before the first op
 
   m.def(
       "forward",
