@@ -456,8 +456,7 @@ class TimeLSTM:
         wx = _to_native(Wx, H, _LSTM_MAP, dt)
         wh = _to_native(Wh, H, _LSTM_MAP, dt)
         bb = _to_native(b, H, _LSTM_MAP, dt)
-        # b_hh: a zero bias rather than None (rnncore.reference's LSTM step needs an array)
-        hs, self.h, self.c, self._cache = _rc.lstm_forward(_c(xs, dt), wx, wh, bb, np.zeros_like(bb), h0, c0,
+        hs, self.h, self.c, self._cache = _rc.lstm_forward(_c(xs, dt), wx, wh, bb, None, h0, c0,
                                                            batch_first=True)
         return hs
 
