@@ -5,7 +5,8 @@
 // backward: the reverse time loop produces dG (gradient of the pre-activations) for all
 //           steps, then dwx = x^T dG, dwh = h_prev^T dG_h, dx = dG wx^T are one GEMM each
 //           and the biases are column sums, all split over output rows/columns.
-// One workspace a call, sized before the loops; nothing is allocated inside them.
+// One workspace a call, sized before the loops (and kept for the next call of this thread);
+// nothing is allocated inside the loops.
 #pragma once
 
 #include <algorithm>
@@ -44,16 +45,20 @@ void forward(Problem<T>& p) {
   const int B = p.B, H = p.H, D = p.D, GH = Cell::G * H;
   const long rows = p.rows();
   const size_t nzeros = std::max((size_t)B * H, (size_t)GH);  // stands in for h0, c0 or b_hh
-  std::vector<T> ws((size_t)B * GH + nzeros + GH, T(0));
-  T* scratch = ws.data();
+  Workspace<T>& ws = Workspace<T>::local(Workspace<T>::kForward);
+  T* scratch = ws.get((size_t)B * GH + nzeros + GH);
   T* zeros = scratch + (size_t)B * GH;
   T* bsum = zeros + nzeros;
+  std::fill(zeros, zeros + nzeros, T(0));
   for (int j = 0; j < GH; ++j) bsum[j] = p.bx[j] + (p.bh ? p.bh[j] : T(0));
   StepContext<T> ctx{p, scratch, bsum, zeros};
-  std::vector<T> packed, packed2;
   if (B <= kSmallBatch) {
-    ctx.wrec = pack(p.wh, GH, 1, H, GH, packed, p.wh, GH);
-    if (Cell::RESET_BEFORE) ctx.wrec2 = pack(p.wh + 2 * H, GH, 1, H, H, packed2, p.wh + 2 * H, GH);
+    T* buf = Workspace<T>::local(Workspace<T>::kPacked).get(packed_size<T>(H, GH));
+    ctx.wrec = pack(p.wh, GH, 1, H, GH, buf, p.wh, GH);
+    if (Cell::RESET_BEFORE) {
+      T* buf2 = Workspace<T>::local(Workspace<T>::kPacked2).get(packed_size<T>(H, H));
+      ctx.wrec2 = pack(p.wh + 2 * H, GH, 1, H, H, buf2, p.wh + 2 * H, GH);
+    }
   } else {
     ctx.wrec = plain(p.wh, H, GH, GH);
     if (Cell::RESET_BEFORE) ctx.wrec2 = plain(p.wh + 2 * H, H, H, GH);
@@ -73,6 +78,7 @@ void forward(Problem<T>& p) {
 #pragma omp barrier
     }
   });
+  Workspace<T>::release_all_large();
 }
 
 // dW[:, lo:hi] = sum over (t, b) of h_{t-1}[b]^T dG_t[b][lo:hi], as one GEMM over the stacked
@@ -127,21 +133,23 @@ void backward(Problem<T>& p) {
   const int B = p.B, H = p.H, D = p.D, GH = Cell::G * H;
   const long rows = p.rows();
   const size_t nG = (size_t)rows * GH, nBH = (size_t)B * H;
-  std::vector<T> ws(nG * (Cell::SPLIT ? 2 : 1) + 3 * nBH, T(0));
-  T* dG = ws.data();
+  // dG (and dGh) are written whole by the backward steps; only the zeros must be cleared
+  Workspace<T>& ws = Workspace<T>::local(Workspace<T>::kBackward);
+  T* dG = ws.get(nG * (Cell::SPLIT ? 2 : 1) + 3 * nBH);
   T* dGh = Cell::SPLIT ? dG + nG : dG;
   T* tmp = dG + nG * (Cell::SPLIT ? 2 : 1);
   T* zeros = tmp + nBH;
   T* E = zeros + nBH;
+  std::fill(zeros, zeros + nBH, T(0));
   StepContext<T> ctx{p, nullptr, nullptr, zeros};
-  std::vector<T> packed;  // wh^T, packed for small batches, plain for the BLAS
+  Workspace<T>& wt = Workspace<T>::local(Workspace<T>::kPacked);  // wh^T: packed, or plain for the BLAS
   if (B <= kSmallBatch) {
-    ctx.wrec = pack(p.wh, 1, GH, GH, H, packed, (const T*)nullptr, 0);
+    ctx.wrec = pack(p.wh, 1, GH, GH, H, wt.get(packed_size<T>(GH, H)), (const T*)nullptr, 0);
   } else {
-    packed.resize((size_t)H * GH);
+    T* whT = wt.get((size_t)H * GH);
     for (int i = 0; i < H; ++i)
-      for (int j = 0; j < GH; ++j) packed[(long)j * H + i] = p.wh[(long)i * GH + j];
-    ctx.wrec = plain(packed.data(), GH, H, H);
+      for (int j = 0; j < GH; ++j) whT[(long)j * H + i] = p.wh[(long)i * GH + j];
+    ctx.wrec = plain(whT, GH, H, H);
   }
   ctx.dG = dG;
   ctx.dGh = dGh;
@@ -181,6 +189,7 @@ void backward(Problem<T>& p) {
       gemm(false, true, (int)(hi - lo), D, GH, T(1), dG + lo * GH, GH, p.wx, GH, T(0), p.dx + lo * D, D);
     });
   });
+  Workspace<T>::release_all_large();
 }
 
 }  // namespace rnncore

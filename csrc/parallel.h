@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
+#include <vector>
 #include <omp.h>
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <xmmintrin.h>
@@ -74,6 +76,41 @@ inline void for_chunks(long n, int tid, int nt, F&& f) {
   split_range(num_chunks(n), nt, tid, 1, c0, c1);
   for (long c = c0; c < c1; ++c) f(c * w, std::min(n, (c + 1) * w));
 }
+
+// The calling thread's workspace for one native call: at least n elements, contents
+// undefined. Kept between calls (up to kKeepWorkspace elements) so that a training loop does
+// not pay the page faults of fresh memory every step; one per calling thread, so concurrent
+// calls from several Python threads never share it.
+template <typename T>
+class Workspace {
+ public:
+  static constexpr size_t kKeep = (size_t)1 << 26;  // 256 MiB of float
+  T* get(size_t n) {
+    if (n > buf_.size()) {
+      buf_.clear();
+      buf_.shrink_to_fit();
+      buf_.resize(n);
+    }
+    return buf_.data();
+  }
+  void release_if_large() {
+    if (buf_.size() > kKeep) {
+      buf_.clear();
+      buf_.shrink_to_fit();
+    }
+  }
+  enum Slot { kForward, kBackward, kPacked, kPacked2, kSlots };
+  static Workspace& local(Slot slot) {
+    thread_local Workspace ws[kSlots];
+    return ws[slot];
+  }
+  static void release_all_large() {
+    for (int s = 0; s < kSlots; ++s) local((Slot)s).release_if_large();
+  }
+
+ private:
+  std::vector<T> buf_;
+};
 
 // Flush denormals to zero (FTZ and DAZ) while alive; restore the caller's mode afterwards.
 // MXCSR is per thread: every thread of a parallel region holds its own guard.

@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 namespace rnncore {
 
@@ -41,18 +40,26 @@ struct Packed {
   }
 };
 
-// Pack W (K, N), element (k, n) at W[k * sk + n * sn], into buf; returns the view.
+// Room for W (K, N) packed.
 template <typename T>
-Packed<T> pack(const T* W, long sk, long sn, int K, int N, std::vector<T>& buf, const T* plain, long ldw) {
+size_t packed_size(int K, int N) {
+  constexpr int NB = Vec<T>::NB;
+  return (size_t)((N + NB - 1) / NB) * K * NB;
+}
+
+// Pack W (K, N), element (k, n) at W[k * sk + n * sn], into buf (packed_size elements);
+// returns the view.
+template <typename T>
+Packed<T> pack(const T* W, long sk, long sn, int K, int N, T* buf, const T* plain, long ldw) {
   constexpr int NB = Vec<T>::NB;
   const int np = (N + NB - 1) / NB;
-  buf.assign((size_t)np * K * NB, T(0));
+  std::fill(buf, buf + packed_size<T>(K, N), T(0));
   for (int p = 0; p < np; ++p)
     for (int k = 0; k < K; ++k)
       for (int j = 0; j < NB && p * NB + j < N; ++j)
         buf[((size_t)p * K + k) * NB + j] = W[k * sk + (long)(p * NB + j) * sn];
   Packed<T> w;
-  w.data = buf.data();
+  w.data = buf;
   w.pstride = (long)K * NB;
   w.K = K;
   w.N = N;
