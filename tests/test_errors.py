@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import rnncore
-from conftest import GATES, CELLS, run_backward, run_forward
+from helpers import GATES, CELLS, run_backward, run_forward
 
 T, B, D, H = 3, 2, 4, 5
 GH = {"rnn": "H", "lstm": "4*H", "gru": "3*H"}

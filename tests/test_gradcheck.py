@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import CELLS, assert_close, make_params, run_backward, run_forward
+from helpers import CELLS, assert_close, make_params, run_backward, run_forward
 
 T, B, D, H = 4, 2, 3, 3
 EPS = 1e-6

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnncore
-from conftest import CELLS, GATES, TOL, assert_close, make_params, run_backward, run_forward
+from helpers import CELLS, GATES, TOL, assert_close, make_params, run_backward, run_forward
 
 CELL_IDS = [c[0] for c in CELLS]
 DTYPES = [np.float32, np.float64]

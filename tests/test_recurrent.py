@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import rnncore
-from conftest import TOL, assert_close
+from helpers import TOL, assert_close
 
 # (id, mode, cell keyword arguments)
 MODES = [

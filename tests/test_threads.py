@@ -12,7 +12,7 @@ import pytest
 import threadpoolctl
 
 import rnncore
-from conftest import CELLS, make_params, run_backward, run_forward
+from helpers import CELLS, make_params, run_backward, run_forward
 
 CELL_IDS = [c[0] for c in CELLS]
 

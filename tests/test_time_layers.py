@@ -17,7 +17,7 @@ import pytest
 
 import rnncore
 import rnncore.time_layers as L
-from conftest import assert_close
+from helpers import assert_close
 
 
 

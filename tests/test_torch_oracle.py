@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TOL, assert_close, make_params, run_backward, run_forward
+from helpers import TOL, assert_close, make_params, run_backward, run_forward
 
 torch = pytest.importorskip("torch")
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
