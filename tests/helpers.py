@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 #: weight blocks per cell
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
