@@ -4,8 +4,9 @@
 // a batch-1 step costs as much as a batch-8 one. But W (the recurrent weights) is the same at
 // every step: here it is packed once per call into panels of NB columns, K-major, and a
 // register-blocked kernel streams each panel for up to 6 rows of A at a time, the 6 x NB
-// block of C living in registers (12 of AVX2's 16 vector registers). Written with GCC vector extensions (256-bit), so it compiles for any
-// x86-64 level (and elsewhere). Every output element is a sum over k in order, whatever the
+// block of C living in registers (12 of the 16 vector registers). Written with GCC vector
+// extensions, as wide as the target's registers, so it compiles for any x86-64 level (and
+// elsewhere). Every output element is a sum over k in order, whatever the
 // panel, chunk or row group it falls in: results do not depend on the thread count.
 #pragma once
 
@@ -14,11 +15,19 @@
 
 namespace rnncore {
 
+// The widest vectors the target has registers for: 256-bit with AVX (AVX2, AVX-512 hosts), else
+// 128-bit (a portable x86-64 build), where wider GCC vectors would be split badly.
+#if defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+
 template <typename T>
 struct Vec {
-  typedef T type __attribute__((vector_size(32)));
-  static constexpr int L = 32 / sizeof(T);  // lanes
-  static constexpr int NB = 2 * L;          // columns of a panel
+  typedef T type __attribute__((vector_size(kVecBytes)));
+  static constexpr int L = kVecBytes / sizeof(T);  // lanes
+  static constexpr int NB = 2 * L;                 // columns of a panel
 };
 
 // W (K, N) packed into ceil(N / NB) panels of (K, NB), zero-padded; plus the plain matrix
