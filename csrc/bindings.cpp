@@ -334,6 +334,9 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "set_num_threads", [](int n) { set_num_threads(n); },
       "Set the threads a native call may use (0: follow OpenMP's default).");
+  m.def(
+      "set_local_thread_cap", [](int n) { local_thread_cap() = n < 0 ? 0 : n; },
+      "Cap the threads of this OS thread's native calls (0: no cap).");
   m.def("blas_corename", [] { return std::string(blas_corename()); }, "Kernel set the BLAS chose for this CPU.");
   m.def("blas_config", [] { return std::string(blas_config()); }, "Build configuration of the vendored BLAS.");
 

@@ -23,9 +23,18 @@ inline std::atomic<int>& thread_setting() {
   return n;
 }
 
+// A cap on the threads of the calling thread's native calls (0: none). rnncore's Python side
+// sets it when it runs independent calls side by side (the two directions of a layer).
+inline int& local_thread_cap() {
+  thread_local int cap = 0;
+  return cap;
+}
+
 inline int num_threads() {
   int n = thread_setting().load(std::memory_order_relaxed);
-  return n > 0 ? n : std::max(1, omp_get_max_threads());
+  n = n > 0 ? n : std::max(1, omp_get_max_threads());
+  const int cap = local_thread_cap();
+  return cap > 0 ? std::min(n, cap) : n;
 }
 
 inline void set_num_threads(int n) { thread_setting().store(n < 0 ? 0 : n); }

@@ -21,6 +21,8 @@ sequence ``b`` are reversed in place, the padding stays where it is.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -64,6 +66,48 @@ class RecurrentCache:
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+_executor = None
+_executor_lock = threading.Lock()
+
+
+def _side_by_side(f0, f1):
+    """``[f0(), f1()]``: the two directions of a layer are independent, so on the native
+    backend with two or more threads they run at once, f1 on a helper thread, each native
+    call capped at half the threads (so together they never oversubscribe the cores).
+    Results are the same bits either way (a call's results do not depend on its threads)."""
+    global _executor
+    from . import _native
+    from ._backend import get_backend, use_backend
+
+    core = _native.core
+    n = core.get_num_threads() if core is not None else 1
+    if get_backend() != "native" or n < 2:
+        return [f0(), f1()]
+    half = n // 2
+    with _executor_lock:
+        if _executor is None:
+            _executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnncore")
+
+    def helper():
+        core.set_local_thread_cap(n - half)
+        try:
+            with use_backend("native"):
+                return f1()
+        finally:
+            core.set_local_thread_cap(0)
+
+    future = _executor.submit(helper)
+    core.set_local_thread_cap(half)
+    try:
+        r0 = f0()
+    except BaseException:
+        concurrent.futures.wait([future])
+        raise
+    finally:
+        core.set_local_thread_cap(0)
+    return [r0, future.result()]
+
 
 def _reverse(a, batch_first, rev_index):
     """Reverse ``a`` (x's layout) in time; with ``rev_index`` only within each length.
@@ -229,23 +273,31 @@ def recurrent_forward(mode, x, weights, h0=None, c0=None, *, num_layers=1, bidir
     c_n = np.empty(state_shape, dt) if mode == "lstm" else None
     layer_in = x
     for layer in range(L):
-        outs = []
-        for d in range(nd):
+
+        def direction(d, layer_in=layer_in, layer=layer):
             k = layer * nd + d
             wx, wh, b_ih, b_hh = weights[k]
             xin = layer_in if d == 0 else _reverse(layer_in, batch_first, rev_index)
             h0k = None if h0 is None else h0[k]
             kw = dict(batch_first=batch_first, lengths=lengths)
+            ck = None
             if mode == "rnn":
                 hs, hk, c = fwd(xin, wx, wh, b_ih + b_hh, h0k, activation=activation, **kw)
             elif mode == "lstm":
                 hs, hk, ck, c = fwd(xin, wx, wh, b_ih, b_hh, h0k, None if c0 is None else c0[k], **kw)
-                c_n[k] = ck
             else:
                 hs, hk, c = fwd(xin, wx, wh, b_ih, b_hh, h0k, reset_after=reset_after, **kw)
+            return (hs if d == 0 else _reverse(hs, batch_first, rev_index)), hk, ck, c
+
+        results = [direction(0)] if nd == 1 else _side_by_side(lambda: direction(0), lambda: direction(1))
+        outs = []
+        for d, (hs, hk, ck, c) in enumerate(results):
+            k = layer * nd + d
             h_n[k] = hk
+            if c_n is not None:
+                c_n[k] = ck
             cache.caches.append(c)
-            outs.append(hs if d == 0 else _reverse(hs, batch_first, rev_index))
+            outs.append(hs)
         out = outs[0] if nd == 1 else np.concatenate(outs, axis=-1)
         if layer < L - 1:
             mask = None
@@ -298,8 +350,8 @@ def recurrent_backward(dout, cache, dh_n=None, dc_n=None):
     dc0 = np.empty(state_shape, dt) if mode == "lstm" else None
     dlayer = dout
     for layer in reversed(range(L)):
-        dx = None
-        for d in range(nd):
+
+        def direction(d, layer=layer, dlayer=dlayer):
             k = layer * nd + d
             dhs = None
             if dlayer is not None:
@@ -307,20 +359,27 @@ def recurrent_backward(dout, cache, dh_n=None, dc_n=None):
                 if d == 1:
                     dhs = _reverse(dhs, bf, cache.rev_index)
             dhk = None if dh_n is None else dh_n[k]
+            dc0k = None
             if mode == "rnn":
                 dxk, dwx, dwh, db, dh0k = bwd(dhs, cache.caches[k], dhk)
-                dweights[k] = (dwx, dwh, db, db.copy())
+                dw = (dwx, dwh, db, db.copy())
             elif mode == "lstm":
                 dxk, dwx, dwh, db_ih, db_hh, dh0k, dc0k = bwd(dhs, cache.caches[k], dhk,
                                                               None if dc_n is None else dc_n[k])
-                dweights[k] = (dwx, dwh, db_ih, db_hh)
-                dc0[k] = dc0k
+                dw = (dwx, dwh, db_ih, db_hh)
             else:
                 dxk, dwx, dwh, db_ih, db_hh, dh0k = bwd(dhs, cache.caches[k], dhk)
-                dweights[k] = (dwx, dwh, db_ih, db_hh)
+                dw = (dwx, dwh, db_ih, db_hh)
+            return (dxk if d == 0 else _reverse(dxk, bf, cache.rev_index)), dw, dh0k, dc0k
+
+        results = [direction(0)] if nd == 1 else _side_by_side(lambda: direction(0), lambda: direction(1))
+        dx = None
+        for d, (dxk, dw, dh0k, dc0k) in enumerate(results):
+            k = layer * nd + d
+            dweights[k] = dw
             dh0[k] = dh0k
-            if d == 1:
-                dxk = _reverse(dxk, bf, cache.rev_index)
+            if dc0 is not None:
+                dc0[k] = dc0k
             dx = dxk if dx is None else dx + dxk
         if layer > 0:
             mask = cache.masks[layer - 1]

@@ -1,0 +1,49 @@
+"""The two directions of a bidirectional layer run at once on the native backend: same bits
+as running them one after the other, exceptions surface, thread caps are restored."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rnncore
+from rnncore import recurrent
+
+
+def _sequential(f0, f1):
+    return [f0(), f1()]
+
+
+@pytest.mark.parametrize("mode", ["rnn", "lstm", "gru"])
+def test_side_by_side_equals_sequential(mode, monkeypatch):
+    rng = np.random.default_rng(3)
+    T, B, D, H = 9, 5, 6, 32
+    x = rng.standard_normal((B, T, D)).astype(np.float32)
+    w = recurrent.init_weights(mode, D, H, num_layers=2, bidirectional=True, rng=1)
+    lengths = np.array([9, 3, 7, 1, 9])
+    dout = rng.standard_normal((B, T, 2 * H)).astype(np.float32)
+
+    def run():
+        out, h_n, c_n, cache = rnncore.recurrent_forward(mode, x, w, num_layers=2, bidirectional=True,
+                                                         batch_first=True, lengths=lengths)
+        dx, dw, dh0, dc0 = rnncore.recurrent_backward(dout, cache)
+        return [out, h_n, dx, dh0] + [g for gs in dw for g in gs]
+
+    with rnncore.num_threads(2):
+        together = run()
+        assert rnncore.get_num_threads() == 2  # the caps were lifted again
+    monkeypatch.setattr(recurrent, "_side_by_side", _sequential)
+    with rnncore.num_threads(2):
+        apart = run()
+    for a, b in zip(together, apart):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_helper_thread_errors_surface():
+    def boom():
+        raise ValueError("from the helper")
+
+    with rnncore.num_threads(2):
+        with pytest.raises(ValueError, match="from the helper"):
+            recurrent._side_by_side(lambda: 1, boom)
+        assert recurrent._side_by_side(lambda: 1, lambda: 2) == [1, 2]
+        assert rnncore.get_num_threads() == 2
