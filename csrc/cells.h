@@ -11,10 +11,9 @@
 // its final state was captured at t == len[b] - 1.
 //
 // Gate orders (PyTorch's): LSTM i, f, g, o; GRU r, z, n.
-// Recurrent weights come packed for the step GEMM: ctx.wrec is wh (forward) or wh^T (backward).
+// The step GEMM's recurrent weights: ctx.wrec is wh (forward) or wh^T (backward), packed for
+// small batches (small_gemm.h), plain for the BLAS.
 #pragma once
-
-#include <type_traits>
 
 #include "activations.h"
 #include "blas.h"
