@@ -87,13 +87,13 @@ inline void for_chunks(long n, int tid, int nt, F&& f) {
 }
 
 // The calling thread's workspace for one native call: at least n elements, contents
-// undefined. Kept between calls (up to kKeepWorkspace elements) so that a training loop does
+// undefined. Kept between calls (up to kKeep elements) so that a training loop does
 // not pay the page faults of fresh memory every step; one per calling thread, so concurrent
 // calls from several Python threads never share it.
 template <typename T>
 class Workspace {
  public:
-  static constexpr size_t kKeep = (size_t)1 << 26;  // 256 MiB of float
+  static constexpr size_t kKeep = (size_t)1 << 24;  // elements: 64 MiB of float a slot
   T* get(size_t n) {
     if (n > buf_.size()) {
       buf_.clear();
