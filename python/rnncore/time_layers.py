@@ -390,12 +390,10 @@ def _state(h, N, H, dtype, fresh):
 # time layers
 # ---------------------------------------------------------------------------------------
 
-class TimeRNN:
-    """T Elman steps over xs (N, T, D) -> hs (N, T, H), one rnncore call each way.
-
-    Attributes as in the book: ``h`` (last state), ``dh`` (gradient wrt the initial state,
-    set by backward), ``stateful``; ``layers`` stays None (no per-step cells).
-    """
+class _TimeRecurrent:
+    """What TimeRNN, TimeLSTM and TimeGRU share: the book's params/grads (the arrays passed
+    in, gradients written in place), ``h``, ``dh``, ``stateful``, ``layers`` (None: no
+    per-step cells) and the state methods."""
 
     def __init__(self, Wx, Wh, b, stateful=False):
         self.params = [Wx, Wh, b]
@@ -404,6 +402,20 @@ class TimeRNN:
         self.h, self.dh = None, None
         self.stateful = stateful
         self._cache = None
+
+    def set_state(self, h):
+        self.h = h
+
+    def reset_state(self):
+        self.h = None
+
+
+class TimeRNN(_TimeRecurrent):
+    """T Elman steps over xs (N, T, D) -> hs (N, T, H), one rnncore call each way.
+
+    Attributes as in the book: ``h`` (last state), ``dh`` (gradient wrt the initial state,
+    set by backward), ``stateful``; ``layers`` stays None (no per-step cells).
+    """
 
     def forward(self, xs):
         Wx, Wh, b = self.params
@@ -423,14 +435,8 @@ class TimeRNN:
         self.dh = dh0
         return dxs
 
-    def set_state(self, h):
-        self.h = h
 
-    def reset_state(self):
-        self.h = None
-
-
-class TimeLSTM:
+class TimeLSTM(_TimeRecurrent):
     """T LSTM steps (book layout f, g, i, o) over xs (N, T, D) -> hs (N, T, H).
 
     Attributes: ``h``, ``c`` (last states), ``dh`` (gradient wrt the initial h; the one wrt
@@ -438,13 +444,8 @@ class TimeLSTM:
     """
 
     def __init__(self, Wx, Wh, b, stateful=False):
-        self.params = [Wx, Wh, b]
-        self.grads = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
-        self.layers = None
-        self.h, self.c = None, None
-        self.dh = None
-        self.stateful = stateful
-        self._cache = None
+        super().__init__(Wx, Wh, b, stateful)
+        self.c = None
 
     def forward(self, xs):
         Wx, Wh, b = self.params
@@ -475,19 +476,11 @@ class TimeLSTM:
         self.h, self.c = None, None
 
 
-class TimeGRU:
+class TimeGRU(_TimeRecurrent):
     """T GRU steps (book layout [z | r | h~], reset gate before the matmul) -> hs (N, T, H).
 
     Attributes: ``h``, ``dh``, ``stateful``; ``layers`` stays None.
     """
-
-    def __init__(self, Wx, Wh, b, stateful=False):
-        self.params = [Wx, Wh, b]
-        self.grads = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
-        self.layers = None
-        self.h, self.dh = None, None
-        self.stateful = stateful
-        self._cache = None
 
     def forward(self, xs):
         Wx, Wh, b = self.params
@@ -509,12 +502,6 @@ class TimeGRU:
             _grad_from_native(grad, g, H, _GRU_MAP)
         self.dh = dh0
         return dxs
-
-    def set_state(self, h):
-        self.h = h
-
-    def reset_state(self):
-        self.h = None
 
 
 class TimeBiLSTM:
