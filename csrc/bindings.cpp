@@ -7,6 +7,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <atomic>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -213,15 +214,18 @@ template <typename T>
 bool all_finite_t(const py::array& a) {
   const T* d = static_cast<const T*>(a.data());
   const long n = (long)a.size();
-  bool ok = true;
+  std::atomic<int> bad{0};
   {
     py::gil_scoped_release release;
-    int bad = 0;
-#pragma omp parallel for reduction(| : bad) num_threads(threads_for((double)n, n, 1 << 20)) schedule(static)
-    for (long i = 0; i < n; ++i) bad |= !std::isfinite(d[i]);
-    ok = !bad;
+    parallel_region(threads_for((double)n, n, 1 << 20), [&](int tid, int nt) {
+      long lo, hi;
+      split_range(n, nt, tid, 1, lo, hi);
+      int b = 0;
+      for (long i = lo; i < hi; ++i) b |= !std::isfinite(d[i]);
+      if (b) bad.store(1, std::memory_order_relaxed);
+    });
   }
-  return ok;
+  return !bad.load();
 }
 
 template <typename T>
@@ -333,10 +337,23 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &num_threads, "Threads a native call may use.");
   m.def(
       "set_num_threads", [](int n) { set_num_threads(n); },
-      "Set the threads a native call may use (0: follow OpenMP's default).");
+      "Set the threads a native call may use (0: the default).");
   m.def(
       "set_local_thread_cap", [](int n) { local_thread_cap() = n < 0 ? 0 : n; },
       "Cap the threads of this OS thread's native calls (0: no cap).");
+  m.def("thread_setting", &rnncore_thread_setting, "The stored thread setting (0: the default).");
+  m.def(
+      "team_set_spin", [](int idle_us, int barrier_us) { rnncore_team_set_spin(idle_us, barrier_us); },
+      py::arg("idle_us") = -1, py::arg("barrier_us") = -1,
+      "Spin budgets (microseconds) before the team's waiting threads sleep.");
+  m.def(
+      "team_stats",
+      [] {
+        long r = 0, b = 0, s = 0;
+        rnncore_team_stats(&r, &b, &s);
+        return py::make_tuple(r, b, s);
+      },
+      "(regions run on the team, regions run inline as the team was busy, barrier waits that slept).");
   m.def("blas_corename", [] { return std::string(blas_corename()); }, "Kernel set the BLAS chose for this CPU.");
   m.def("blas_config", [] { return std::string(blas_config()); }, "Build configuration of the vendored BLAS.");
 

@@ -6,7 +6,7 @@
 //   forward_step(ctx, t, tid, nt):  h_{t-1} -> h_t, caching what backward needs;
 //   backward_step(ctx, t, tid, nt): dh_t -> dG_t and dh_{t-1} (into ctx.dh_rec).
 // A step runs on all nt threads of the driver's region: recurrent GEMMs are split over
-// output columns, elementwise passes over hidden units; `#pragma omp barrier` separates the
+// output columns, elementwise passes over hidden units; `barrier()` (team.h) separates the
 // phases. Past a sequence's length (t >= len[b]) a row's output is 0, its gradient is 0, and
 // its final state was captured at t == len[b] - 1.
 //
@@ -101,7 +101,7 @@ struct ElmanCell : CellBase {
     long ldh;
     const T* hp = c.hprev(t, ldh);
     step_gemm(tid, nt, p.B, p.H, hp, ldh, c.wrec, T(0), c.scratch, p.H);
-#pragma omp barrier
+    barrier();
     long j0, j1;
     unit_range(p.H, tid, nt, j0, j1);
     switch (p.act) {
@@ -138,7 +138,7 @@ struct ElmanCell : CellBase {
       case kRelu: backward_rows<T, kRelu>(c, t, j0, j1); break;
       default: backward_rows<T, kSigmoid>(c, t, j0, j1); break;
     }
-#pragma omp barrier
+    barrier();
     step_gemm(tid, nt, p.B, p.H, c.dG + p.off(t, p.H), p.ld(p.H), c.wrec, T(0), c.dh_rec, p.H);
   }
 };
@@ -158,7 +158,7 @@ struct LSTMCell : GatesCache {
     const T* hp = c.hprev(t, ldh);
     const T* cp = c.cprev(t, ldc);
     step_gemm(tid, nt, p.B, 4 * H, hp, ldh, c.wrec, T(0), c.scratch, 4 * H);
-#pragma omp barrier
+    barrier();
     long j0, j1;
     unit_range(H, tid, nt, j0, j1);
     const T* bs = c.bsum;
@@ -227,7 +227,7 @@ struct LSTMCell : GatesCache {
         dcr[j] = dc * gf;
       }
     }
-#pragma omp barrier
+    barrier();
     step_gemm(tid, nt, p.B, H, c.dG + p.off(t, 4 * H), p.ld(4 * H), c.wrec, T(0), c.dh_rec, H);
   }
 };
@@ -248,7 +248,7 @@ struct GRUCell : GatesCache {
     long ldh;
     const T* hp = c.hprev(t, ldh);
     step_gemm(tid, nt, p.B, 3 * H, hp, ldh, c.wrec, T(0), c.scratch, 3 * H);
-#pragma omp barrier
+    barrier();
     long j0, j1;
     unit_range(H, tid, nt, j0, j1);
     const T* bs = c.bsum;
@@ -314,7 +314,7 @@ struct GRUCell : GatesCache {
         dhr[j] = dh[j] * z;  // the direct path h' = ... + z * h
       }
     }
-#pragma omp barrier
+    barrier();
     step_gemm(tid, nt, p.B, H, c.dGh + p.off(t, 3 * H), p.ld(3 * H), c.wrec, T(1), c.dh_rec, H);
   }
 };
@@ -335,7 +335,7 @@ struct GRUResetBeforeCell : GatesCache {
     long ldh;
     const T* hp = c.hprev(t, ldh);
     step_gemm(tid, nt, p.B, 2 * H, hp, ldh, c.wrec, T(0), c.scratch, 3 * H);
-#pragma omp barrier
+    barrier();
     long j0, j1;
     unit_range(H, tid, nt, j0, j1);
     const T* bs = c.bsum;
@@ -351,10 +351,10 @@ struct GRUResetBeforeCell : GatesCache {
         g[3 * H + j] = r * hpr[j];
       }
     }
-#pragma omp barrier
+    barrier();
     step_gemm(tid, nt, p.B, H, p.gates + p.off(t, 4 * H) + 3 * H, p.ld(4 * H), c.wrec2, T(0), c.scratch + 2 * H,
               3 * H);
-#pragma omp barrier
+              barrier();
     for (int b = 0; b < p.B; ++b) {
       T* h = p.hs + p.off(t, H) + b * p.ld(H);
       if (t >= p.len[b]) {
@@ -403,11 +403,11 @@ struct GRUResetBeforeCell : GatesCache {
         dhr[j] = dh[j] * z;
       }
     }
-#pragma omp barrier
+    barrier();
     // d(r * h) = dn @ W_hn^T, into tmp (dh is no longer needed)
     step_gemm(tid, nt, p.B, H, c.dG + p.off(t, 3 * H) + 2 * H, p.ld(3 * H), c.wrec.rows(2 * H, 3 * H), T(0),
               c.tmp, H);
-#pragma omp barrier
+              barrier();
     for (int b = 0; b < p.B; ++b) {
       T* dg = c.dG + p.off(t, 3 * H) + b * p.ld(3 * H);
       if (t >= p.len[b]) continue;
@@ -422,7 +422,7 @@ struct GRUResetBeforeCell : GatesCache {
         dhr[j] += drh[j] * r;
       }
     }
-#pragma omp barrier
+    barrier();
     step_gemm(tid, nt, p.B, H, c.dG + p.off(t, 3 * H), p.ld(3 * H), c.wrec.rows(0, 2 * H), T(1), c.dh_rec, H);
   }
 };

@@ -75,7 +75,7 @@ void forward(Problem<T>& p) {
   parallel_region(step_threads(B, H, Cell::G), [&](int tid, int nt) {
     for (int t = 0; t < p.T_; ++t) {
       Cell::forward_step(ctx, t, tid, nt);
-#pragma omp barrier
+      barrier();
     }
   });
   Workspace<T>::release_all_large();
@@ -162,7 +162,7 @@ void backward(Problem<T>& p) {
   parallel_region(step_threads(B, H, Cell::G), [&](int tid, int nt) {
     for (int t = p.T_ - 1; t >= 0; --t) {
       Cell::backward_step(ctx, t, tid, nt);
-#pragma omp barrier
+      barrier();
     }
   });
 

@@ -1,7 +1,7 @@
 // parallel.h: threads, work partitioning and the floating-point mode of a native call.
 //
-// One source of truth for threads: rnncore's count (set_num_threads, else the OpenMP default
-// of the calling thread, which threadpoolctl can limit). Work is split into contiguous,
+// One source of truth for threads: rnncore's count (team.h: set_num_threads or threadpoolctl,
+// else RNNCORE_NUM_THREADS / OMP_NUM_THREADS / the CPUs). Work is split into contiguous,
 // aligned ranges of rows or columns; a reduction is never split across threads, so results
 // do not depend on the thread count.
 #pragma once
@@ -10,18 +10,14 @@
 #include <atomic>
 #include <cstddef>
 #include <vector>
-#include <omp.h>
+
+#include "team.h"
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <xmmintrin.h>
 #define RNNCORE_HAVE_MXCSR 1
 #endif
 
 namespace rnncore {
-
-inline std::atomic<int>& thread_setting() {
-  static std::atomic<int> n{0};  // 0: follow omp_get_max_threads()
-  return n;
-}
 
 // A cap on the threads of the calling thread's native calls (0: none). rnncore's Python side
 // sets it when it runs independent calls side by side (the two directions of a layer).
@@ -31,13 +27,12 @@ inline int& local_thread_cap() {
 }
 
 inline int num_threads() {
-  int n = thread_setting().load(std::memory_order_relaxed);
-  n = n > 0 ? n : std::max(1, omp_get_max_threads());
+  const int n = rnncore_get_num_threads();
   const int cap = local_thread_cap();
   return cap > 0 ? std::min(n, cap) : n;
 }
 
-inline void set_num_threads(int n) { thread_setting().store(n < 0 ? 0 : n); }
+inline void set_num_threads(int n) { rnncore_set_num_threads(n); }
 
 // Threads worth opening for `work` multiply-adds spread over `parallel_units` independent
 // units: one thread for small work, never more threads than units.
@@ -65,7 +60,7 @@ inline void split_range(long n, int nt, int tid, long align, long& lo, long& hi)
 constexpr long kMinChunk = 64;
 
 inline long max_chunks() {
-  static const long n = std::min(16, std::max(2, omp_get_num_procs()));
+  static const long n = std::min(16, std::max(2, rnncore_num_cpus()));
   return n;
 }
 
@@ -131,19 +126,15 @@ struct DenormalGuard {
 #endif
 };
 
-// Run f(tid, nt) on nt threads (inline when nt == 1), each with denormals flushed.
+// Run f(tid, nt) on nt threads of the team (inline when nt == 1 or the team is busy), each
+// with denormals flushed. Phases inside f are separated by barrier() (team.h).
 template <typename F>
 inline void parallel_region(int nt, F&& f) {
-  if (nt <= 1) {
+  auto body = [&](int tid, int n) {
     DenormalGuard guard;
-    f(0, 1);
-    return;
-  }
-#pragma omp parallel num_threads(nt)
-  {
-    DenormalGuard guard;
-    f(omp_get_thread_num(), omp_get_num_threads());
-  }
+    f(tid, n);
+  };
+  team_run(nt, body);
 }
 
 }  // namespace rnncore

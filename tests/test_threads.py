@@ -106,9 +106,48 @@ def test_num_threads_context_manager():
 
 
 def test_threadpool_limits_rule_the_default():
-    """With no count set, rnncore follows OpenMP's default, which threadpool_limits lowers."""
+    """threadpoolctl sees rnncore's team and threadpool_limits lowers it, then restores it."""
+    before = rnncore.get_num_threads()
     with threadpoolctl.threadpool_limits(1):
         assert rnncore.get_num_threads() == 1
+    assert rnncore.get_num_threads() == before
+    with threadpoolctl.threadpool_limits(1, user_api="rnncore"):
+        assert rnncore.get_num_threads() == 1
+
+
+def test_threadpoolctl_lists_the_team():
+    pkg = _package_dir()
+    team = [lib for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "rnncore"]
+    assert len(team) == 1, threadpoolctl.threadpool_info()
+    assert os.path.dirname(os.path.realpath(team[0]["filepath"])) == pkg
+    assert team[0]["num_threads"] == rnncore.get_num_threads()
+    assert team[0]["version"] == rnncore.__version__
+
+
+def test_no_openmp_runtime_loaded_by_rnncore():
+    """rnncore brings no OpenMP runtime of its own: its one pool is the team."""
+    import subprocess
+    import sys
+
+    code = ("import rnncore, threadpoolctl; "
+            "print(sorted({l['user_api'] for l in threadpoolctl.threadpool_info()}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "openmp" not in out and "rnncore" in out, out
+
+
+def test_hold_numpy_blas_limits_numpy_only():
+    from rnncore.threads import hold_numpy_blas
+
+    def blas_threads():
+        mine = rnncore.blas_info()["filepath"]
+        return {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas" and lib["filepath"] != mine}
+
+    before, team = blas_threads(), rnncore.get_num_threads()
+    with hold_numpy_blas():
+        assert all(n == 1 for n in blas_threads().values())
+        assert rnncore.get_num_threads() == team
+    assert blas_threads() == before
 
 
 def test_num_threads_block_restores_follow_default():

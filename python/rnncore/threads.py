@@ -1,18 +1,24 @@
 """Threads of rnncore's native calls.
 
-One count rules a call: OpenMP workers split each step's GEMM columns and elementwise
-work, and the vendored BLAS runs one thread inside them, so the two never oversubscribe the
-cores. Unless set here, the count is OpenMP's default for the calling thread (OMP_NUM_THREADS,
-or a ``threadpoolctl.threadpool_limits`` block). threadpoolctl lists rnncore's BLAS
-(``libscipy_openblas`` in rnncore's folder) and libgomp.
+rnncore runs its native work on one thread team of its own (``csrc/team.cpp``, the shared
+library ``librnncore_threads`` in the package folder): persistent workers that spin briefly
+when idle and then sleep, so they never fight NumPy's BLAS, PyTorch or another process for
+the cores. The vendored BLAS runs one thread inside them. One count rules a call: the value of
+:func:`set_num_threads`, else ``RNNCORE_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the CPUs
+this process may use.
+
+threadpoolctl sees the team (``user_api`` and ``internal_api`` ``"rnncore"``) and the vendored
+BLAS (``libscipy_openblas`` in rnncore's folder); ``threadpool_limits(1)`` limits rnncore too.
 """
 from __future__ import annotations
 
 import contextlib
 
+import threadpoolctl
+
 from . import _native
 
-_setting = 0  # what set_num_threads last stored (0: follow OpenMP's default)
+__all__ = ["get_num_threads", "set_num_threads", "num_threads", "blas_info", "hold_numpy_blas"]
 
 
 def _core():
@@ -21,40 +27,87 @@ def _core():
     return _native.core
 
 
+class _TeamController(threadpoolctl.LibController):
+    """threadpoolctl's handle on rnncore's thread team."""
+
+    user_api = "rnncore"
+    internal_api = "rnncore"
+    filename_prefixes = ("librnncore_threads",)
+
+    def get_num_threads(self):
+        return self.dynlib.rnncore_get_num_threads()
+
+    def set_num_threads(self, num_threads):
+        self.dynlib.rnncore_set_num_threads(int(num_threads))
+
+    def get_version(self):
+        from . import __version__
+
+        return __version__
+
+
+if _native.core is not None:
+    threadpoolctl.register(_TeamController)
+
+
 def get_num_threads() -> int:
     """Threads a native call may use."""
     return _core().get_num_threads()
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in native calls (0 or None: follow OpenMP's default again)."""
+    """Use ``n`` threads in native calls (0 or None: the default again)."""
     if n is None:
         n = 0
-    global _setting
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise ValueError(f"set_num_threads: n must be an int >= 0, got {n!r}")
     _core().set_num_threads(n)
-    _setting = n
 
 
 @contextlib.contextmanager
 def num_threads(n: int):
-    """``with rnncore.num_threads(1): ...``"""
-    before = _setting
+    """``with rnncore.num_threads(1): ...``: the count inside the block, the previous
+    setting (a number, or the default) afterwards."""
+    before = _core().thread_setting()
     set_num_threads(n)
     try:
         yield
     finally:
-        set_num_threads(before)
+        _core().set_num_threads(before)
+
+
+@contextlib.contextmanager
+def hold_numpy_blas(limit: int = 1):
+    """Hold every BLAS other than rnncore's (NumPy's, SciPy's) at ``limit`` threads inside the
+    block, so that its idle workers do not spin beside rnncore's team. Training loops whose
+    heavy work is rnncore's (``rnncore train``, :class:`rnncore.models.LanguageModel`) run in
+    one; the previous limits come back afterwards."""
+    mine = blas_info().get("filepath")
+    saved = []
+    try:
+        for c in threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers:
+            if c.filepath != mine and c.num_threads != limit:
+                saved.append((c, c.num_threads))
+                c.set_num_threads(limit)
+        yield
+    finally:
+        for c, n in saved:
+            c.set_num_threads(n)
 
 
 def blas_info() -> dict:
     """The vendored BLAS as threadpoolctl sees it, plus its kernel name."""
-    from threadpoolctl import threadpool_info
-
     core = _core()
     info = {"corename": core.blas_corename(), "config": core.blas_config()}
-    for lib in threadpool_info():
+    for lib in threadpoolctl.threadpool_info():
         if "libscipy_openblas" in lib.get("prefix", "") and "rnncore" in lib.get("filepath", ""):
             info.update(lib)
     return info
+
+
+def team_stats() -> dict:
+    """Counters of the thread team since import: ``regions`` run on it, ``inline_busy``
+    (regions run on the caller alone because another thread held the team), and
+    ``barrier_sleeps`` (barrier waits that ended asleep)."""
+    r, b, s = _core().team_stats()
+    return {"regions": r, "inline_busy": b, "barrier_sleeps": s}

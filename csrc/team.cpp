@@ -1,0 +1,199 @@
+// team.cpp: rnncore's thread team (see team.h). Built as the shared library librnncore_threads,
+// so that threadpoolctl can find it by name and call rnncore_{get,set}_num_threads.
+#include "team.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static inline void cpu_relax() { _mm_pause(); }
+#else
+static inline void cpu_relax() {}
+#endif
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr int kMaxThreads = 256;
+
+// Spin until pred() holds or budget_us microseconds have passed; true when pred() holds.
+template <typename P>
+bool spin_until(P&& pred, int budget_us) {
+  if (pred()) return true;
+  if (budget_us <= 0) return false;
+  const auto deadline = Clock::now() + std::chrono::microseconds(budget_us);
+  for (;;) {
+    for (int i = 0; i < 32; ++i) {
+      if (pred()) return true;
+      cpu_relax();
+    }
+    if (Clock::now() >= deadline) return pred();
+  }
+}
+
+// One worker's mailbox: the region it is to run, posted by the caller.
+struct alignas(64) Slot {
+  std::atomic<unsigned> seq{0};  // bumped once per region posted to this worker
+  std::atomic<int> sleeping{0};
+  void (*fn)(void*, int, int) = nullptr;
+  void* ctx = nullptr;
+  int nt = 1;
+};
+
+struct Team {
+  std::mutex run_mutex;  // one region at a time
+  int started = 0;       // workers 1..started exist (guarded by run_mutex)
+  Slot slots[kMaxThreads];
+  alignas(64) std::atomic<int> pending{0};  // workers still inside the current region
+  std::atomic<int> caller_sleeping{0};
+  alignas(64) std::atomic<int> arrived{0};  // barrier
+  std::atomic<unsigned> generation{0};
+  std::atomic<int> barrier_sleepers{0};
+  alignas(64) std::atomic<int> idle_spin_us{50};
+  std::atomic<int> barrier_spin_us{50};
+  std::atomic<long> regions{0}, inline_busy{0}, barrier_sleeps{0};
+};
+
+Team* g_team = new Team();  // leaked on purpose: workers outlive static destructors
+std::atomic<int> g_setting{0};
+thread_local int tl_region_nt = 0;  // > 0 while this thread runs a team region
+
+int env_threads(const char* name) {
+  const char* s = std::getenv(name);
+  if (!s) return 0;
+  int n = std::atoi(s);  // OMP_NUM_THREADS may be a list ("4,2"): its first entry
+  return n > 0 ? n : 0;
+}
+
+int default_threads() {
+  static const int n = [] {
+    int v = env_threads("RNNCORE_NUM_THREADS");
+    if (!v) v = env_threads("OMP_NUM_THREADS");
+    if (!v) v = rnncore_num_cpus();
+    return std::max(1, std::min(v, kMaxThreads));
+  }();
+  return n;
+}
+
+// `seen`: the slot's sequence number when the worker was created, before anything was posted.
+void worker_main(Team* team, int w, unsigned seen) {
+  Slot& s = team->slots[w];
+  for (;;) {
+    auto posted = [&] { return s.seq.load(std::memory_order_acquire) != seen; };
+    if (!spin_until(posted, team->idle_spin_us.load(std::memory_order_relaxed))) {
+      s.sleeping.store(1);
+      while (s.seq.load() == seen) s.seq.wait(seen);
+      s.sleeping.store(0);
+    }
+    seen = s.seq.load(std::memory_order_acquire);
+    tl_region_nt = s.nt;
+    s.fn(s.ctx, w, s.nt);
+    tl_region_nt = 0;
+    if (team->pending.fetch_sub(1) == 1 && team->caller_sleeping.load()) team->pending.notify_all();
+  }
+}
+
+void start_workers(Team* team, int n) {  // under run_mutex
+  for (int w = team->started + 1; w <= n; ++w) std::thread(worker_main, team, w, team->slots[w].seq.load()).detach();
+  team->started = std::max(team->started, n);
+}
+
+// A forked child has none of the parent's workers: give it a fresh team (the old one leaks).
+void after_fork_child() { g_team = new Team(); }
+const int g_atfork = pthread_atfork(nullptr, nullptr, after_fork_child);
+
+}  // namespace
+
+extern "C" {
+
+int rnncore_num_cpus(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+int rnncore_get_num_threads(void) {
+  const int n = g_setting.load(std::memory_order_relaxed);
+  return n > 0 ? n : default_threads();
+}
+
+void rnncore_set_num_threads(int n) { g_setting.store(std::max(0, std::min(n, kMaxThreads))); }
+
+int rnncore_thread_setting(void) { return g_setting.load(); }
+
+int rnncore_team_run(int nt, void (*fn)(void*, int, int), void* ctx) {
+  Team* team = g_team;
+  nt = std::min(nt, kMaxThreads);
+  if (nt <= 1 || tl_region_nt > 0) {
+    fn(ctx, 0, 1);
+    return 1;
+  }
+  std::unique_lock<std::mutex> lock(team->run_mutex, std::try_to_lock);
+  if (!lock.owns_lock()) {  // another Python thread holds the team: run this call inline
+    team->inline_busy.fetch_add(1, std::memory_order_relaxed);
+    fn(ctx, 0, 1);
+    return 1;
+  }
+  if (team->started < nt - 1) start_workers(team, nt - 1);
+  team->pending.store(nt - 1);
+  for (int w = 1; w < nt; ++w) {
+    Slot& s = team->slots[w];
+    s.fn = fn;
+    s.ctx = ctx;
+    s.nt = nt;
+    s.seq.fetch_add(1);
+    if (s.sleeping.load()) s.seq.notify_one();
+  }
+  tl_region_nt = nt;
+  fn(ctx, 0, nt);
+  tl_region_nt = 0;
+  auto done = [&] { return team->pending.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(done, team->barrier_spin_us.load(std::memory_order_relaxed))) {
+    team->caller_sleeping.store(1);
+    for (int p; (p = team->pending.load()) != 0;) team->pending.wait(p);
+    team->caller_sleeping.store(0);
+  }
+  team->regions.fetch_add(1, std::memory_order_relaxed);
+  return nt;
+}
+
+void rnncore_team_barrier(void) {
+  const int n = tl_region_nt;
+  if (n <= 1) return;
+  Team* team = g_team;
+  const unsigned gen = team->generation.load(std::memory_order_acquire);
+  if (team->arrived.fetch_add(1) == n - 1) {  // last to arrive: open the next phase
+    team->arrived.store(0, std::memory_order_relaxed);
+    team->generation.fetch_add(1);
+    if (team->barrier_sleepers.load()) team->generation.notify_all();
+    return;
+  }
+  auto opened = [&] { return team->generation.load(std::memory_order_acquire) != gen; };
+  if (!spin_until(opened, team->barrier_spin_us.load(std::memory_order_relaxed))) {
+    team->barrier_sleeps.fetch_add(1, std::memory_order_relaxed);
+    team->barrier_sleepers.fetch_add(1);
+    while (team->generation.load() == gen) team->generation.wait(gen);
+    team->barrier_sleepers.fetch_sub(1);
+  }
+}
+
+void rnncore_team_set_spin(int idle_us, int barrier_us) {
+  if (idle_us >= 0) g_team->idle_spin_us.store(idle_us);
+  if (barrier_us >= 0) g_team->barrier_spin_us.store(barrier_us);
+}
+
+void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps) {
+  if (regions) *regions = g_team->regions.load();
+  if (inline_busy) *inline_busy = g_team->inline_busy.load();
+  if (barrier_sleeps) *barrier_sleeps = g_team->barrier_sleeps.load();
+}
+
+}  // extern "C"

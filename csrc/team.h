@@ -1,0 +1,52 @@
+// team.h: rnncore's one thread team (implemented in team.cpp, the shared library
+// librnncore_threads that threadpoolctl lists).
+//
+// Persistent workers owned by rnncore, not an OpenMP runtime: a native call runs its parallel
+// region on them, and they wait for the next region with a short bounded spin and then sleep on
+// a futex, so they never keep spinning while NumPy's BLAS, PyTorch's OpenMP or another process
+// wants the cores. The barrier between the phases of a step spins briefly, then sleeps too, so a
+// step whose partner thread was descheduled gives its core away instead of burning it.
+//
+// One region runs at a time: a call that finds the team busy (a second Python thread, or a
+// region started from inside a region) runs inline on its own thread. Work is cut into fixed
+// chunks by the callers (parallel.h), so the results are the same bits either way.
+#pragma once
+
+extern "C" {
+
+// The thread count native calls use: the setting, else RNNCORE_NUM_THREADS, else
+// OMP_NUM_THREADS, else the CPUs this process may run on.
+int rnncore_get_num_threads(void);
+// n > 0 sets the count, n == 0 returns to the default. (threadpoolctl calls these two.)
+void rnncore_set_num_threads(int n);
+// The stored setting (0: the default).
+int rnncore_thread_setting(void);
+// CPUs this process may run on (its affinity mask).
+int rnncore_num_cpus(void);
+
+// Run fn(ctx, tid, nt) for tid in [0, nt): tid 0 on the calling thread, the others on the
+// team's workers; returns when all have returned. Runs fn(ctx, 0, 1) inline when nt <= 1 or the
+// team is busy. Returns the nt that ran.
+int rnncore_team_run(int nt, void (*fn)(void* ctx, int tid, int nt), void* ctx);
+// Wait until every thread of the current region has arrived (no-op outside a region or at nt 1).
+void rnncore_team_barrier(void);
+// The spin budgets in microseconds before a waiting thread sleeps: idle workers between regions
+// and threads at a barrier. Negative values leave a budget unchanged.
+void rnncore_team_set_spin(int idle_us, int barrier_us);
+// Counters since load, for tests and benchmarks: regions run on the team, regions run inline
+// because the team was busy, barrier waits that ended asleep.
+void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps);
+}
+
+namespace rnncore {
+
+// parallel.h's entry: f(tid, nt) on nt threads of the team.
+template <typename F>
+inline int team_run(int nt, F& f) {
+  return rnncore_team_run(
+      nt, [](void* ctx, int tid, int n) { (*static_cast<F*>(ctx))(tid, n); }, &f);
+}
+
+inline void barrier() { rnncore_team_barrier(); }
+
+}  // namespace rnncore
