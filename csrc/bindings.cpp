@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "driver.h"
+#include "dense.h"
 #include "softmax.h"
 
 namespace py = pybind11;
@@ -49,7 +50,7 @@ const T* in_ptr(const py::object& o, long n, const char* name, bool optional = f
     throw std::invalid_argument(std::string(name) + " is required");
   }
   py::array a = py::reinterpret_borrow<py::array>(o);
-  if (!py::isinstance<py::array>(o) || !a.dtype().is(py::dtype::of<T>()) ||
+  if (!py::isinstance<py::array>(o) || !a.dtype().equal(py::dtype::of<T>()) ||
       !(a.flags() & py::array::c_style) || a.size() != n)
     throw std::invalid_argument(std::string(name) + ": expected a C-contiguous array of " +
                                 std::to_string(n) + " elements of the dtype of x");
@@ -60,6 +61,16 @@ template <typename T>
 py::array_t<T> new_array(std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape);
 }
+
+bool is_double(const py::object& o, const char* name) {
+  if (!py::isinstance<py::array>(o)) throw std::invalid_argument(std::string(name) + " must be an array");
+  py::array a = py::reinterpret_borrow<py::array>(o);
+  if (a.dtype().equal(py::dtype::of<double>())) return true;
+  if (a.dtype().equal(py::dtype::of<float>())) return false;
+  throw std::invalid_argument(std::string(name) + " must be float32 or float64");
+}
+
+bool is_double(const py::array& x) { return is_double(x, "x"); }
 
 struct Sizes {
   int T, B, D, H;
@@ -204,12 +215,6 @@ py::tuple backward_t(CellKind k, int act, bool batch_first, const py::array& x, 
   return py::make_tuple(dx, dwx, dwh, dbx, dbh, dh0, dc0);
 }
 
-bool is_double(const py::array& x) {
-  if (x.dtype().is(py::dtype::of<double>())) return true;
-  if (x.dtype().is(py::dtype::of<float>())) return false;
-  throw std::invalid_argument("x must be float32 or float64");
-}
-
 template <typename T>
 bool all_finite_t(const py::array& a) {
   const T* d = static_cast<const T*>(a.data());
@@ -272,6 +277,100 @@ py::array xent_backward_t(const py::array& probs, const py::array& t, int64_t ig
   return dx;
 }
 
+// A writeable C-contiguous array of T with `n` elements, written in place.
+template <typename T>
+T* out_ptr(const py::object& o, long n, const char* name) {
+  const T* p = in_ptr<T>(o, n, name);
+  if (!py::reinterpret_borrow<py::array>(o).writeable()) throw std::invalid_argument(std::string(name) + " must be writeable");
+  return const_cast<T*>(p);
+}
+
+long dim(const py::array& a, int axis, const char* name, int ndim) {
+  if (a.ndim() != ndim) throw std::invalid_argument(std::string(name) + " must be " + std::to_string(ndim) + "-D");
+  return (long)a.shape(axis);
+}
+
+// op(W): W (D, M), or with wt the transpose of the given (M, D) array.
+template <typename T>
+py::array affine_forward_t(const py::array& x, const py::array& W, bool wt, const py::object& b) {
+  const long N = dim(x, 0, "x", 2), D = dim(x, 1, "x", 2), M = dim(W, wt ? 0 : 1, "W", 2);
+  if (dim(W, wt ? 1 : 0, "W", 2) != D) throw std::invalid_argument("W must be (D, M)");
+  const T* xp = in_ptr<T>(x, N * D, "x");
+  const T* wp = in_ptr<T>(W, D * M, "W");
+  const T* bp = in_ptr<T>(b, M, "b", true);
+  auto y = new_array<T>({(py::ssize_t)N, (py::ssize_t)M});
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release release;
+    DenormalGuard guard;
+    affine_forward(xp, wp, wt, bp, N, D, M, yp);
+  }
+  return y;
+}
+
+template <typename T>
+py::object affine_backward_t(const py::array& dy, const py::array& x, const py::array& W, bool wt,
+                             const py::object& dW, bool dwt, const py::object& db, bool need_dx) {
+  const long N = dim(x, 0, "x", 2), D = dim(x, 1, "x", 2), M = dim(W, wt ? 0 : 1, "W", 2);
+  if (dim(W, wt ? 1 : 0, "W", 2) != D || dim(dy, 0, "dy", 2) != N || dim(dy, 1, "dy", 2) != M)
+    throw std::invalid_argument("dy must be (N, M), x (N, D), W (D, M)");
+  const T* dyp = in_ptr<T>(dy, N * M, "dy");
+  const T* xp = in_ptr<T>(x, N * D, "x");
+  const T* wp = in_ptr<T>(W, D * M, "W");
+  T* dwp = out_ptr<T>(dW, D * M, "dW");
+  T* dbp = db.is_none() ? nullptr : out_ptr<T>(db, M, "db");
+  py::object dx = py::none();
+  T* dxp = nullptr;
+  if (need_dx) {
+    auto a = new_array<T>({(py::ssize_t)N, (py::ssize_t)D});
+    dxp = a.mutable_data();
+    dx = a;
+  }
+  {
+    py::gil_scoped_release release;
+    DenormalGuard guard;
+    affine_backward(dyp, xp, wp, wt, N, D, M, dwp, dwt, dbp, dxp);
+  }
+  return dx;
+}
+
+template <typename T>
+void embedding_backward_t(const py::array& ids, const py::array& dout, const py::object& dW) {
+  const long N = (long)ids.size();
+  const py::array w = py::reinterpret_borrow<py::array>(dW);
+  const long V = dim(w, 0, "dW", 2), D = dim(w, 1, "dW", 2);
+  const int64_t* ip = in_ptr<int64_t>(ids, N, "ids");
+  for (long n = 0; n < N; ++n)
+    if (ip[n] < 0 || ip[n] >= V) throw std::invalid_argument("ids out of range");
+  const T* dp = in_ptr<T>(dout, N * D, "dout");
+  T* wp = out_ptr<T>(dW, V * D, "dW");
+  py::gil_scoped_release release;
+  DenormalGuard guard;
+  embedding_backward(ip, dp, N, V, D, wp);
+}
+
+template <typename T>
+void adam_update_t(const py::object& p, const py::object& g, const py::object& m, const py::object& v,
+                   double lr_c1, double b1, double b2, double eps, double c2) {
+  const long n = (long)py::reinterpret_borrow<py::array>(p).size();
+  T* pp = out_ptr<T>(p, n, "param");
+  const T* gp = in_ptr<T>(g, n, "grad");
+  T* mp = out_ptr<T>(m, n, "m");
+  T* vp = out_ptr<T>(v, n, "v");
+  py::gil_scoped_release release;
+  DenormalGuard guard;
+  adam_update(pp, gp, mp, vp, n, (T)lr_c1, (T)b1, (T)(1.0 - b1), (T)b2, (T)(1.0 - b2), (T)eps, (T)c2);
+}
+
+template <typename T>
+double sum_squares_t(const py::array& a) {
+  const long n = (long)a.size();
+  const T* ap = in_ptr<T>(a, n, "array");
+  std::vector<double> partial((size_t)num_chunks(std::max(n, 1L)));
+  py::gil_scoped_release release;
+  return n ? sum_squares(ap, n, partial.data()) : 0.0;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -326,6 +425,41 @@ PYBIND11_MODULE(_core, m) {
       py::arg("probs"), py::arg("targets"), py::arg("ignore"), py::arg("scale"), py::arg("out") = py::none(),
       "scale * (probs - onehot(targets)), zero rows where targets == ignore.");
 
+
+  m.def(
+      "affine_forward",
+      [](const py::array& x, const py::array& W, bool wt, const py::object& b) {
+        return is_double(x) ? affine_forward_t<double>(x, W, wt, b) : affine_forward_t<float>(x, W, wt, b);
+      },
+      py::arg("x"), py::arg("W"), py::arg("wt"), py::arg("b"), "x (N, D) @ op(W) + b -> (N, M).");
+  m.def(
+      "affine_backward",
+      [](const py::array& dy, const py::array& x, const py::array& W, bool wt, const py::object& dW, bool dwt,
+         const py::object& db, bool need_dx) {
+        return is_double(x) ? affine_backward_t<double>(dy, x, W, wt, dW, dwt, db, need_dx)
+                            : affine_backward_t<float>(dy, x, W, wt, dW, dwt, db, need_dx);
+      },
+      py::arg("dy"), py::arg("x"), py::arg("W"), py::arg("wt"), py::arg("dW"), py::arg("dwt"), py::arg("db"),
+      py::arg("need_dx"), "dW (or its transpose) and db written in place; returns dx = dy op(W)^T (or None).");
+  m.def(
+      "embedding_backward",
+      [](const py::array& ids, const py::array& dout, const py::object& dW) {
+        if (is_double(dW, "dW")) embedding_backward_t<double>(ids, dout, dW);
+        else embedding_backward_t<float>(ids, dout, dW);
+      },
+      py::arg("ids"), py::arg("dout"), py::arg("dW"), "dW (V, D) = scatter-add of dout rows at ids, in place.");
+  m.def(
+      "adam_update",
+      [](const py::object& p, const py::object& g, const py::object& mm, const py::object& v, double lr_c1,
+         double b1, double b2, double eps, double c2) {
+        if (is_double(p, "param")) adam_update_t<double>(p, g, mm, v, lr_c1, b1, b2, eps, c2);
+        else adam_update_t<float>(p, g, mm, v, lr_c1, b1, b2, eps, c2);
+      },
+      "One Adam step in place (see csrc/layers.h).");
+  m.def(
+      "sum_squares",
+      [](const py::array& a) { return is_double(a, "array") ? sum_squares_t<double>(a) : sum_squares_t<float>(a); },
+      "Sum of squares in float64, the same bits for any thread count.");
   m.def(
       "all_finite",
       [](const py::array& a) {

@@ -35,9 +35,6 @@ inline int step_threads(int B, int H, int G) {
   return threads_for((double)B * H * (double)G * H, num_chunks((long)G * H), 262144.0);
 }
 
-// Threads for the big hoisted GEMMs.
-inline int bulk_threads(double work, long units) { return threads_for(work, units, 262144.0); }
-
 template <typename T, typename Cell>
 void forward(Problem<T>& p) {
   blas_single_thread();

@@ -43,6 +43,9 @@ inline int threads_for(double work, long parallel_units, double min_work_per_thr
   return std::max(1, nt);
 }
 
+// Threads for a bulk operation (a large GEMM, an elementwise pass) of `work` multiply-adds.
+inline int bulk_threads(double work, long units) { return threads_for(work, units, 262144.0); }
+
 // [lo, hi) of n items for part `tid` of `nt`, boundaries on multiples of `align`.
 inline void split_range(long n, int nt, int tid, long align, long& lo, long& hi) {
   long chunks = (n + align - 1) / align;

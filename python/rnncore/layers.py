@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import dense
 from .losses import softmax_cross_entropy, softmax_cross_entropy_backward
 
 __all__ = ["Embedding", "RNN", "LSTM", "GRU", "Linear", "SoftmaxCrossEntropy", "LastStep", "Dropout",
@@ -72,9 +73,7 @@ class Embedding:
 
     def backward(self, dout):
         dW, = self.grads
-        dW[...] = 0
-        D = dW.shape[1]
-        np.add.at(dW, self.ids.reshape(-1), np.asarray(dout, dtype=dW.dtype).reshape(-1, D))
+        dense.embedding_backward(self.ids, np.asarray(dout, dtype=dW.dtype), dW)  # native scatter-add
         return None
 
 
@@ -271,20 +270,13 @@ class Linear:
         if x.shape[-1] != W.shape[0]:
             raise ValueError(f"Linear.forward: x must have {W.shape[0]} features in its last axis, got {x.shape}")
         self.x = x
-        y = x.reshape(-1, W.shape[0]) @ W
-        if len(self.params) > 1:
-            y += self.params[1]
-        return y.reshape(*x.shape[:-1], W.shape[1])
+        return dense.affine_forward(x, W, self.params[1] if len(self.params) > 1 else None)
 
     def backward(self, dout):
-        W = self.params[0]
-        D, M = W.shape
-        d2 = np.asarray(dout).reshape(-1, M)
-        x2 = self.x.reshape(-1, D)
-        self.grads[0][...] = x2.T @ d2
-        if len(self.params) > 1:
-            self.grads[1][...] = d2.sum(axis=0)
-        return (d2 @ W.T).reshape(*self.x.shape)
+        bias = len(self.params) > 1
+        dx, _, _ = dense.affine_backward(dout, self.x, self.params[0], dW=self.grads[0],
+                                         db=self.grads[1] if bias else None, bias=bias)
+        return dx
 
 
 def softmax(x):

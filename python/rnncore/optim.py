@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import dense
+
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "clip_grads", "OPTIMIZERS"]
 
 
 def clip_grads(grads, max_norm: float) -> float:
     """Scale every gradient by ``max_norm / norm`` (in place) when their global L2 norm
     exceeds ``max_norm``; returns the norm before clipping."""
-    total = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads)))
+    total = float(np.sqrt(sum(dense.sum_squares(g) for g in grads)))
     if max_norm is not None and max_norm > 0 and total > max_norm:
         rate = max_norm / (total + 1e-6)
         for g in grads:
@@ -150,13 +152,8 @@ class Adam(Optimizer):
         b1, b2, t = self.beta1, self.beta2, self.t
         ms, vs = self._slot("m", params), self._slot("v", params)
         c1, c2 = 1 - b1 ** t, 1 - b2 ** t
-        for p, g, m, v in zip(params, grads, ms, vs):
-            f = p.dtype.type
-            m *= f(b1)
-            m += f(1 - b1) * g
-            v *= f(b2)
-            v += f(1 - b2) * g * g
-            p -= f(self.lr / c1) * m / (np.sqrt(v / f(c2)) + f(self.eps))
+        for p, g, m, v in zip(params, grads, ms, vs):  # one fused pass each (native or its twin)
+            dense.adam_update(p, g, m, v, self.lr / c1, b1, b2, self.eps, c2)
 
 
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adagrad": AdaGrad,

@@ -266,3 +266,50 @@ def softmax_xent_backward(probs, t, ignore, scale, out=None):
     dx[rows, t[valid]] -= probs.dtype.type(scale)
     dx[~valid] = 0
     return dx
+
+
+# -- the rest of a training step (twin of csrc/layers.h) -----------------------------------
+
+def affine_forward(x, W, wt, b):
+    """x (N, D) @ op(W) + b (M, or None) -> y (N, M); op(W) is W (D, M), or W.T when wt
+    (W given as (M, D))."""
+    y = x @ (W.T if wt else W)
+    if b is not None:
+        y += b
+    return y
+
+
+def affine_backward(dy, x, W, wt, dW, dwt, db, need_dx):
+    """In place: dW[...] = x^T dy (D, M), or its transpose dy^T x (M, D) when dwt; db[...] =
+    the column sums of dy (if db is given). Returns dx = dy op(W)^T, or None unless need_dx."""
+    if dwt:
+        np.matmul(dy.T, x, out=dW)
+    else:
+        np.matmul(x.T, dy, out=dW)
+    if db is not None:
+        np.sum(dy, axis=0, out=db)
+    return dy @ (W if wt else W.T) if need_dx else None
+
+
+def embedding_backward(ids, dout, dW):
+    """dW (V, D)[...] = sum over n of onehot(ids[n]) dout[n] (duplicate ids accumulate)."""
+    dW[...] = 0
+    np.add.at(dW, ids, dout)
+
+
+def adam_update(p, g, m, v, lr_c1, b1, b2, eps, c2):
+    """One Adam step in place: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    p -= lr_c1 m / (sqrt(v / c2) + eps), with lr_c1 = lr / (1 - b1^t), c2 = 1 - b2^t.
+    The native kernel evaluates the same expressions in the same order (no fused
+    multiply-add), so both backends give the same bits."""
+    f = p.dtype.type
+    m *= f(b1)
+    m += f(1 - b1) * g
+    v *= f(b2)
+    v += f(1 - b2) * g * g
+    p -= f(lr_c1) * m / (np.sqrt(v / f(c2)) + f(eps))
+
+
+def sum_squares(a):
+    """sum of a^2 in float64."""
+    return float(np.sum(np.square(a, dtype=np.float64)))

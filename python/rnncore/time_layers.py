@@ -45,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 
 import rnncore as _rc
+from . import dense
 from .losses import softmax_cross_entropy, softmax_cross_entropy_backward
 
 GPU = False
@@ -108,12 +109,12 @@ class MatMul:
     def forward(self, x):
         (W,) = self.params
         self.x = x
-        return x @ W
+        return dense.affine_forward(x, W)
 
     def backward(self, dout):
         (W,) = self.params
-        self.grads[0][...] = self.x.T @ dout
-        return dout @ W.T
+        dx, _, _ = dense.affine_backward(dout, self.x, W, dW=self.grads[0], bias=False)
+        return dx
 
 
 class Affine:
@@ -125,13 +126,12 @@ class Affine:
     def forward(self, x):
         W, b = self.params
         self.x = x
-        return x @ W + b
+        return dense.affine_forward(x, W, b)
 
     def backward(self, dout):
         W, b = self.params
-        self.grads[0][...] = self.x.T @ dout
-        self.grads[1][...] = dout.sum(axis=0)
-        return dout @ W.T
+        dx, _, _ = dense.affine_backward(dout, self.x, W, dW=self.grads[0], db=self.grads[1])
+        return dx
 
 
 class Softmax:
@@ -229,8 +229,7 @@ class Embedding:
 
     def backward(self, dout):
         (dW,) = self.grads
-        dW[...] = 0
-        np.add.at(dW, self.idx, dout)
+        dense.embedding_backward(self.idx, dout, dW)
         return None
 
 
@@ -542,9 +541,7 @@ class TimeEmbedding:
 
     def backward(self, dout):
         (dW,) = self.grads
-        D = dW.shape[1]
-        dW[...] = 0
-        np.add.at(dW, self._idx.reshape(-1), dout.reshape(-1, D))
+        dense.embedding_backward(self._idx, dout, dW)  # native scatter-add
         return None
 
 
@@ -558,33 +555,14 @@ class TimeAffine:
 
     def forward(self, x):
         W, b = self.params
-        N, T, D = x.shape
-        out = x.reshape(N * T, D) @ W
-        out += b
         self.x = x
-        return out.reshape(N, T, -1)
+        return dense.affine_forward(x, W, b)  # on rnncore's threads; a tied W.T needs no copy
 
     def backward(self, dout):
         W, b = self.params
-        x = self.x
-        N, T, D = x.shape
-        d2 = dout.reshape(N * T, -1)
-        x2 = x.reshape(N * T, D)
         dW, db = self.grads
-        _dot_into(dW, x2.T, d2)
-        db[...] = d2.sum(axis=0)
-        return (d2 @ W.T).reshape(N, T, D)
-
-
-def _dot_into(out, a, b):
-    """``out[...] = a @ b`` without a temporary when out's layout allows it."""
-    dt = np.result_type(a, b)
-    if out.dtype == dt and out.flags.c_contiguous:
-        np.dot(a, b, out=out)
-    elif out.dtype == dt and out.flags.f_contiguous:
-        np.dot(b.T, a.T, out=out.T)
-    else:
-        out[...] = a @ b
+        dx, _, _ = dense.affine_backward(dout, self.x, W, dW=dW, db=db)
+        return dx
 
 
 class TimeSoftmaxWithLoss:

@@ -1,0 +1,143 @@
+// dense.h: the non-recurrent work of a training step, on rnncore's team and BLAS, so that a
+// step through rnncore's layers wakes no other thread pool: the affine (output) layer, the
+// embedding's gradient, Adam's update and the squared norm that gradient clipping needs.
+//
+// Every split is a function of the shapes alone (fixed chunks, parallel.h), never of the thread
+// count, and each output element is computed by one chunk: results are the same bits for any
+// thread count. The NumPy twins are in rnncore.reference, the Python entry rnncore.dense.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "blas.h"
+#include "parallel.h"
+
+namespace rnncore {
+
+// op(W) is W (D, M) row-major, or, when wt, the transpose of a row-major (M, D) matrix (a
+// tied weight passed as a transposed view needs no copy).
+
+// y (N, M) = x (N, D) @ op(W) + b (M, or null), split over fixed row chunks.
+template <typename T>
+void affine_forward(const T* x, const T* W, bool wt, const T* b, long N, long D, long M, T* y) {
+  parallel_region(bulk_threads((double)N * D * M, num_chunks(N)), [&](int tid, int nt) {
+    for_chunks(N, tid, nt, [&](long lo, long hi) {
+      T* yr = y + lo * M;
+      const long n = hi - lo;
+      if (b) {
+        for (long r = 0; r < n; ++r)
+          for (long j = 0; j < M; ++j) yr[r * M + j] = b[j];
+      }
+      gemm(false, wt, (int)n, (int)M, (int)D, T(1), x + lo * D, (int)D, W, wt ? (int)D : (int)M, b ? T(1) : T(0),
+           yr, (int)M);
+    });
+  });
+}
+
+// C (P, Q) = A^T B for A (N, P), B (N, Q), this thread's share of fixed chunks of C's longer axis.
+template <typename T>
+void gram_chunks(const T* A, long P, const T* B, long Q, long N, T* C, int tid, int nt) {
+  if (P >= Q) {
+    for_chunks(P, tid, nt, [&](long lo, long hi) {
+      gemm(true, false, (int)(hi - lo), (int)Q, (int)N, T(1), A + lo, (int)P, B, (int)Q, T(0), C + lo * Q, (int)Q);
+    });
+  } else {
+    for_chunks(Q, tid, nt, [&](long lo, long hi) {
+      gemm(true, false, (int)P, (int)(hi - lo), (int)N, T(1), A, (int)P, B + lo, (int)Q, T(0), C + lo, (int)Q);
+    });
+  }
+}
+
+// dW = x^T dy (D, M), or its transpose (M, D) = dy^T x when dwt; db (M) = column sums of dy
+// (if db); dx (N, D) = dy op(W)^T (if dx).
+template <typename T>
+void affine_backward(const T* dy, const T* x, const T* W, bool wt, long N, long D, long M, T* dW, bool dwt, T* db,
+                     T* dx) {
+  const long units = std::max(num_chunks(std::max(D, M)), dx ? num_chunks(N) : 1L);
+  const double work = (double)N * D * M * (dx ? 2.0 : 1.0);
+  parallel_region(bulk_threads(work, units), [&](int tid, int nt) {
+    if (dwt)
+      gram_chunks(dy, M, x, D, N, dW, tid, nt);
+    else
+      gram_chunks(x, D, dy, M, N, dW, tid, nt);
+    if (db) {
+      for_chunks(M, tid, nt, [&](long lo, long hi) {
+        for (long j = lo; j < hi; ++j) db[j] = T(0);
+        for (long r = 0; r < N; ++r) {
+          const T* d = dy + r * M;
+#pragma omp simd
+          for (long j = lo; j < hi; ++j) db[j] += d[j];
+        }
+      });
+    }
+    if (dx) {
+      for_chunks(N, tid, nt, [&](long lo, long hi) {
+        gemm(false, !wt, (int)(hi - lo), (int)D, (int)M, T(1), dy + lo * M, (int)M, W, wt ? (int)D : (int)M, T(0),
+             dx + lo * D, (int)D);
+      });
+    }
+  });
+}
+
+// dW (V, D) = sum over n of onehot(ids[n]) dout[n]: rows added in the order of n, the columns
+// split in fixed chunks (so duplicate ids accumulate in the same order for any thread count).
+template <typename T>
+void embedding_backward(const int64_t* ids, const T* dout, long N, long V, long D, T* dW) {
+  parallel_region(bulk_threads((double)N * D * 4.0 + (double)V * D, num_chunks(D)), [&](int tid, int nt) {
+    for_chunks(D, tid, nt, [&](long lo, long hi) {
+      for (long v = 0; v < V; ++v)
+        for (long j = lo; j < hi; ++j) dW[v * D + j] = T(0);
+      for (long n = 0; n < N; ++n) {
+        T* w = dW + ids[n] * D;
+        const T* d = dout + n * D;
+#pragma omp simd
+        for (long j = lo; j < hi; ++j) w[j] += d[j];
+      }
+    });
+  });
+}
+
+// Adam, in place and in the order of the NumPy twin's expressions, with no fused multiply-add,
+// so both backends give the same bits:
+//   m = b1 m + a1 g;  v = b2 v + a2 g g;  p -= lr_c1 m / (sqrt(v / c2) + eps)
+// a1 = 1 - b1 and a2 = 1 - b2 come rounded from double, as NumPy rounds them.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+template <typename T>
+void adam_range(T* p, const T* g, T* m, T* v, long lo, long hi, T lr_c1, T b1, T a1, T b2, T a2, T eps, T c2) {
+#pragma omp simd
+  for (long i = lo; i < hi; ++i) {
+    const T mi = m[i] * b1 + a1 * g[i];
+    const T vi = v[i] * b2 + (a2 * g[i]) * g[i];
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = p[i] - (lr_c1 * mi) / (std::sqrt(vi / c2) + eps);
+  }
+}
+#pragma GCC pop_options
+
+template <typename T>
+void adam_update(T* p, const T* g, T* m, T* v, long n, T lr_c1, T b1, T a1, T b2, T a2, T eps, T c2) {
+  parallel_region(bulk_threads((double)n * 16.0, num_chunks(n)), [&](int tid, int nt) {
+    for_chunks(n, tid, nt, [&](long lo, long hi) { adam_range(p, g, m, v, lo, hi, lr_c1, b1, a1, b2, a2, eps, c2); });
+  });
+}
+
+// sum of a[i]^2 in double: fixed chunks, each summed in order, then the chunks in order.
+template <typename T>
+double sum_squares(const T* a, long n, double* partial) {
+  const long nc = num_chunks(n), w = chunk_width(n);
+  parallel_region(bulk_threads((double)n * 4.0, nc), [&](int tid, int nt) {
+    for_chunks(n, tid, nt, [&](long lo, long hi) {
+      double s = 0;
+      for (long i = lo; i < hi; ++i) s += (double)a[i] * (double)a[i];
+      partial[lo / w] = s;
+    });
+  });
+  double s = 0;
+  for (long c = 0; c < nc; ++c) s += partial[c];
+  return s;
+}
+
+}  // namespace rnncore
