@@ -483,11 +483,14 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "team_stats",
       [] {
-        long r = 0, b = 0, s = 0;
-        rnncore_team_stats(&r, &b, &s);
-        return py::make_tuple(r, b, s);
+        long r = 0, b = 0, s = 0, c = 0;
+        rnncore_team_stats(&r, &b, &s, &c);
+        return py::make_tuple(r, b, s, c);
       },
-      "(regions run on the team, regions run inline as the team was busy, barrier waits that slept).");
+      "(regions on the team, inline as the team was busy, barrier waits that slept, inline as the cores were taken).");
+  m.def(
+      "team_set_adaptive", [](bool on) { rnncore_team_set_adaptive(on ? 1 : 0); }, py::arg("on"),
+      "Whether the team falls back to one thread while its threads lose their cores (default on).");
   m.def("blas_corename", [] { return std::string(blas_corename()); }, "Kernel set the BLAS chose for this CPU.");
   m.def("blas_config", [] { return std::string(blas_config()); }, "Build configuration of the vendored BLAS.");
 

@@ -2,13 +2,16 @@
 // so that threadpoolctl can find it by name and call rnncore_{get,set}_num_threads.
 #include "team.h"
 
+#include <fcntl.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <sched.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -59,11 +62,55 @@ struct Team {
   std::atomic<int> barrier_sleepers{0};
   alignas(64) std::atomic<int> idle_spin_us{50};
   std::atomic<int> barrier_spin_us{50};
-  std::atomic<long> regions{0}, inline_busy{0}, barrier_sleeps{0};
+  std::atomic<long> regions{0}, inline_busy{0}, barrier_sleeps{0}, inline_contended{0};
+  // Contention: waits at a barrier or at a region's end longer than kLongWait mean a thread of
+  // the region lost its core. When they add up to more than a fifth of a region's time and the
+  // kernel confirms that other threads are runnable (procs_running in /proc/stat beyond ours),
+  // the calls of the next `backoff` run on the caller alone. When it expires, /proc/stat is
+  // read again: still loaded, the backoff doubles (up to kBackoffMax); free, the team runs.
+  std::atomic<int> awake{0};  // workers spinning or working (runnable, as the kernel counts)
+  alignas(64) std::atomic<long long> long_wait_ns{0};
+  std::atomic<long long> backoff_until_ns{0};
+  long long backoff_ns = kBackoffMin;
+  static constexpr long long kLongWait = 300000, kBackoffMin = 100000000, kBackoffMax = 1600000000;
 };
+
+long long now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+// Runnable threads on the machine (procs_running of /proc/stat), or -1 where it cannot be read.
+int procs_running() {
+  const int fd = open("/proc/stat", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  static thread_local char buf[16384];
+  ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  if (n <= 0) return -1;
+  buf[n] = 0;
+  const char* p = strstr(buf, "procs_running ");
+  return p ? atoi(p + 14) : -1;
+}
+
+// Whether threads other than this team's want the cores a region of nt threads would use.
+bool cores_taken(Team* team, int nt) {
+  const int running = procs_running();
+  if (running < 0) return false;
+  const int others = running - 1 - team->awake.load(std::memory_order_relaxed);
+  return others > rnncore_num_cpus() - nt;
+}
+
+// Sleep-wait on `word` until it leaves `old`, counting a long wait as contention.
+template <typename A, typename V>
+void sleep_wait(Team* team, A& word, V old, long long since) {
+  while (word.load() == old) word.wait(old);
+  const long long waited = now_ns() - since;
+  if (waited > Team::kLongWait) team->long_wait_ns.fetch_add(waited, std::memory_order_relaxed);
+}
 
 Team* g_team = new Team();  // leaked on purpose: workers outlive static destructors
 std::atomic<int> g_setting{0};
+std::atomic<int> g_adaptive{1};
 thread_local int tl_region_nt = 0;  // > 0 while this thread runs a team region
 
 int env_threads(const char* name) {
@@ -86,11 +133,14 @@ int default_threads() {
 // `seen`: the slot's sequence number when the worker was created, before anything was posted.
 void worker_main(Team* team, int w, unsigned seen) {
   Slot& s = team->slots[w];
+  team->awake.fetch_add(1, std::memory_order_relaxed);
   for (;;) {
     auto posted = [&] { return s.seq.load(std::memory_order_acquire) != seen; };
     if (!spin_until(posted, team->idle_spin_us.load(std::memory_order_relaxed))) {
       s.sleeping.store(1);
+      team->awake.fetch_sub(1, std::memory_order_relaxed);
       while (s.seq.load() == seen) s.seq.wait(seen);
+      team->awake.fetch_add(1, std::memory_order_relaxed);
       s.sleeping.store(0);
     }
     seen = s.seq.load(std::memory_order_acquire);
@@ -142,6 +192,28 @@ int rnncore_team_run(int nt, void (*fn)(void*, int, int), void* ctx) {
     fn(ctx, 0, 1);
     return 1;
   }
+  const bool adaptive = g_adaptive.load(std::memory_order_relaxed);
+  long long t0 = now_ns();
+  if (adaptive && t0 < team->backoff_until_ns.load(std::memory_order_relaxed)) {
+    lock.unlock();  // the cores were taken a moment ago: this call runs on the caller alone
+    team->inline_contended.fetch_add(1, std::memory_order_relaxed);
+    fn(ctx, 0, 1);
+    return 1;
+  }
+  if (adaptive && team->backoff_until_ns.load(std::memory_order_relaxed) != 0) {  // a backoff expired
+    if (cores_taken(team, nt)) {
+      team->backoff_ns = std::min(team->backoff_ns * 2, Team::kBackoffMax);
+      team->backoff_until_ns.store(t0 + team->backoff_ns, std::memory_order_relaxed);
+      lock.unlock();
+      team->inline_contended.fetch_add(1, std::memory_order_relaxed);
+      fn(ctx, 0, 1);
+      return 1;
+    }
+    team->backoff_until_ns.store(0, std::memory_order_relaxed);
+    team->backoff_ns = Team::kBackoffMin;
+    t0 = now_ns();
+  }
+  team->long_wait_ns.store(0, std::memory_order_relaxed);
   if (team->started < nt - 1) start_workers(team, nt - 1);
   team->pending.store(nt - 1);
   for (int w = 1; w < nt; ++w) {
@@ -157,11 +229,17 @@ int rnncore_team_run(int nt, void (*fn)(void*, int, int), void* ctx) {
   tl_region_nt = 0;
   auto done = [&] { return team->pending.load(std::memory_order_acquire) == 0; };
   if (!spin_until(done, team->barrier_spin_us.load(std::memory_order_relaxed))) {
+    const long long since = now_ns();
     team->caller_sleeping.store(1);
-    for (int p; (p = team->pending.load()) != 0;) team->pending.wait(p);
+    for (int p; (p = team->pending.load()) != 0;) sleep_wait(team, team->pending, p, since);
     team->caller_sleeping.store(0);
   }
   team->regions.fetch_add(1, std::memory_order_relaxed);
+  if (adaptive) {
+    const long long t1 = now_ns();
+    if (team->long_wait_ns.load(std::memory_order_relaxed) * 5 > (t1 - t0) && cores_taken(team, nt))
+      team->backoff_until_ns.store(t1 + team->backoff_ns, std::memory_order_relaxed);
+  }
   return nt;
 }
 
@@ -178,19 +256,23 @@ void rnncore_team_barrier(void) {
   }
   auto opened = [&] { return team->generation.load(std::memory_order_acquire) != gen; };
   if (!spin_until(opened, team->barrier_spin_us.load(std::memory_order_relaxed))) {
+    const long long since = now_ns();
     team->barrier_sleeps.fetch_add(1, std::memory_order_relaxed);
     team->barrier_sleepers.fetch_add(1);
-    while (team->generation.load() == gen) team->generation.wait(gen);
+    sleep_wait(team, team->generation, gen, since);
     team->barrier_sleepers.fetch_sub(1);
   }
 }
+
+void rnncore_team_set_adaptive(int on) { g_adaptive.store(on ? 1 : 0); }
 
 void rnncore_team_set_spin(int idle_us, int barrier_us) {
   if (idle_us >= 0) g_team->idle_spin_us.store(idle_us);
   if (barrier_us >= 0) g_team->barrier_spin_us.store(barrier_us);
 }
 
-void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps) {
+void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps, long* inline_contended) {
+  if (inline_contended) *inline_contended = g_team->inline_contended.load();
   if (regions) *regions = g_team->regions.load();
   if (inline_busy) *inline_busy = g_team->inline_busy.load();
   if (barrier_sleeps) *barrier_sleeps = g_team->barrier_sleeps.load();

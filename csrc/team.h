@@ -7,6 +7,12 @@
 // wants the cores. The barrier between the phases of a step spins briefly, then sleeps too, so a
 // step whose partner thread was descheduled gives its core away instead of burning it.
 //
+// When the threads of a region keep losing their cores (another process, or another pool that
+// spins), their waits at the barriers add up; the team notices and runs the calls of the next
+// tenth of a second or more on the calling thread alone, then tries the full team again. A team
+// whose partner thread is descheduled is slower than one thread, so this keeps n threads never
+// slower than one on a loaded machine.
+//
 // One region runs at a time: a call that finds the team busy (a second Python thread, or a
 // region started from inside a region) runs inline on its own thread. Work is cut into fixed
 // chunks by the callers (parallel.h), so the results are the same bits either way.
@@ -34,8 +40,11 @@ void rnncore_team_barrier(void);
 // and threads at a barrier. Negative values leave a budget unchanged.
 void rnncore_team_set_spin(int idle_us, int barrier_us);
 // Counters since load, for tests and benchmarks: regions run on the team, regions run inline
-// because the team was busy, barrier waits that ended asleep.
-void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps);
+// because the team was busy, barrier waits that ended asleep, regions run inline because the
+// team had found its threads descheduled (the cores taken by other work) shortly before.
+void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps, long* inline_contended);
+// Whether the team falls back to the calling thread alone while the cores are taken (default on).
+void rnncore_team_set_adaptive(int on);
 }
 
 namespace rnncore {

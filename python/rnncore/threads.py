@@ -108,6 +108,7 @@ def blas_info() -> dict:
 def team_stats() -> dict:
     """Counters of the thread team since import: ``regions`` run on it, ``inline_busy``
     (regions run on the caller alone because another thread held the team), and
-    ``barrier_sleeps`` (barrier waits that ended asleep)."""
-    r, b, s = _core().team_stats()
-    return {"regions": r, "inline_busy": b, "barrier_sleeps": s}
+    ``barrier_sleeps`` (barrier waits that ended asleep) and ``inline_contended`` (regions run
+    on the caller alone because the team had just found its threads descheduled)."""
+    r, b, s, c = _core().team_stats()
+    return {"regions": r, "inline_busy": b, "barrier_sleeps": s, "inline_contended": c}
