@@ -2,7 +2,7 @@
 
 The same model code, TimeEmbedding -> TimeLSTM (stateful) -> TimeAffine -> TimeSoftmaxWithLoss
 with vocab 10000, batch 20, 35 time steps and wordvec = hidden, is built once on each layers
-module: (a) bench/_textbook_layers.py, the book's per-step Python loop in NumPy, and (b)
+module: (a) rnncore.textbook.layers, the book's per-step Python loop in NumPy, and (b)
 rnncore.time_layers, one native call per recurrence. Each iteration is forward + backward +
 an SGD update, as RnnlmTrainer does. Both runs start from the same weights and batches; the
 script first checks that their losses agree, then prints ms/iter and the speed-up.
@@ -19,11 +19,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _textbook_layers  # noqa: E402
-
-import rnncore  # noqa: E402
-import rnncore.time_layers  # noqa: E402
+import rnncore
+import rnncore.time_layers
+from rnncore.textbook import layers as _textbook_layers
 
 
 class Rnnlm:

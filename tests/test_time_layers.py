@@ -1,6 +1,6 @@
 """rnncore.time_layers against a plain-NumPy implementation of the book's semantics.
 
-The oracle is bench/_textbook_layers.py (per-step cells in Python loops, LSTM blocks f,g,i,o,
+The oracle is rnncore.textbook.layers (per-step cells in Python loops, LSTM blocks f,g,i,o,
 GRU blocks [z|r|h~]). Checked: forward outputs, every gradient, dh, stateful carry-over and
 reset_state, TimeBiLSTM, tied transposed TimeAffine weights, TimeSoftmaxWithLoss with
 ignore_label and one-hot targets, duplicate ids in TimeEmbedding, float64 finite differences,
@@ -8,9 +8,6 @@ and a golden training run (SimpleRnnlm- and Rnnlm-like models, K SGD steps) on b
 float32 tolerances are k * max|ref| (conftest.assert_close).
 """
 from __future__ import annotations
-
-import importlib.util
-import os
 
 import numpy as np
 import pytest
@@ -21,16 +18,7 @@ from helpers import assert_close
 
 
 
-def _load_oracle():
-    # bench/_textbook_layers.py, loaded by path (bench/ is not put on sys.path)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "bench", "_textbook_layers.py")
-    spec = importlib.util.spec_from_file_location("_textbook_layers", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-R = _load_oracle()
+from rnncore.textbook import layers as R  # noqa: E402  (the book's plain-NumPy layers)
 
 K32 = 2e-5   # float32: |diff| <= K32 * max|ref| on these small shapes
 GATES = {"TimeRNN": 1, "TimeLSTM": 4, "TimeGRU": 3}

@@ -95,10 +95,15 @@ def _default_out(cfg: TrainConfig) -> str:
 
 @contextlib.contextmanager
 def _runtime(backend, threads):
-    """Run the block on ``backend`` with ``threads`` threads (rnncore's and NumPy's BLAS)."""
+    """Run the block on ``backend`` with ``threads`` threads. NumPy's BLAS is held at one thread
+    throughout (every heavy product of a step is rnncore's own, on its team), so its idle pool
+    never spins beside rnncore's; on the NumPy backend it gets ``threads`` (or its default)."""
     import rnncore
+    from .threads import hold_numpy_blas
 
     with contextlib.ExitStack() as stack:
+        if (backend or rnncore.get_backend()) != "numpy":
+            stack.enter_context(hold_numpy_blas(1))
         if backend:
             stack.enter_context(rnncore.use_backend(backend))
         if threads:

@@ -1,9 +1,9 @@
 """Plain-NumPy layers with the semantics of the book's common/time_layers.py.
 
-The oracle for tests/test_time_layers.py and the baseline for bench/textbook_lm.py: written
-for rnncore from the book's documented behaviour (see /work/shared/STYLE.md), in the book's
-own style, with one Python loop over time steps and one cell object per step. It is slow on
-purpose. Outputs are allocated in the dtype of the weights (float32 for the book's models),
+The oracle for tests/test_time_layers.py and the baseline of the textbook benchmarks
+(``rnncore bench --train-step``, bench/textbook_lm.py): written for rnncore from the book's
+documented behaviour (see shared/STYLE.md), in the book's own style and at its speed, with one
+Python loop over time steps and one cell object per step. Outputs are allocated in the dtype of the weights (float32 for the book's models),
 so the same code also serves float64 gradient checks.
 
 Shapes: N batch, T time steps, D input features, H hidden units, V vocabulary / classes.
@@ -214,9 +214,8 @@ class TimeEmbedding:
     def backward(self, dout):
         dW = np.zeros_like(self.W)
         N, T = self.ids.shape
-        for t in range(T):
-            for n in range(N):  # duplicate ids accumulate
-                dW[self.ids[n, t]] += dout[n, t]
+        for t in range(T):  # one scatter-add a step, as the book's per-step Embedding layers
+            np.add.at(dW, self.ids[:, t], dout[:, t])  # duplicate ids accumulate
         self.grads[0][...] = dW
         return None
 
@@ -266,6 +265,25 @@ class TimeSoftmaxWithLoss:
         dx *= dout / keep.sum()
         dx[~keep] = 0
         return dx.reshape(N, T, V)
+
+
+class TimeDropout:
+    """Inverted dropout with the book's mask: np.random.rand(...) > ratio, scaled by 1 / (1 - ratio)."""
+
+    def __init__(self, dropout_ratio=0.5):
+        self.params, self.grads = [], []
+        self.dropout_ratio = dropout_ratio
+        self.train_flg = True
+
+    def forward(self, xs):
+        if not self.train_flg:
+            return xs
+        self.mask = (np.random.rand(*xs.shape) > self.dropout_ratio).astype(np.float32) * (
+            1 / (1.0 - self.dropout_ratio))
+        return xs * self.mask
+
+    def backward(self, dout):
+        return dout * self.mask
 
 
 class SGD:
