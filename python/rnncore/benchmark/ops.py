@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -53,7 +54,7 @@ def flops_forward(T, B, D, H, G):
 # -- the textbook NumPy RNN: the seed's layer classes, kept as they are written -------------------
 
 # The textbook's single Elman step (plain NumPy, two matmuls a step) is rnncore.time_layers.RNN.
-from .time_layers import RNN as _TextbookRNN  # noqa: E402
+from ..time_layers import RNN as _TextbookRNN  # noqa: E402
 
 
 class _TextbookTimeRNN:
@@ -185,7 +186,7 @@ class _Native(_NativeOps):
 
 class _Twin(_NativeOps):
     def __init__(self, p):
-        from . import reference
+        from .. import reference
 
         super().__init__(reference, p)
 
@@ -399,7 +400,8 @@ def environment(want_torch):
     return env
 
 
-def _header_lines(env, cfg):
+def machine_lines(env):
+    """The header lines that name the machine, the libraries, their kernels and threads."""
     yn = {True: "yes", False: "no", None: "?"}
     isa = ", ".join(f"{k} {yn[v]}" for k, v in env["isa"].items())
     rb = env["rnncore_blas"]
@@ -425,6 +427,13 @@ def _header_lines(env, cfg):
                  f"OMP_NUM_THREADS={env['OMP_NUM_THREADS'] or '(unset)'}")
     if env["OPENBLAS_CORETYPE"]:
         lines.append("  note: OPENBLAS_CORETYPE pins OpenBLAS's kernel; unset it to let OpenBLAS pick for this CPU")
+    if env.get("load"):
+        lines.append(f"load: {env['load']} busy process(es) started by the benchmark (python -c 'while 1: pass')")
+    return lines
+
+
+def _header_lines(env, cfg):
+    lines = machine_lines(env)
     lines += [
         f"grid: cells {','.join(cfg['cells'])}; T={cfg['seq_len']}; D=H; B {cfg['batch']}; H {cfg['hidden']}; "
         f"threads {cfg['threads']}; dtype {cfg['dtype']}",
@@ -648,6 +657,9 @@ def build_parser():
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     ap.add_argument("--no-textbook", action="store_true", help="leave the textbook NumPy RNN out")
     ap.add_argument("--no-twin", action="store_true", help="leave rnncore's NumPy twin out")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="start N busy processes (python -c 'while 1: pass') for the run, to compare thread "
+                         "counts on a loaded machine")
     return ap
 
 
@@ -664,7 +676,7 @@ def _config(args):
              "max_seconds": args.max_seconds}
     cfg = dict(base, **{k: v for k, v in given.items() if v is not None})
     cfg["cells"] = list(dict.fromkeys(cfg["cells"]))
-    cfg.update(dtype=args.dtype, repeat=args.repeat, json=args.json)
+    cfg.update(dtype=args.dtype, repeat=args.repeat, json=args.json, load=max(0, args.load))
     impls = ["native"]
     if not args.no_twin:
         impls.append("twin")
@@ -701,6 +713,7 @@ def main(argv=None) -> int:
         return 1
 
     env = environment("torch" in cfg["impls"])
+    env["load"] = cfg["load"]
     if "torch" in cfg["impls"] and (env["torch"] is None or "error" in env["torch"]):
         cfg["impls"].remove("torch")
     ncpu = os.cpu_count() or 1
@@ -726,11 +739,16 @@ def main(argv=None) -> int:
             tqdm.write(line, file=sys.stderr if err else sys.stdout)
             (sys.stderr if err else sys.stdout).flush()
 
+        load = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(cfg["load"])]
         try:
             rows = run(cfg, say=say, progress=bar)
         except KeyboardInterrupt:
             print("rnncore bench: interrupted", file=sys.stderr)
             return 130
+        finally:
+            for proc in load:
+                proc.kill()
+                proc.wait()
     if failures:
         print(f"\n{len(failures)} problem(s):")
         for line in failures:
