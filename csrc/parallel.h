@@ -69,7 +69,7 @@ inline long max_chunks() {
 
 inline long chunk_width(long n) {
   long w = (n + max_chunks() - 1) / max_chunks();
-  w = (w + 15) / 16 * 16;
+  w = (w + 31) / 32 * 32;  // whole panels of small_gemm.h
   return std::max(kMinChunk, w);
 }
 

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <sched.h>
 
@@ -25,6 +26,7 @@ static inline void cpu_relax() {}
 namespace {
 
 using Clock = std::chrono::steady_clock;
+thread_local int tl_region_nt = 0;  // > 0 while this thread runs a team region
 constexpr int kMaxThreads = 256;
 
 // Spin until pred() holds or budget_us microseconds have passed; true when pred() holds.
@@ -61,15 +63,18 @@ struct Team {
   std::atomic<unsigned> generation{0};
   std::atomic<int> barrier_sleepers{0};
   alignas(64) std::atomic<int> idle_spin_us{50};
-  std::atomic<int> barrier_spin_us{50};
+  std::atomic<int> barrier_spin_us{100};
   std::atomic<long> regions{0}, inline_busy{0}, barrier_sleeps{0}, inline_contended{0};
   // Contention: waits at a barrier or at a region's end longer than kLongWait mean a thread of
   // the region lost its core. When they add up to more than a fifth of a region's time and the
-  // kernel confirms that other threads are runnable (procs_running in /proc/stat beyond ours),
-  // the calls of the next `backoff` run on the caller alone. When it expires, /proc/stat is
-  // read again: still loaded, the backoff doubles (up to kBackoffMax); free, the team runs.
+  // kernel confirms it (the region's threads were preempted, and other threads are runnable
+  // now: procs_running in /proc/stat beyond ours), the calls of the next `backoff` run on the
+  // caller alone. When it expires, /proc/stat is
+  // read: other threads still runnable, the backoff doubles (up to kBackoffMax); else the team
+  // runs again.
   std::atomic<int> awake{0};  // workers spinning or working (runnable, as the kernel counts)
   alignas(64) std::atomic<long long> long_wait_ns{0};
+  std::atomic<long> preempted{0};  // involuntary context switches of the region's threads
   std::atomic<long long> backoff_until_ns{0};
   long long backoff_ns = kBackoffMin;
   static constexpr long long kLongWait = 300000, kBackoffMin = 100000000, kBackoffMax = 1600000000;
@@ -77,6 +82,22 @@ struct Team {
 
 long long now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+// Involuntary context switches of the calling thread so far.
+long preemptions() {
+  struct rusage ru;
+  return getrusage(RUSAGE_THREAD, &ru) == 0 ? ru.ru_nivcsw : 0;
+}
+
+// Run one thread's part of a region, counting how often the kernel took its core away.
+void run_part(Team* team, void (*fn)(void*, int, int), void* ctx, int tid, int nt) {
+  const long before = preemptions();
+  tl_region_nt = nt;
+  fn(ctx, tid, nt);
+  tl_region_nt = 0;
+  const long n = preemptions() - before;
+  if (n) team->preempted.fetch_add(n, std::memory_order_relaxed);
 }
 
 // Runnable threads on the machine (procs_running of /proc/stat), or -1 where it cannot be read.
@@ -111,7 +132,6 @@ void sleep_wait(Team* team, A& word, V old, long long since) {
 Team* g_team = new Team();  // leaked on purpose: workers outlive static destructors
 std::atomic<int> g_setting{0};
 std::atomic<int> g_adaptive{1};
-thread_local int tl_region_nt = 0;  // > 0 while this thread runs a team region
 
 int env_threads(const char* name) {
   const char* s = std::getenv(name);
@@ -144,9 +164,7 @@ void worker_main(Team* team, int w, unsigned seen) {
       s.sleeping.store(0);
     }
     seen = s.seq.load(std::memory_order_acquire);
-    tl_region_nt = s.nt;
-    s.fn(s.ctx, w, s.nt);
-    tl_region_nt = 0;
+    run_part(team, s.fn, s.ctx, w, s.nt);
     if (team->pending.fetch_sub(1) == 1 && team->caller_sleeping.load()) team->pending.notify_all();
   }
 }
@@ -214,6 +232,7 @@ int rnncore_team_run(int nt, void (*fn)(void*, int, int), void* ctx) {
     t0 = now_ns();
   }
   team->long_wait_ns.store(0, std::memory_order_relaxed);
+  team->preempted.store(0, std::memory_order_relaxed);
   if (team->started < nt - 1) start_workers(team, nt - 1);
   team->pending.store(nt - 1);
   for (int w = 1; w < nt; ++w) {
@@ -224,9 +243,7 @@ int rnncore_team_run(int nt, void (*fn)(void*, int, int), void* ctx) {
     s.seq.fetch_add(1);
     if (s.sleeping.load()) s.seq.notify_one();
   }
-  tl_region_nt = nt;
-  fn(ctx, 0, nt);
-  tl_region_nt = 0;
+  run_part(team, fn, ctx, 0, nt);
   auto done = [&] { return team->pending.load(std::memory_order_acquire) == 0; };
   if (!spin_until(done, team->barrier_spin_us.load(std::memory_order_relaxed))) {
     const long long since = now_ns();
@@ -237,7 +254,8 @@ int rnncore_team_run(int nt, void (*fn)(void*, int, int), void* ctx) {
   team->regions.fetch_add(1, std::memory_order_relaxed);
   if (adaptive) {
     const long long t1 = now_ns();
-    if (team->long_wait_ns.load(std::memory_order_relaxed) * 5 > (t1 - t0) && cores_taken(team, nt))
+    if (team->long_wait_ns.load(std::memory_order_relaxed) * 5 > (t1 - t0) &&
+        team->preempted.load(std::memory_order_relaxed) > 0 && cores_taken(team, nt))
       team->backoff_until_ns.store(t1 + team->backoff_ns, std::memory_order_relaxed);
   }
   return nt;
