@@ -153,6 +153,7 @@ int default_threads() {
 // `seen`: the slot's sequence number when the worker was created, before anything was posted.
 void worker_main(Team* team, int w, unsigned seen) {
   Slot& s = team->slots[w];
+  pthread_setname_np(pthread_self(), "rnncore-team");  // as /proc, top and the tests see it
   team->awake.fetch_add(1, std::memory_order_relaxed);
   for (;;) {
     auto posted = [&] { return s.seq.load(std::memory_order_acquire) != seen; };

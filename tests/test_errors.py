@@ -419,3 +419,18 @@ def test_failed_calls_leave_inputs_alone():
         rnncore.lstm_forward(**a)
     for k, v in a.items():
         np.testing.assert_array_equal(v, copies[k])
+
+
+def test_pickled_and_native_byte_order_arrays_are_accepted():
+    """Dtypes are compared by equality, not identity: arrays that went through pickle (or a
+    multiprocessing worker) or astype(newbyteorder('=')) run on the native backend."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    a = {k: pickle.loads(pickle.dumps(v)) for k, v in _valid("lstm", np.float32).items()}
+    a["x"] = a["x"].astype(a["x"].dtype.newbyteorder("="))
+    hs, h_n, c_n, cache = rnncore.lstm_forward(**a)
+    with rnncore.use_backend("numpy"):
+        ref = rnncore.lstm_forward(**a)[0]
+    np.testing.assert_allclose(hs, ref, atol=1e-5)
+    rnncore.lstm_backward(pickle.loads(pickle.dumps(rng.standard_normal(hs.shape).astype(np.float32))), cache)

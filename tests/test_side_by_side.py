@@ -47,3 +47,22 @@ def test_helper_thread_errors_surface():
             recurrent._side_by_side(lambda: 1, boom)
         assert recurrent._side_by_side(lambda: 1, lambda: 2) == [1, 2]
         assert rnncore.get_num_threads() == 2
+
+
+def test_train_step_benchmark_smoke():
+    """``rnncore bench --train-step`` end to end at its smallest: a real rnncore training step
+    in its own process, the interference probe, and the textbook SimpleRnnlm on both layer
+    sets, whose loss traces must agree."""
+    from rnncore.benchmark import train_step
+
+    lines = []
+    res = train_step.run(cells=("gru",), steps=2, rounds=1, torch=False, textbook_models=("SimpleRnnlm",),
+                         interference_reps=2, say=lines.append)
+    assert res["train_step"]["gru"]["rnncore_ms"] > 0, lines
+    assert res["interference"]["ratio"] > 0, lines
+    tb = res["textbook"]["SimpleRnnlm"]
+    book, mine = tb["losses"]
+    assert len(book) == len(mine) == 7
+    np.testing.assert_allclose(mine, book, rtol=1e-5)
+    assert book[0] != book[-1]  # it trained
+    assert any("SimpleRnnlm" in line for line in lines)

@@ -263,3 +263,68 @@ def test_gil_released_during_native_call():
     inside = sum(t0 + q < t < t1 - q for t in ticks)
     assert t1 - t0 > 0.05, "call too short to tell"
     assert inside > 10, f"main thread ran {inside} Python iterations during a {t1 - t0:.3f} s native call"
+
+
+# -- one pool during a training step --------------------------------------------------------------
+
+_STEP_PROBE = r'''
+import json, os, threading
+import numpy as np, threadpoolctl
+from rnncore.models import LanguageModel
+from rnncore.optim import Adam, clip_grads
+
+def cpu_ticks():
+    """{tid: (name, utime + stime)} of this process's threads."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        out[int(tid)] = (name, int(fields[11]) + int(fields[12]))
+    return out
+
+def foreign(before, after):
+    """CPU ticks spent by threads that are neither this (main) thread nor rnncore's team."""
+    me = threading.get_native_id()
+    return sum(t - before.get(tid, ("", 0))[1] for tid, (name, t) in after.items()
+               if tid != me and name != "rnncore-team")
+
+threadpoolctl.threadpool_limits(2, user_api="blas")  # NumPy's pool would wake for any matmul
+model, opt = LanguageModel(96, 256, cell=os.environ["CELL"]), Adam(lr=1e-3)
+rng = np.random.default_rng(0)
+xs, ts = rng.integers(0, 96, (32, 64)), rng.integers(0, 96, (32, 64))
+for i in range(40):
+    if i == 5:
+        a = cpu_ticks()
+    model.loss(xs, ts); model.backward(); clip_grads(model.grads, 5.0); opt.update(model.params, model.grads)
+b = cpu_ticks()
+x = rng.standard_normal((1200, 1200))
+for _ in range(8):
+    x @ x  # the control: NumPy's own BLAS threads
+c = cpu_ticks()
+names = sorted({n for n, _ in c.values()})
+print(json.dumps({"step": foreign(a, b), "control": foreign(b, c), "team": "rnncore-team" in names}))
+'''
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2,
+                    reason="needs Linux /proc and two CPUs")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_training_step_wakes_no_other_pool(cell):
+    """35 training steps of the default model spend no CPU in any thread but the caller and
+    rnncore's team (NumPy's BLAS pool, held at 2 threads, stays asleep), while NumPy matmuls
+    in the same process do wake that pool (the control, so the probe can fail)."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CELL=cell)
+    out = subprocess.run([sys.executable, "-c", _STEP_PROBE], capture_output=True, text=True, env=env, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["team"], r
+    assert r["step"] == 0, r
+    assert r["control"] > 0, r
