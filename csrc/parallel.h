@@ -43,8 +43,10 @@ inline int threads_for(double work, long parallel_units, double min_work_per_thr
   return std::max(1, nt);
 }
 
-// Threads for a bulk operation (a large GEMM, an elementwise pass) of `work` multiply-adds.
-inline int bulk_threads(double work, long units) { return threads_for(work, units, 262144.0); }
+// Threads for a bulk operation (a large GEMM, an elementwise pass) of `work` multiply-adds:
+// at least 4M a thread (some 30 us), so that waking a sleeping worker (microseconds, far more
+// when other processes hold the cores) pays for itself.
+inline int bulk_threads(double work, long units) { return threads_for(work, units, 4194304.0); }
 
 // [lo, hi) of n items for part `tid` of `nt`, boundaries on multiples of `align`.
 inline void split_range(long n, int nt, int tid, long align, long& lo, long& hi) {

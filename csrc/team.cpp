@@ -48,6 +48,7 @@ bool spin_until(P&& pred, int budget_us) {
 struct alignas(64) Slot {
   std::atomic<unsigned> seq{0};  // bumped once per region posted to this worker
   std::atomic<int> sleeping{0};
+  long long posted_ns = 0;  // when the region was posted (to see how late the worker started)
   void (*fn)(void*, int, int) = nullptr;
   void* ctx = nullptr;
   int nt = 1;
@@ -67,7 +68,8 @@ struct Team {
   std::atomic<long> regions{0}, inline_busy{0}, barrier_sleeps{0}, inline_contended{0};
   // Contention: waits at a barrier or at a region's end longer than kLongWait mean a thread of
   // the region lost its core. When they add up to more than a fifth of a region's time and the
-  // kernel confirms it (the region's threads were preempted, and other threads are runnable
+  // kernel confirms it (the region's threads were preempted or a worker started late, and other
+  // threads are runnable
   // now: procs_running in /proc/stat beyond ours), the calls of the next `backoff` run on the
   // caller alone. When it expires, /proc/stat is
   // read: other threads still runnable, the backoff doubles (up to kBackoffMax); else the team
@@ -77,7 +79,7 @@ struct Team {
   std::atomic<long> preempted{0};  // involuntary context switches of the region's threads
   std::atomic<long long> backoff_until_ns{0};
   long long backoff_ns = kBackoffMin;
-  static constexpr long long kLongWait = 300000, kBackoffMin = 100000000, kBackoffMax = 1600000000;
+  static constexpr long long kLongWait = 300000, kLateStart = 1000000, kBackoffMin = 100000000, kBackoffMax = 1600000000;
 };
 
 long long now_ns() {
@@ -165,6 +167,8 @@ void worker_main(Team* team, int w, unsigned seen) {
       s.sleeping.store(0);
     }
     seen = s.seq.load(std::memory_order_acquire);
+    // Started a millisecond or more after it was posted: the worker waited for a core.
+    if (now_ns() - s.posted_ns > Team::kLateStart) team->preempted.fetch_add(1, std::memory_order_relaxed);
     run_part(team, s.fn, s.ctx, w, s.nt);
     if (team->pending.fetch_sub(1) == 1 && team->caller_sleeping.load()) team->pending.notify_all();
   }
@@ -241,6 +245,7 @@ int rnncore_team_run(int nt, void (*fn)(void*, int, int), void* ctx) {
     s.fn = fn;
     s.ctx = ctx;
     s.nt = nt;
+    s.posted_ns = t0;
     s.seq.fetch_add(1);
     if (s.sleeping.load()) s.seq.notify_one();
   }

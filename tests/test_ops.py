@@ -433,3 +433,23 @@ def test_random_shapes(cell_i, T, B, D, H, batch_first, with_h0, use_lengths, f3
                                            batch_first=batch_first, lengths=lengths)
     _compare(o_nat, o_ref, TOL[dtype], "out ")
     _compare(g_nat, g_ref, TOL[dtype], "grad ")
+
+
+@pytest.mark.parametrize("cid,cell,kw", CELLS, ids=[c[0] for c in CELLS])
+@pytest.mark.parametrize("B", [33, 255, 257])
+def test_batch_sizes_around_the_kernel_switch(cid, cell, kw, B):
+    """Batches up to 256 run the packed step kernel, larger ones the BLAS: both match the twin,
+    batch-first and time-major, with ragged lengths."""
+    rng = np.random.default_rng(B)
+    T, D, H = 3, 5, 40
+    params = make_params(cell, D, H, np.float32, rng)
+    lengths = rng.integers(1, T + 1, B).astype(np.int64)
+    for bf in (False, True):
+        x = rng.standard_normal((B, T, D) if bf else (T, B, D)).astype(np.float32)
+        outs, cache = run_forward("native", cell, x, params, batch_first=bf, lengths=lengths, **kw)
+        ref, rcache = run_forward("reference", cell, x, params, batch_first=bf, lengths=lengths, **kw)
+        assert_close(outs["hs"], ref["hs"], TOL[np.float32], "hs")
+        dhs = rng.standard_normal(outs["hs"].shape).astype(np.float32)
+        g, gr = run_backward("native", cell, cache, dhs), run_backward("reference", cell, rcache, dhs)
+        for name in g:
+            assert_close(g[name], gr[name], TOL[np.float32], name)
