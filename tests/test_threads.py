@@ -328,3 +328,47 @@ def test_training_step_wakes_no_other_pool(cell):
     assert r["team"], r
     assert r["step"] == 0, r
     assert r["control"] > 0, r
+
+
+_QUIET_PROBE = r'''
+import json, os, threading
+import numpy as np
+import rnncore
+from rnncore.threads import set_quiet_other_pools
+
+def nthreads():
+    return len(os.listdir("/proc/self/task"))
+
+rng = np.random.default_rng(0)
+a = rng.standard_normal((600, 600))
+ref = a @ a
+x = rng.standard_normal((5, 4, 3)); wx = rng.standard_normal((3, 8)); wh = rng.standard_normal((8, 8)); b = np.zeros(8)
+out = {}
+a @ a  # NumPy's pool is up and spinning
+before = nthreads()
+rnncore.rnn_forward(x, wx, wh, b)
+out["after_call"] = before - nthreads()  # NumPy's idle workers were stopped
+out["numpy_ok"] = bool(np.array_equal(a @ a, ref))  # ... and come back for NumPy's next matmul
+out["restarted"] = nthreads() - (before - out["after_call"])
+t = threading.Thread(target=threading.Event().wait, args=(5,), daemon=True)
+t.start()  # with a second Python thread, NumPy's pool is left alone
+n = nthreads()
+rnncore.rnn_forward(x, wx, wh, b)
+out["with_thread"] = n - nthreads()
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2,
+                    reason="needs Linux /proc and two CPUs")
+def test_other_openblas_pools_are_quieted_safely():
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", _QUIET_PROBE], capture_output=True, text=True, env=env, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["after_call"] >= 1, r
+    assert r["numpy_ok"] and r["restarted"] >= 1, r
+    assert r["with_thread"] == 0, r

@@ -10,12 +10,20 @@ else:
     import_error = None
 
 
+def _quiet():
+    from .threads import quiet_other_pools
+
+    quiet_other_pools()
+
+
 def forward(inp):
+    _quiet()
     return core.forward(inp.cell, inp.x, inp.wx, inp.wh, inp.b_ih, inp.b_hh, inp.h0, inp.c0, inp.lengths,
                         inp.batch_first, inp.activation)
 
 
 def backward(cache, dhs, dh_n, dc_n):
+    _quiet()
     i = cache.inputs
     return core.backward(i.cell, i.activation, i.batch_first, i.x, i.wx, i.wh, i.b_ih, i.b_hh, i.h0, i.c0,
                          i.lengths, cache.hs, cache.gates, cache.cs, dhs, dh_n, dc_n)

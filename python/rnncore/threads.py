@@ -13,12 +13,16 @@ BLAS (``libscipy_openblas`` in rnncore's folder); ``threadpool_limits(1)`` limit
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import threading
 
 import threadpoolctl
 
 from . import _native
 
-__all__ = ["get_num_threads", "set_num_threads", "num_threads", "blas_info", "hold_numpy_blas"]
+__all__ = ["get_num_threads", "set_num_threads", "num_threads", "blas_info", "hold_numpy_blas",
+           "quiet_other_pools", "set_quiet_other_pools", "team_stats"]
 
 
 def _core():
@@ -93,6 +97,48 @@ def hold_numpy_blas(limit: int = 1):
     finally:
         for c, n in saved:
             c.set_num_threads(n)
+
+
+# -- other pools' idle spinning -------------------------------------------------------------------
+# After each threaded call, OpenBLAS's workers (NumPy's, SciPy's) spin at full speed for about a
+# tenth of a second before they sleep: on a 2-core machine that takes a core from rnncore's next
+# call. OpenBLAS can stop its pool at once (blas_thread_shutdown_, what it does itself around
+# fork) and starts it again, transparently, at its next threaded call. rnncore asks for that
+# before its own native calls, but only while no other Python thread exists, so that no other
+# thread can be inside that BLAS at the moment.
+
+_quiet = {"enabled": os.environ.get("RNNCORE_QUIET_BLAS", "1") != "0", "fns": None}
+
+
+def _shutdown_fns():
+    mine = os.path.realpath(blas_info().get("filepath") or "")
+    fns = []
+    for c in threadpoolctl.ThreadpoolController().select(internal_api="openblas").lib_controllers:
+        if os.path.realpath(c.filepath) != mine:
+            fn = getattr(ctypes.CDLL(c.filepath), "blas_thread_shutdown_", None)
+            if fn is not None:
+                fn.restype = ctypes.c_int
+                fns.append(fn)
+    return fns
+
+
+def quiet_other_pools() -> None:
+    """Stop the idle workers of every other OpenBLAS in the process (NumPy's), if this is the
+    only Python thread; they restart by themselves at that library's next threaded call.
+    rnncore's native calls do this first (see :func:`set_quiet_other_pools`)."""
+    if not _quiet["enabled"] or threading.active_count() != 1:
+        return
+    if _quiet["fns"] is None:
+        _quiet["fns"] = _shutdown_fns()
+    for fn in _quiet["fns"]:
+        fn()
+
+
+def set_quiet_other_pools(on: bool) -> None:
+    """Whether rnncore's native calls stop other OpenBLAS pools' idle spinning first (default
+    on; ``RNNCORE_QUIET_BLAS=0`` turns it off for the process)."""
+    _quiet["enabled"] = bool(on)
+    _quiet["fns"] = None  # found again (libraries loaded since are included)
 
 
 def blas_info() -> dict:

@@ -8,9 +8,10 @@ Three tables, each from one run on this machine:
    -> ``nn.Linear``, ``cross_entropy``, ``clip_grad_norm_``, ``Adam``) when it is installed.
    Each side runs in its own process, the processes alternate round by round, and the table
    gives the median step time of each and their ratio.
-2. **Interference**: an rnncore LSTM forward + backward (B=32, T=64, H=256, D=64) alone, and
-   the same call between two NumPy matmuls (2048x256 @ 256x96) whose BLAS keeps its default
-   threads, as in a user's own NumPy code; only the rnncore call is timed.
+2. **Interference**: an rnncore LSTM forward + backward (B=32, T=64, H=256, D=64) alone (with
+   NumPy's BLAS idle), and the same call right after two NumPy matmuls (2048x256 @ 256x96)
+   whose BLAS keeps its default threads, as in a user's own NumPy code; blocks of each in
+   turn; only the rnncore call is timed.
 3. **The textbook's language models** (:mod:`rnncore.textbook.models`: SimpleRnnlm, Rnnlm,
    BetterRnnlm at the book's sizes) on the book's plain-NumPy layers and on
    ``rnncore.time_layers``, each in its own process, forward + backward + SGD per iteration,
@@ -120,12 +121,15 @@ def worker_interference(reps, threads):
     alone, beside = [], []
     for _ in range(3):
         call()
-    for _ in range(reps):  # alternate, so both see the same machine
-        alone.append(call())
-        a @ w
-        a @ w
-        beside.append(call())
-        a @ w
+    for block in range(4):  # blocks of each kind in turn, so both see the same machine
+        if block % 2 == 0:
+            time.sleep(0.3)  # NumPy's idle BLAS threads stop spinning (OpenBLAS: about 0.1 s)
+            alone += [call() for _ in range(reps // 2)]
+        else:
+            for _ in range(reps // 2):
+                a @ w
+                a @ w
+                beside.append(call())
     return {"alone": alone, "beside": beside}
 
 
