@@ -22,45 +22,7 @@ import numpy as np
 import rnncore
 import rnncore.time_layers
 from rnncore.textbook import layers as _textbook_layers
-
-
-class Rnnlm:
-    """The ch06 Rnnlm, written against whichever layers module it is given."""
-
-    def __init__(self, layers, vocab_size=10000, wordvec_size=100, hidden_size=100, seed=0):
-        V, D, H = vocab_size, wordvec_size, hidden_size
-        rn = np.random.default_rng(seed).standard_normal
-        embed_W = (rn((V, D)) / 100).astype("f")
-        lstm_Wx = (rn((D, 4 * H)) / np.sqrt(D)).astype("f")
-        lstm_Wh = (rn((H, 4 * H)) / np.sqrt(H)).astype("f")
-        lstm_b = np.zeros(4 * H).astype("f")
-        affine_W = (rn((H, V)) / np.sqrt(H)).astype("f")
-        affine_b = np.zeros(V).astype("f")
-        self.layers = [
-            layers.TimeEmbedding(embed_W),
-            layers.TimeLSTM(lstm_Wx, lstm_Wh, lstm_b, stateful=True),
-            layers.TimeAffine(affine_W, affine_b),
-        ]
-        self.loss_layer = layers.TimeSoftmaxWithLoss()
-        self.lstm_layer = self.layers[1]
-        self.params, self.grads = [], []
-        for layer in self.layers:
-            self.params += layer.params
-            self.grads += layer.grads
-
-    def forward(self, xs, ts):
-        for layer in self.layers:
-            xs = layer.forward(xs)
-        return self.loss_layer.forward(xs, ts)
-
-    def backward(self, dout=1):
-        dout = self.loss_layer.backward(dout)
-        for layer in reversed(self.layers):
-            dout = layer.backward(dout)
-        return dout
-
-    def reset_state(self):
-        self.lstm_layer.reset_state()
+from rnncore.textbook.models import Rnnlm
 
 
 def batches(n, V=10000, N=20, T=35, seed=1):
