@@ -21,10 +21,13 @@ namespace rnncore {
 // floats wide at most, which is why fixed chunks are multiples of 32 (parallel.h).
 #if defined(__AVX512F__)
 constexpr int kVecBytes = 64;
+constexpr bool kWideRegs = true;  // 32 vector registers: room for 12 x 2 accumulators
 #elif defined(__AVX__)
 constexpr int kVecBytes = 32;
+constexpr bool kWideRegs = false;
 #else
 constexpr int kVecBytes = 16;
+constexpr bool kWideRegs = false;
 #endif
 
 template <typename T>
@@ -113,6 +116,15 @@ inline void small_kernel(int K, const T* A, long lda, const T* Wp, long pstride,
   }
 }
 
+// R rows over the pair of panels at Wp, one panel at a time (na columns in the first, nb in all).
+template <typename T, int R>
+inline void two_panels(int K, const T* A, long lda, const T* Wp, long ps, int na, int nb, bool overwrite, T* C,
+                       long ldc) {
+  constexpr int NB = Vec<T>::NB;
+  small_kernel<T, R, 1>(K, A, lda, Wp, ps, na, overwrite, C, ldc);
+  if (nb > NB) small_kernel<T, R, 1>(K, A, lda, Wp + ps, ps, nb - NB, overwrite, C + NB, ldc);
+}
+
 // Batches up to this size take small_gemm; larger ones the BLAS. Measured on Zen 3 (AVX2)
 // against OpenBLAS's sgemm for the same product: 5x faster at batch 1-2, 2x at 4-8, 1.2x at
 // 16-32, even at 64; on Zen 5 (AVX-512, 512-bit vectors here) the packed kernel is as fast or
@@ -134,9 +146,12 @@ void small_gemm(int M, int n0, int n1, const T* A, long lda, const Packed<T>& W,
     for (int m = 0; m < M;) {
       const T* Am = A + m * lda;
       T* Cm = C + m * ldc + n;
-      const int rows = M - m >= 6 ? 6 : std::min(4, M - m);
+      const int left = M - m;
+      // 12 or 8 rows a block where the target has 32 vector registers (AVX-512): each weight
+      // vector loaded serves twice the rows of the 6-row block
+      const int rows = kWideRegs && left >= 12 ? 12 : kWideRegs && left >= 8 ? 8 : left >= 6 ? 6 : std::min(4, left);
       m += rows;
-      switch (rows) {  // one and two rows take both panels at once, 3 to 6 rows one at a time
+      switch (rows) {  // one and two rows take both panels at once, 3 and more rows one at a time
         case 1:
           if (nb > NB) small_kernel<T, 1, 2>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc);
           else small_kernel<T, 1, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc);
@@ -145,17 +160,11 @@ void small_gemm(int M, int n0, int n1, const T* A, long lda, const Packed<T>& W,
           if (nb > NB) small_kernel<T, 2, 2>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc);
           else small_kernel<T, 2, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc);
           break;
-        case 3:
-          small_kernel<T, 3, 1>(W.K, Am, lda, Wp, ps, na, overwrite, Cm, ldc);
-          if (nb > NB) small_kernel<T, 3, 1>(W.K, Am, lda, Wp + ps, ps, nb - NB, overwrite, Cm + NB, ldc);
-          break;
-        case 4:
-          small_kernel<T, 4, 1>(W.K, Am, lda, Wp, ps, na, overwrite, Cm, ldc);
-          if (nb > NB) small_kernel<T, 4, 1>(W.K, Am, lda, Wp + ps, ps, nb - NB, overwrite, Cm + NB, ldc);
-          break;
-        default:
-          small_kernel<T, 6, 1>(W.K, Am, lda, Wp, ps, na, overwrite, Cm, ldc);
-          if (nb > NB) small_kernel<T, 6, 1>(W.K, Am, lda, Wp + ps, ps, nb - NB, overwrite, Cm + NB, ldc);
+        case 3: two_panels<T, 3>(W.K, Am, lda, Wp, ps, na, nb, overwrite, Cm, ldc); break;
+        case 4: two_panels<T, 4>(W.K, Am, lda, Wp, ps, na, nb, overwrite, Cm, ldc); break;
+        case 6: two_panels<T, 6>(W.K, Am, lda, Wp, ps, na, nb, overwrite, Cm, ldc); break;
+        case 8: two_panels<T, kWideRegs ? 8 : 6>(W.K, Am, lda, Wp, ps, na, nb, overwrite, Cm, ldc); break;
+        default: two_panels<T, kWideRegs ? 12 : 6>(W.K, Am, lda, Wp, ps, na, nb, overwrite, Cm, ldc);
       }
     }
   }
