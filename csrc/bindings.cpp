@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "driver.h"
+#include "buffers.h"
 #include "dense.h"
 #include "softmax.h"
 
@@ -57,10 +58,6 @@ const T* in_ptr(const py::object& o, long n, const char* name, bool optional = f
   return static_cast<const T*>(a.data());
 }
 
-template <typename T>
-py::array_t<T> new_array(std::vector<py::ssize_t> shape) {
-  return py::array_t<T>(shape);
-}
 
 bool is_double(const py::object& o, const char* name) {
   if (!py::isinstance<py::array>(o)) throw std::invalid_argument(std::string(name) + " must be an array");
@@ -475,6 +472,8 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "set_local_thread_cap", [](int n) { local_thread_cap() = n < 0 ? 0 : n; },
       "Cap the threads of this OS thread's native calls (0: no cap).");
+  m.def("cached_output_bytes", [] { return BufferCache::instance().cached_bytes(); },
+        "Bytes of freed large outputs kept for reuse (buffers.h).");
   m.def("thread_setting", &rnncore_thread_setting, "The stored thread setting (0: the default).");
   m.def(
       "team_set_spin", [](int idle_us, int barrier_us) { rnncore_team_set_spin(idle_us, barrier_us); },

@@ -191,3 +191,30 @@ def test_reference_names_mirror_the_native_core():
     for name in ("affine_forward", "affine_backward", "embedding_backward", "adam_update", "sum_squares",
                  "softmax_xent_forward", "softmax_xent_backward"):
         assert callable(getattr(reference, name)) and callable(getattr(core, name)), name
+
+
+def test_large_outputs_reuse_freed_buffers_without_aliasing(rng):
+    """Outputs of 1 MiB and more come from a cache of freed buffers (csrc/buffers.h): a freed
+    output's memory serves the next call of that size, live outputs never share memory, and
+    they are ordinary writeable, aligned arrays that outlive everything else."""
+    core = rnncore._native.core
+    x = rng.standard_normal((1000, 64)).astype(np.float32)
+    W = rng.standard_normal((64, 500)).astype(np.float32)  # y: 2 MB
+    y1 = dense.affine_forward(x, W)
+    y2 = dense.affine_forward(x, W)
+    assert not np.shares_memory(y1, y2)
+    assert y1.flags.writeable and y1.flags.c_contiguous and y1.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(y1, y2)
+    addr = y1.ctypes.data
+    before = core.cached_output_bytes()
+    del y1
+    assert core.cached_output_bytes() >= before + 1000 * 500 * 4
+    y3 = dense.affine_forward(x, W)
+    assert y3.ctypes.data == addr  # the freed buffer, reused
+    np.testing.assert_array_equal(y3, y2)
+    y3[...] = 0  # writing one output leaves the others alone
+    assert np.array_equal(y2, dense.affine_forward(x, W))
+    for _ in range(50):  # the cache stays bounded whatever passes through it
+        big = dense.affine_forward(rng.standard_normal((3000, 64)).astype(np.float32), W)
+        del big
+    assert core.cached_output_bytes() <= 512 << 20

@@ -57,7 +57,7 @@ def test_train_step_benchmark_smoke():
 
     lines = []
     res = train_step.run(cells=("gru",), steps=2, rounds=1, torch=False, textbook_models=("SimpleRnnlm",),
-                         interference_reps=2, say=lines.append)
+                         interference_reps=2, textbook_iters={"SimpleRnnlm": (6, 1)}, say=lines.append)
     assert res["train_step"]["gru"]["rnncore_ms"] > 0, lines
     assert res["interference"]["ratio"] > 0, lines
     tb = res["textbook"]["SimpleRnnlm"]

@@ -34,6 +34,8 @@ V, B, T, H, E = 96, 32, 64, 256, 64
 #: the book's settings: (vocab, wordvec, hidden, batch, time) per model
 TEXTBOOK = {"SimpleRnnlm": (418, 100, 100, 10, 5), "Rnnlm": (10000, 100, 100, 20, 35),
             "BetterRnnlm": (10000, 650, 650, 20, 35)}
+#: (timed iterations, warm-up iterations) per model: many for the sub-millisecond SimpleRnnlm
+TEXTBOOK_ITERS = {"SimpleRnnlm": (200, 20), "Rnnlm": (10, 2), "BetterRnnlm": (3, 1)}
 
 
 def _batches(n, vocab, batch, steps, seed=1):
@@ -133,7 +135,7 @@ def worker_interference(reps, threads):
     return {"alone": alone, "beside": beside}
 
 
-def worker_textbook(model_name, layers_name, iters):
+def worker_textbook(model_name, layers_name, iters, warmup=1):
     from rnncore.textbook import models
 
     if layers_name == "rnncore":
@@ -152,7 +154,7 @@ def worker_textbook(model_name, layers_name, iters):
             p -= lr * g
         return loss
 
-    times, losses = _time_steps(step, _batches(iters + 1, vocab, batch, steps), 1)
+    times, losses = _time_steps(step, _batches(iters + warmup, vocab, batch, steps), warmup)
     return {"times": times, "losses": losses}
 
 
@@ -165,7 +167,7 @@ def _worker_main(argv):
     elif kind == "interference":
         out = worker_interference(int(args[0]), int(args[1]))
     else:
-        out = worker_textbook(args[0], args[1], int(args[2]))
+        out = worker_textbook(args[0], args[1], int(args[2]), int(args[3]))
     print(json.dumps(out))
 
 
@@ -187,9 +189,10 @@ def _have_torch():
 # -- the tables -----------------------------------------------------------------------------------
 
 def run(cells=("lstm", "gru"), steps=20, rounds=3, threads=2, torch=True, textbook=True,
-        textbook_models=tuple(TEXTBOOK), interference_reps=20, say=print):
+        textbook_models=tuple(TEXTBOOK), interference_reps=20, textbook_iters=None, say=print):
     """Run the three comparisons; print the tables through ``say``; return the results."""
     results = {"train_step": {}, "interference": None, "textbook": {}}
+    textbook_iters = textbook_iters or {}
     torch = torch and _have_torch()
     say(f"1. default training step (char LM: V={V}, embedding {E}, 1x{H}, batch {B} x {T}, Adam, clip 5); "
         f"{rounds} alternating rounds of {steps} steps a process, {threads} threads each")
@@ -237,13 +240,13 @@ def run(cells=("lstm", "gru"), steps=20, rounds=3, threads=2, torch=True, textbo
     if textbook:
         say("")
         say("3. the textbook's language models, book sizes (vocab, wordvec, hidden, batch, time); "
-            "forward + backward + SGD per iteration; median over the iterations after the first")
+            "forward + backward + SGD per iteration; median over the timed iterations after the warm-up ones")
         say(f"{'model':<12} {'sizes':<26} {'iters':>5} {'book layers ms':>15} {'rnncore ms':>11} "
             f"{'speed-up':>9} {'max loss diff':>14}")
         for name in textbook_models:
-            iters = 6 if name != "BetterRnnlm" else 3
-            ref = _spawn("textbook", name, "book", iters)
-            mine = _spawn("textbook", name, "rnncore", iters)
+            iters, warmup = textbook_iters.get(name, TEXTBOOK_ITERS[name])
+            ref = _spawn("textbook", name, "book", iters, warmup)
+            mine = _spawn("textbook", name, "rnncore", iters, warmup)
             if "error" in ref or "error" in mine:
                 say(f"{name:<12} failed: {ref.get('error') or mine.get('error')}")
                 continue
@@ -251,7 +254,7 @@ def run(cells=("lstm", "gru"), steps=20, rounds=3, threads=2, torch=True, textbo
             diff = float(np.max(np.abs(np.subtract(ref["losses"], mine["losses"]))))
             results["textbook"][name] = {"book_ms": a * 1e3, "rnncore_ms": b * 1e3, "speedup": a / b,
                                          "loss_diff": diff, "losses": [ref["losses"], mine["losses"]]}
-            say(f"{name:<12} {str(TEXTBOOK[name]):<26} {iters:>5} {a * 1e3:>15.1f} {b * 1e3:>11.1f} "
+            say(f"{name:<12} {str(TEXTBOOK[name]):<26} {iters:>5} {a * 1e3:>15.3g} {b * 1e3:>11.3g} "
                 f"{a / b:>8.2f}x {diff:>14.2g}")
     return results
 
