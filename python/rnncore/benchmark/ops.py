@@ -579,6 +579,48 @@ def run(cfg, say=print, progress=None):
     return rows
 
 
+def run_load(cfg, say=print, progress=None):
+    """``--load N``: native forward + backward at each thread count of ``cfg["threads"]``, the
+    counts taking turns run by run, so that every count meets the same load; the median of
+    each and their ratio to the first count's. Returns the rows."""
+    counts = cfg["threads"]
+    say(f"cell     B     H | " + " ".join(f"{f'{n} thr ms':>10}" for n in counts) + " | "
+        + " ".join(f"{f'{n}/{counts[0]}':>7}" for n in counts[1:]) + " | rounds")
+    rows = []
+    for cell in cfg["cells"]:
+        for H in cfg["hidden"]:
+            for B in cfg["batch"]:
+                p = Problem(cell, cfg["seq_len"], B, H, cfg["dtype"])
+                impl = FACTORIES["native"](p)
+                times = {n: [] for n in counts}
+                for n in counts:  # warm-up at each count
+                    with impl.threads(n):
+                        impl.forward_backward()
+                start = time.perf_counter()
+                rounds = 0
+                while rounds < (cfg["repeat"] or 200):
+                    for n in counts:
+                        with impl.threads(n):
+                            t0 = time.perf_counter()
+                            impl.forward_backward()
+                            times[n].append(time.perf_counter() - t0)
+                    rounds += 1
+                    elapsed = time.perf_counter() - start
+                    if not cfg["repeat"] and rounds >= 5 and (elapsed >= cfg["min_time"] * len(counts)
+                                                              or elapsed >= cfg["max_seconds"] / 2):
+                        break
+                med = {n: statistics.median(v) for n, v in times.items()}
+                row = {"cell": cell, "T": p.T, "B": B, "H": H, "D": p.D, "dtype": cfg["dtype"], "rounds": rounds,
+                       "load": cfg["load"], "fwdbwd": {str(n): _stats(v) for n, v in times.items()},
+                       "ratio": {str(n): med[n] / med[counts[0]] for n in counts[1:]}}
+                rows.append(row)
+                if progress is not None:
+                    progress.update(len(counts) * len(cfg["impls"]))
+                say(f"{cell:<5} {B:>4} {H:>5} | " + " ".join(f"{_ms(med[n]):>10}" for n in counts) + " | "
+                    + " ".join(f"{med[n] / med[counts[0]]:>6.2f}x" for n in counts[1:]) + f" | {rounds}")
+    return rows
+
+
 def _ratios(row, p):
     nat = row["impls"].get("native", {})
     if nat.get("status") != "ok":
@@ -658,8 +700,8 @@ def build_parser():
     ap.add_argument("--no-textbook", action="store_true", help="leave the textbook NumPy RNN out")
     ap.add_argument("--no-twin", action="store_true", help="leave rnncore's NumPy twin out")
     ap.add_argument("--load", type=int, default=0, metavar="N",
-                    help="start N busy processes (python -c 'while 1: pass') for the run, to compare thread "
-                         "counts on a loaded machine")
+                    help="start N busy processes (python -c 'while 1: pass') and compare rnncore's thread "
+                         "counts under that load (native only, the counts taking turns)")
     return ap
 
 
@@ -722,8 +764,12 @@ def main(argv=None) -> int:
     if max(cfg["threads"]) > ncpu:
         print(f"  note: --threads {max(cfg['threads'])} exceeds the {ncpu} logical CPUs here")
     print()
-    for line in _table_head(cfg["impls"]):
-        print(line)
+    if cfg["load"]:
+        print(f"under load: native only, thread counts {cfg['threads']} taking turns run by run; "
+              "times are medians of forward + backward; ratio > 1: slower than with the first count")
+    else:
+        for line in _table_head(cfg["impls"]):
+            print(line)
     sys.stdout.flush()
 
     from tqdm import tqdm
@@ -741,7 +787,7 @@ def main(argv=None) -> int:
 
         load = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(cfg["load"])]
         try:
-            rows = run(cfg, say=say, progress=bar)
+            rows = (run_load if cfg["load"] else run)(cfg, say=say, progress=bar)
         except KeyboardInterrupt:
             print("rnncore bench: interrupted", file=sys.stderr)
             return 130
