@@ -434,3 +434,23 @@ def test_pickled_and_native_byte_order_arrays_are_accepted():
         ref = rnncore.lstm_forward(**a)[0]
     np.testing.assert_allclose(hs, ref, atol=1e-5)
     rnncore.lstm_backward(pickle.loads(pickle.dumps(rng.standard_normal(hs.shape).astype(np.float32))), cache)
+
+
+@pytest.mark.parametrize("bad", ["False", "no", None, 0, 1])
+def test_reset_after_must_be_a_bool(bad):
+    a = _valid("gru")
+    with pytest.raises(TypeError, match=r"reset_after must be a bool"):
+        rnncore.gru_forward(**a, reset_after=bad)
+    w = rnncore.init_weights("gru", D, H, rng=0)
+    with pytest.raises(TypeError, match=r"reset_after must be a bool"):
+        rnncore.recurrent_forward("gru", a["x"], w, reset_after=bad)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_masked_arrays_and_matrices_are_refused():
+    a = _valid("rnn")
+    masked = dict(a, x=np.ma.masked_array(a["x"], mask=a["x"] > 1))
+    with pytest.raises(TypeError, match=r"x is a masked array"):
+        rnncore.rnn_forward(**masked)
+    with pytest.raises(TypeError, match=r"wh is a numpy.matrix"):
+        rnncore.rnn_forward(**dict(a, wh=np.asmatrix(a["wh"])))

@@ -131,3 +131,16 @@ def test_bench_is_passed_through(capsys):
     assert main(["bench", "--no-such-option"]) != 0
     err = capsys.readouterr().err
     assert "Traceback" not in err and "bench" in err
+
+
+def test_diverging_run_ends_in_one_line(tmp_path, capsys):
+    """A learning rate that makes the loss explode gives no OverflowError traceback (from the
+    progress display or the perplexity): the run either ends with one message naming --lr, or
+    finishes and reports an infinite perplexity."""
+    rc = main(["train", "--steps", "30", "--lr", "1e6", "--out", str(tmp_path), *TINY])
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and "OverflowError" not in out.err
+    if rc:
+        assert "lower --lr" in out.err, out.err
+    else:
+        assert "validation perplexity" in out.out

@@ -7,6 +7,8 @@ the twin. Checks run first, in Python, whatever the backend.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ._cache import Cache
 from ._checks import grad_input, recurrent_inputs
 
@@ -73,6 +75,8 @@ def make_ops(impl, module):
         flavour ``n = tanh(x W_in + b_in + (r * h) W_hn + b_hn)``. wx (D, 3H), wh (H, 3H),
         b_ih, b_hh (3H,). Returns ``hs, h_n, cache``.
         """
+        if not isinstance(reset_after, (bool, np.bool_)):
+            raise TypeError(f"gru_forward: reset_after must be a bool, got {type(reset_after).__name__}")
         cell = "gru" if reset_after else "gru_reset_before"
         inp = recurrent_inputs("gru_forward", cell, x, wx, wh, b_ih, b_hh, h0, None, lengths, batch_first,
                                "tanh")

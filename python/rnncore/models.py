@@ -123,7 +123,8 @@ class LanguageModel:
         finally:
             self.set_state(state)
             self.train(mode)
-        return float(np.exp(total / count))
+        mean = total / count
+        return float(np.exp(mean)) if mean < 709.0 else float("inf")  # a diverged model: no overflow
 
     def generate(self, start_ids, n: int, temperature: float = 1.0, top_k=None, rng=None) -> np.ndarray:
         """Sample ``n`` ids continuing ``start_ids`` (at least one id). ``temperature`` > 0

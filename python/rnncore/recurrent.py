@@ -158,6 +158,8 @@ def _check_config(op, mode, num_layers, bidirectional, dropout, activation, rese
     if mode != "rnn" and activation != "tanh":
         raise ValueError(f"{op}: activation applies to mode='rnn' only (LSTM and GRU use fixed gate "
                          f"activations), got activation={activation!r} with mode={mode!r}")
+    if not isinstance(reset_after, (bool, np.bool_)):
+        raise TypeError(f"{op}: reset_after must be a bool, got {type(reset_after).__name__}")
     if mode != "gru" and reset_after is not True:
         raise ValueError(f"{op}: reset_after applies to mode='gru' only, got reset_after={reset_after!r} "
                          f"with mode={mode!r}")

@@ -262,7 +262,7 @@ def train(cfg: TrainConfig, log=None) -> dict:
                 losses.append(loss)
                 ema = loss if ema is None else 0.95 * ema + 0.05 * loss
                 bar.update(1)
-                bar.set_postfix(loss=f"{ema:.3f}", ppl=f"{math.exp(ema):.2f}", refresh=False)
+                bar.set_postfix(loss=f"{ema:.3f}", ppl=f"{math.exp(min(ema, 700.0)):.2f}", refresh=False)
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     ppl = evaluate()
                     save()
