@@ -78,33 +78,62 @@ void forward(Problem<T>& p) {
   Workspace<T>::release_all_large();
 }
 
-// dW[:, lo:hi] = sum over (t, b) of h_{t-1}[b]^T dG_t[b][lo:hi], as one GEMM over the stacked
-// hidden states: h_{t-1} is hs shifted by one step (B rows time-major, 1 row batch-first).
-// Batch-first, the shift pairs hs[b-1, T-1] with dG[b, 0] where h0[b] belongs; the
-// correction matrix E (B, H) = h0 - that row replaces it with a second, k = B, GEMM.
+// The previous hidden states h_{t-1} of every row, as the hidden-weight gradient reads them.
+// Time-major, they are hs shifted by one step (B rows), with h0 (or zeros) for the first step.
+// Batch-first, shifting by one row would pair hs[b-1, T-1] with step 0 of sequence b, so they
+// are copied into `prev` (rows, H) of the workspace, h0[b] first in every sequence: the product
+// is then exact (a correction GEMM that subtracted the wrong pairs again lost precision).
 template <typename T>
-void hidden_weight_grad(const Problem<T>& p, const T* dG, int GH, const T* E, long lo, long hi, T* dW) {
+struct PrevStates {
+  const T* m = nullptr;  // batch-first: (rows, H), row (b, t) = h_{t-1} of sequence b
+};
+
+template <typename T>
+PrevStates<T> previous_states(const Problem<T>& p, T* prev) {
+  PrevStates<T> s;
+  if (!p.batch_first) return s;
+  const int H = p.H, T_ = p.T_;
+  for (int b = 0; b < p.B; ++b) {
+    T* dst = prev + (long)b * T_ * H;
+    if (p.h0)
+      std::copy(p.h0 + (long)b * H, p.h0 + (long)(b + 1) * H, dst);
+    else
+      std::fill(dst, dst + H, T(0));
+    std::copy(p.hs + (long)b * T_ * H, p.hs + ((long)b * T_ + T_ - 1) * H, dst + H);
+  }
+  s.m = prev;
+  return s;
+}
+
+// dW[:, lo:hi] = sum over (t, b) of h_{t-1}[b]^T dG_t[b][lo:hi], as one GEMM over all rows (plus,
+// time-major, one k = B GEMM for h0 at step 0).
+template <typename T>
+void hidden_weight_grad(const Problem<T>& p, const T* dG, int GH, const PrevStates<T>& prev, long lo, long hi,
+                        T* dW) {
   if (hi <= lo) return;
   const int H = p.H, n = (int)(hi - lo);
-  const long shift = p.batch_first ? 1 : p.B;
-  gemm(true, false, H, n, (int)(p.rows() - shift), T(1), p.hs, H, dG + shift * GH + lo, GH, T(0),
-       dW + lo, GH);
-  if (E) gemm(true, false, H, n, p.B, T(1), E, H, dG + lo, (int)p.ld(GH), T(1), dW + lo, GH);
+  if (prev.m) {
+    gemm(true, false, H, n, (int)p.rows(), T(1), prev.m, H, dG + lo, GH, T(0), dW + lo, GH);
+    return;
+  }
+  const long shift = p.B;
+  gemm(true, false, H, n, (int)(p.rows() - shift), T(1), p.hs, H, dG + shift * GH + lo, GH, T(0), dW + lo, GH);
+  if (p.h0) gemm(true, false, H, n, p.B, T(1), p.h0, H, dG + lo, GH, T(1), dW + lo, GH);
 }
 
 // Cells whose hidden-side GEMM input is not h_{t-1} for every block override this.
 template <typename T, typename Cell>
 struct HiddenWeightGrad {
-  static void run(const Problem<T>& p, const T* dGh, const T* E, long lo, long hi) {
-    hidden_weight_grad(p, dGh, Cell::G * p.H, E, lo, hi, p.dwh);
+  static void run(const Problem<T>& p, const T* dGh, const PrevStates<T>& prev, long lo, long hi) {
+    hidden_weight_grad(p, dGh, Cell::G * p.H, prev, lo, hi, p.dwh);
   }
 };
 
 template <typename T>
 struct HiddenWeightGrad<T, GRUResetBeforeCell> {
-  static void run(const Problem<T>& p, const T* dG, const T* E, long lo, long hi) {
+  static void run(const Problem<T>& p, const T* dG, const PrevStates<T>& prev, long lo, long hi) {
     const int H = p.H, GH = 3 * H;
-    hidden_weight_grad(p, dG, GH, E, lo, std::min<long>(hi, 2 * H), p.dwh);
+    hidden_weight_grad(p, dG, GH, prev, lo, std::min<long>(hi, 2 * H), p.dwh);
     long a = std::max<long>(lo, 2 * H);
     if (hi > a)  // the n block multiplies r * h_{t-1}, cached as the fourth gate block
       gemm(true, false, H, (int)(hi - a), (int)p.rows(), T(1), p.gates + 3 * H, 4 * H, dG + a, GH, T(0),
@@ -132,11 +161,11 @@ void backward(Problem<T>& p) {
   const size_t nG = (size_t)rows * GH, nBH = (size_t)B * H;
   // dG (and dGh) are written whole by the backward steps; only the zeros must be cleared
   Workspace<T>& ws = Workspace<T>::local(Workspace<T>::kBackward);
-  T* dG = ws.get(nG * (Cell::SPLIT ? 2 : 1) + 3 * nBH);
+  T* dG = ws.get(nG * (Cell::SPLIT ? 2 : 1) + 2 * nBH + (p.batch_first ? (size_t)rows * H : 0));
   T* dGh = Cell::SPLIT ? dG + nG : dG;
   T* tmp = dG + nG * (Cell::SPLIT ? 2 : 1);
   T* zeros = tmp + nBH;
-  T* E = zeros + nBH;
+  T* prev_buf = zeros + nBH;  // batch-first: the previous states, filled after the loop
   std::fill(zeros, zeros + nBH, T(0));
   StepContext<T> ctx{p, nullptr, nullptr, zeros};
   Workspace<T>& wt = Workspace<T>::local(Workspace<T>::kPacked);  // wh^T: packed, or plain for the BLAS
@@ -163,22 +192,13 @@ void backward(Problem<T>& p) {
     }
   });
 
-  const T* Ep = nullptr;
-  if (p.batch_first) {
-    for (int b = 0; b < B; ++b)
-      for (int j = 0; j < H; ++j)
-        E[(long)b * H + j] = (p.h0 ? p.h0[(long)b * H + j] : T(0)) -
-                             (b > 0 ? p.hs[((long)b * p.T_ - 1) * H + j] : T(0));
-    Ep = E;
-  } else {
-    Ep = p.h0;  // null: h0 was zeros and adds nothing
-  }
+  const PrevStates<T> prev = previous_states(p, prev_buf);
 
   const long units = std::max(num_chunks(GH), num_chunks(rows));
   parallel_region(bulk_threads((double)rows * GH * (2.0 * D + H), units), [&](int tid, int nt) {
     for_chunks(GH, tid, nt, [&](long lo, long hi) {
       gemm(true, false, D, (int)(hi - lo), (int)rows, T(1), p.x, D, dG + lo, GH, T(0), p.dwx + lo, GH);
-      HiddenWeightGrad<T, Cell>::run(p, dGh, Ep, lo, hi);
+      HiddenWeightGrad<T, Cell>::run(p, dGh, prev, lo, hi);
       column_sums(dG, rows, GH, lo, hi, p.dbx);
       if (p.dbh) column_sums(dGh, rows, GH, lo, hi, p.dbh);
     });

@@ -453,3 +453,24 @@ def test_batch_sizes_around_the_kernel_switch(cid, cell, kw, B):
         g, gr = run_backward("native", cell, cache, dhs), run_backward("reference", cell, rcache, dhs)
         for name in g:
             assert_close(g[name], gr[name], TOL[np.float32], name)
+
+
+@pytest.mark.parametrize("cid,cell,kw", CELLS, ids=[c[0] for c in CELLS])
+@pytest.mark.parametrize("scale", [1e6, 1e8])
+def test_batch_first_dwh_keeps_float32_precision(cid, cell, kw, scale):
+    """A large upstream gradient at step 0 of the second sequence, batch-first: dwh is as
+    precise as time-major and the float64 twin (the gradient once paired hs[0, T-1] with it and
+    subtracted that again, losing up to all digits)."""
+    rng = np.random.default_rng(7)
+    T, B, D, H = 6, 3, 4, 8
+    params = make_params(cell, D, H, np.float32, rng)
+    x = rng.standard_normal((B, T, D)).astype(np.float32)
+    dhs = rng.standard_normal((B, T, H)).astype(np.float32)
+    dhs[1, 0] = scale  # with h0 = 0 it adds nothing to dwh: nothing may be left of it either
+    outs, cache = run_forward("native", cell, x, params, batch_first=True, **kw)
+    g = run_backward("native", cell, cache, dhs)
+    p64 = tuple(None if a is None else a.astype(np.float64) for a in params)
+    _, rcache = run_forward("reference", cell, x.astype(np.float64), p64, batch_first=True, **kw)
+    ref = run_backward("reference", cell, rcache, dhs.astype(np.float64))
+    err = np.max(np.abs(g["dwh"] - ref["dwh"])) / np.max(np.abs(ref["dwh"]))
+    assert err < 1e-5, err
