@@ -454,3 +454,21 @@ def test_masked_arrays_and_matrices_are_refused():
         rnncore.rnn_forward(**masked)
     with pytest.raises(TypeError, match=r"wh is a numpy.matrix"):
         rnncore.rnn_forward(**dict(a, wh=np.asmatrix(a["wh"])))
+
+
+def test_sizes_beyond_memory_or_32bit_indices_are_refused_before_allocating(monkeypatch):
+    """A forward whose outputs would not fit the machine, or whose T*B rows exceed the BLAS's
+    32-bit indices, raises ValueError naming the sizes, before any native work."""
+    from rnncore import _checks
+
+    monkeypatch.setattr(_checks, "_memory_bytes", lambda: 2**30)  # as on a 1 GiB machine
+    with pytest.raises(ValueError, match=r"T=4194304, B=1, H=256 .* need 24.0 GiB, more than this machine"):
+        _checks.check_sizes("lstm_forward", "lstm", 2**22, 1, 4, 256, 4, np.float32)
+    with pytest.raises(ValueError, match=r"T\*B = 1048576\*4096 = 4294967296 rows .* 32-bit indices"):
+        _checks.check_sizes("rnn_forward", "rnn", 2**20, 2**12, 4, 8, 1, np.float32)
+    _checks.check_sizes("rnn_forward", "rnn", 100, 10, 4, 8, 1, np.float32)  # ordinary sizes pass
+    monkeypatch.setattr(_checks, "_memory_bytes", lambda: 1000)  # the public ops run the check
+    for impl in ("native", "numpy"):
+        with rnncore.use_backend(impl):
+            with pytest.raises(ValueError, match=r"lstm_forward: the outputs and cache"):
+                rnncore.lstm_forward(**_valid("lstm"))

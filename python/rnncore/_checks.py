@@ -6,6 +6,7 @@ expected shape. Nothing passed in is modified or converted to another precision.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -134,10 +135,40 @@ def recurrent_inputs(op, cell, x, wx, wh, b_ih, b_hh, h0, c0, lengths, batch_fir
             check_array(op, name, s, dt, ndim=2)
             check_shape(op, name, s, (B, H), "(B, H)")
     lengths = check_lengths(op, lengths, T, B)
+    check_sizes(op, cell, T, B, D, H, G, dt)
     for name, a in (("wx", wx), ("wh", wh), (names[0], b_ih), (names[-1], b_hh), ("h0", h0), ("c0", c0), ("x", x)):
         if a is not None:
             check_finite(op, name, a)
     return Inputs(op, cell, x, wx, wh, b_ih, b_hh, h0, c0, lengths, bool(batch_first), activation, T, B, D, H, G)
+
+
+#: the 32-bit BLAS and the native kernels index a matrix's rows, columns and leading dimension
+#: with 32-bit integers
+INDEX_LIMIT = 2**31 - 1
+
+
+def _memory_bytes() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_sizes(op, cell, T, B, D, H, G, dtype) -> None:
+    """Sizes the kernels can index, and outputs the machine can hold, before anything is
+    allocated: T*B rows and G*H, 4*H, D columns within 32-bit indices; the forward's outputs and
+    cache (hs, gates, cell states) within the physical memory."""
+    rows = T * B
+    widest = max(D, 4 * H if cell != "rnn" else G * H)
+    if rows > INDEX_LIMIT or widest > INDEX_LIMIT or rows * widest > 2**62:
+        raise ValueError(f"{op}: T*B = {T}*{B} = {rows} rows of up to {widest} columns do not fit the "
+                         f"32-bit indices of the BLAS (at most {INDEX_LIMIT} rows and columns)")
+    blocks = 1 + (0 if cell == "rnn" else 4) + (1 if cell == "lstm" else 0)  # hs, gates, cs
+    need = rows * H * blocks * np.dtype(dtype).itemsize
+    have = _memory_bytes()
+    if have and need > have:
+        raise ValueError(f"{op}: the outputs and cache of T={T}, B={B}, H={H} ({cell}, {np.dtype(dtype)}) "
+                         f"need {need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB")
 
 
 def grad_input(op: str, name: str, g, shape: tuple, legend: str, dtype) -> Optional[np.ndarray]:
