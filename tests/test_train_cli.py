@@ -144,3 +144,39 @@ def test_diverging_run_ends_in_one_line(tmp_path, capsys):
         assert "lower --lr" in out.err, out.err
     else:
         assert "validation perplexity" in out.out
+
+
+@pytest.mark.parametrize("where", ["forward", "backward", "update"])
+def test_ctrl_c_inside_a_step_checkpoints_that_step_and_resumes_exactly(where, tmp_path, monkeypatch, capsys):
+    """A real SIGINT delivered inside step 7's forward, backward or optimizer update: the step
+    finishes, the checkpoint is that of step 7 (the counter, the weights, the optimizer and the
+    recurrent state together), and resuming gives the uninterrupted run's losses and weights."""
+    import signal
+
+    from rnncore import models, optim
+
+    full = tmp_path / "full"
+    assert main(["train", "--steps", "12", "--out", str(full), *TINY]) == 0
+    calls = {"n": 0}
+    target = {"forward": (models.LanguageModel, "loss"), "backward": (models.LanguageModel, "backward"),
+              "update": (optim.Adam, "update")}[where]
+    original = getattr(*target)
+
+    def interrupted(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            signal.raise_signal(signal.SIGINT)  # arrives in the middle of the step
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(*target, interrupted)
+    cut = tmp_path / "cut"
+    assert main(["train", "--steps", "12", "--out", str(cut), *TINY]) == 130
+    monkeypatch.setattr(*target, original)
+    ck = LanguageModel.load(cut / "model.npz").checkpoint["meta"]
+    assert ck["step"] == 7 and len(ck["losses"]) == 7
+    assert main(["train", "--steps", "12", "--resume", str(cut / "model.npz"), "--no-progress"]) == 0
+    assert _losses(cut / "model.npz") == _losses(full / "model.npz")
+    a, b = LanguageModel.load(cut / "model.npz"), LanguageModel.load(full / "model.npz")
+    for p, q in zip(a.params, b.params):
+        np.testing.assert_array_equal(p, q)
+    assert "interrupted after step 7" in capsys.readouterr().out

@@ -16,7 +16,9 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -113,6 +115,36 @@ def _runtime(backend, threads):
             if backend != "numpy":
                 stack.enter_context(rnncore.num_threads(threads))
         yield
+
+
+class _ImmediateInterrupt(KeyboardInterrupt):
+    """A second Ctrl-C, raised inside a step."""
+
+
+class _DeferredInterrupt:
+    """Within the block, a first Ctrl-C (SIGINT) is held until the current training step has
+    finished (``pending``), so that the checkpoint written on interrupt is that of a completed
+    step and a resumed run continues bit for bit; a second Ctrl-C interrupts at once. Outside the
+    main thread (where signal handlers cannot be set) interrupts are not deferred."""
+
+    def __init__(self):
+        self.pending = False
+        self._old = None
+
+    def _handler(self, signum, frame):
+        if self.pending:  # the second one: now
+            raise _ImmediateInterrupt
+        self.pending = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
 
 
 def _make_tokenizer(level, train_text, full_text, max_vocab):
@@ -247,32 +279,41 @@ def train(cfg: TrainConfig, log=None) -> dict:
         say(f"backend {backend}" + (f", {rnncore.get_num_threads()} threads" if backend == "native" else ""))
         bar = tqdm(total=cfg.steps, initial=min(step, cfg.steps), disable=not cfg.progress, unit="step",
                    dynamic_ncols=True, file=sys.stderr, desc="train")
+        interrupt = _DeferredInterrupt()
         try:
-            while step < cfg.steps:
-                if step % batcher.n_chunks == 0:
-                    model.reset_state()
-                xs, ts = batcher.chunk(step)
-                loss = model.loss(xs, ts)
-                model.backward()
-                clip_grads(model.grads, cfg.clip)
-                opt.update(model.params, model.grads)
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss} at step {step + 1}; try a lower --lr")
-                step += 1
-                losses.append(loss)
-                ema = loss if ema is None else 0.95 * ema + 0.05 * loss
-                bar.update(1)
-                bar.set_postfix(loss=f"{ema:.3f}", ppl=f"{math.exp(min(ema, 700.0)):.2f}", refresh=False)
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    ppl = evaluate()
-                    save()
-                    say(f"step {step}: train loss {ema:.3f}, validation perplexity {ppl:.3f}")
-                if step % cfg.sample_every == 0 and step < cfg.steps:
-                    say(f"--- sample at step {step} ---\n{sample(cfg.sample_len)}\n---")
+            with interrupt:
+                while step < cfg.steps:
+                    if interrupt.pending:
+                        raise KeyboardInterrupt
+                    if step % batcher.n_chunks == 0:
+                        model.reset_state()
+                    xs, ts = batcher.chunk(step)
+                    loss = model.loss(xs, ts)
+                    model.backward()
+                    clip_grads(model.grads, cfg.clip)
+                    opt.update(model.params, model.grads)
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"loss became {loss} at step {step + 1}; try a lower --lr")
+                    step += 1
+                    losses.append(loss)
+                    ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{ema:.3f}", ppl=f"{math.exp(min(ema, 700.0)):.2f}", refresh=False)
+                    if step % cfg.eval_every == 0 or step == cfg.steps:
+                        ppl = evaluate()
+                        save()
+                        say(f"step {step}: train loss {ema:.3f}, validation perplexity {ppl:.3f}")
+                    if step % cfg.sample_every == 0 and step < cfg.steps:
+                        say(f"--- sample at step {step} ---\n{sample(cfg.sample_len)}\n---")
+        except _ImmediateInterrupt:
+            bar.close()
+            say(f"interrupted twice, inside step {step + 1}: no checkpoint of that unfinished step "
+                f"(the last one written is {ckpt}, if any)")
+            raise
         except KeyboardInterrupt:
             bar.close()
             save()
-            say(f"interrupted at step {step}; checkpoint saved to {ckpt} (continue with --resume {ckpt})")
+            say(f"interrupted after step {step}; checkpoint saved to {ckpt} (continue with --resume {ckpt})")
             raise
         bar.close()
         if not val_hist or val_hist[-1][0] != step:
