@@ -388,11 +388,12 @@ def test_inputs_never_modified(cid, cell, kw, batch_first, read_only, impl):
         if v is not None:
             np.testing.assert_array_equal(v, copies[k], err_msg=f"{k} was modified")
             assert v.flags.writeable == (not read_only)
-    # outputs are fresh, writeable arrays that share no memory with the inputs
+    # outputs are fresh arrays that share no memory with the inputs, writeable but for hs (what
+    # the backward reads: read-only)
     for name, arr in list(outs.items()) + list(grads.items()):
         if arr is None:
             continue
-        assert arr.flags.writeable, name
+        assert arr.flags.writeable == (name != "hs"), name
         for k, v in everything.items():
             if v is not None:
                 assert not np.may_share_memory(arr, v), f"{name} shares memory with {k}"
@@ -472,3 +473,42 @@ def test_sizes_beyond_memory_or_32bit_indices_are_refused_before_allocating(monk
         with rnncore.use_backend(impl):
             with pytest.raises(ValueError, match=r"lstm_forward: the outputs and cache"):
                 rnncore.lstm_forward(**_valid("lstm"))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("impl", ["native", "numpy"])
+def test_returned_arrays_never_change_the_gradients(cell, impl):
+    """hs is what the backward reads: it comes back read-only, so an in-place edit raises
+    instead of silently changing the gradients. h_n and c_n are the caller's own: editing them
+    changes nothing."""
+    a = _valid(cell)
+    fwd, bwd = getattr(rnncore, f"{cell}_forward"), getattr(rnncore, f"{cell}_backward")
+    with rnncore.use_backend(impl):
+        out = fwd(**a)
+        dhs = np.ones_like(out[0])
+        ref = bwd(dhs, out[-1])
+        out = fwd(**a)
+        hs = out[0]
+        assert not hs.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            hs *= 0.5
+        for state in out[1:-1]:
+            state *= 0  # h_n, c_n
+        got = bwd(dhs, out[-1])
+    for g, r in zip(got, ref):
+        if r is None:
+            assert g is None
+        else:
+            np.testing.assert_array_equal(g, r)
+    np.testing.assert_array_equal(hs.copy() * 0.5, np.asarray(hs) * 0.5)  # a copy is writeable
+
+
+def test_layer_outputs_never_change_the_gradients():
+    from rnncore.layers import LSTM
+
+    rng = np.random.default_rng(0)
+    layer = LSTM(4, 5, rng=0)
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    out = layer.forward(x)
+    with pytest.raises(ValueError, match="read-only"):
+        out *= 0

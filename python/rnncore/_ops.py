@@ -14,8 +14,12 @@ from ._checks import grad_input, recurrent_inputs
 
 
 def _run_forward(impl, inp):
+    """The forward on ``impl``; the returned hs is a read-only view of the cache's (the backward
+    reads it, so writing into it would change the gradients silently)."""
     hs, h_n, c_n, gates, cs = impl.forward(inp)
-    return hs, h_n, c_n, Cache(inp, hs, gates, cs)
+    out = hs.view()
+    out.flags.writeable = False
+    return out, h_n, c_n, Cache(inp, hs, gates, cs)
 
 
 def _run_backward(impl, op, cells, cache, dhs, dh_n, dc_n):
@@ -37,8 +41,9 @@ def make_ops(impl, module):
         x (T, B, D), or (B, T, D) with ``batch_first``; wx (D, H); wh (H, H); b (H,);
         h0 (B, H) or None (zeros); activation "tanh", "relu" or "sigmoid"; lengths (B,)
         ints in [1, T] or None. Returns ``hs`` (x's layout, H features; zero past a
-        sequence's length), ``h_n`` (B, H), the state at each sequence's last step, and the
-        ``cache`` for :func:`rnn_backward`.
+        sequence's length; a read-only view of what the backward reads: copy it to modify it),
+        ``h_n`` (B, H), the state at each sequence's last step, and the ``cache`` for
+        :func:`rnn_backward`. The same holds for every forward: ``hs`` read-only, the rest yours.
         """
         inp = recurrent_inputs("rnn_forward", "rnn", x, wx, wh, b, None, h0, None, lengths, batch_first,
                                activation)

@@ -133,7 +133,8 @@ class _Recurrent:
         self.c = None if c is None else np.ascontiguousarray(c, dtype=self.dtype)
 
     def forward(self, xs, lengths=None, h0=None, c0=None):
-        """xs (N, T, D) (or (T, N, D) if not batch_first) -> outputs (N, T, num_dirs * H).
+        """xs (N, T, D) (or (T, N, D) if not batch_first) -> outputs (N, T, num_dirs * H),
+        read-only where they are what the backward reads (one direction): copy to modify.
 
         ``lengths`` (N,) gives each sequence's valid steps (outputs past them are zero and
         the carried state is the one at the last valid step). ``h0``/``c0`` override the

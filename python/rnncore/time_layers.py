@@ -31,8 +31,8 @@ What is different underneath
   code would silently round to float32.
 - rnncore checks its inputs: a NaN/inf weight or input, or a stateful state whose batch size
   differs from the new batch, raises ``ValueError`` (the book broadcasts or propagates NaN).
-- Do not modify ``hs`` returned by a recurrent layer in place before its backward: it is
-  part of what the backward reads.
+- ``hs`` returned by a recurrent layer is a read-only view of what its backward reads (writing
+  into it raises instead of changing the gradients silently); copy it to modify it.
 - ``TimeSoftmaxWithLoss.backward`` gives the book's numbers without its side effect: the
   cached softmax is consumed by the first backward and recomputed if backward is called again.
 - Summations run in a different order from the book's per-step loops, so float32 results
