@@ -156,9 +156,11 @@ def test_char_tokenizer():
 
 def test_word_tokenizer():
     tok = WordTokenizer().fit("you say goodbye and I say hello .")
-    assert tok.vocab_size == 7 and tok.words[0] == "say"
+    assert tok.vocab_size == 8 and tok.words[0] == "say" and tok.words[-1] == "<unk>"
     ids = tok.encode("I say goodbye .")
     assert tok.decode(ids) == "I say goodbye ."
+    # a word first seen after fit (a validation text, a sampling prime) is <unk>, not an error
+    np.testing.assert_array_equal(tok.encode("you say farewell"), [tok.index["you"], 0, 7])
     small = WordTokenizer().fit("a a a b b c d", max_vocab=2)
     assert small.words == ["a", "b", "<unk>"]
     np.testing.assert_array_equal(small.encode("a c z"), [0, 2, 2])

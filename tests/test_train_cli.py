@@ -71,7 +71,7 @@ def test_word_level_gru_on_own_corpus(tmp_path, capsys):
     assert main(["train", "--corpus", str(corpus), "--level", "word", "--cell", "gru", "--steps", "30",
                  "--lr", "0.01", "--out", str(out), *TINY]) == 0
     model = LanguageModel.load(out / "model.npz")
-    assert model.tokenizer.kind == "word" and model.vocab_size == 8
+    assert model.tokenizer.kind == "word" and model.vocab_size == 9  # 7 words, newline, <unk>
     meta = model.checkpoint["meta"]
     assert meta["val_history"][-1][1] < 3.0
     assert "unigram baseline" in capsys.readouterr().out
@@ -180,3 +180,39 @@ def test_ctrl_c_inside_a_step_checkpoints_that_step_and_resumes_exactly(where, t
     for p, q in zip(a.params, b.params):
         np.testing.assert_array_equal(p, q)
     assert "interrupted after step 7" in capsys.readouterr().out
+
+
+def test_word_level_validation_words_unseen_in_training(tmp_path, capsys):
+    """Validation text holds words the training text does not: they are <unk>, the run goes on."""
+    import argparse
+
+    out = tmp_path / "w"
+    assert main(["train", "--corpus", argparse.__file__, "--level", "word", "--steps", "3", "--out", str(out),
+                 *TINY]) == 0
+    assert "validation perplexity" in capsys.readouterr().out
+
+
+def test_damaged_checkpoints_give_one_value_error(trained, tmp_path):
+    import json
+    import zipfile
+
+    from rnncore import load_npz
+
+    with np.load(trained / "model.npz") as good:
+        arrays = {k: good[k] for k in good.files}
+    cases = {"truncated": None, "bad_json": dict(arrays, config=np.array("{not json")),
+             "no_key": dict(arrays, config=np.array(json.dumps({"vocab_size": 3}))),
+             "short_tokenizer": dict(arrays, tokenizer=np.array(json.dumps({"kind": "char", "chars": ["a", "b"]})))}
+    for name, content in cases.items():
+        path = tmp_path / f"{name}.npz"
+        if content is None:
+            data = (trained / "model.npz").read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+        else:
+            np.savez(path, **content)
+        with pytest.raises(ValueError, match=str(path.name)):
+            LanguageModel.load(path)
+        assert main(["sample", str(path), "--length", "3"]) != 0
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        load_npz(tmp_path / "truncated.npz")
+    assert zipfile.is_zipfile(trained / "model.npz")

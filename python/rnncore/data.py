@@ -67,7 +67,8 @@ class CharTokenizer:
 
 class WordTokenizer:
     """Words and punctuation (``\\w+`` or one other non-space character; newlines kept as a
-    token), the ``max_vocab`` most frequent kept, the rest mapped to ``<unk>``."""
+    token), the ``max_vocab`` most frequent kept; ``<unk>`` (always in the vocabulary, last)
+    stands for every other word, including words first seen after ``fit``."""
 
     kind = "word"
     UNK = "<unk>"
@@ -87,8 +88,7 @@ class WordTokenizer:
         counts = collections.Counter(self.tokenize(text))
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         words = [w for w, _ in ranked[:max_vocab]]
-        if len(ranked) > max_vocab:
-            words.append(self.UNK)
+        words.append(self.UNK)  # validation and sampling text may hold words training did not
         self.__init__(words, self.lower)
         return self
 

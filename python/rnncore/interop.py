@@ -15,6 +15,7 @@ without importing torch::
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -193,8 +194,14 @@ def load_npz(path, dtype=None):
     """Read a file written by :func:`save_npz` (or any ``.npz`` of PyTorch-named recurrent
     weights) -> ``(mode, weights, num_layers, bidirectional)``. No pickles are loaded."""
     op = "load_npz"
-    with np.load(path, allow_pickle=False) as f:
-        sd = {k: f[k] for k in f.files}
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{op}: no such file: {path}")
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # closed even when damaged
+            sd = {k: f[k] for k in f.files}
+    except Exception as e:  # zip, format, truncation (EOFError) or object-array errors
+        raise ValueError(f"{op}: {path} is not a readable .npz file ({type(e).__name__}: {e})") from None
     meta = None
     if META_KEY in sd:
         try:
@@ -203,8 +210,12 @@ def load_npz(path, dtype=None):
             raise ValueError(f"{op}: {path}: unreadable {META_KEY} entry: {e}") from None
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
             raise ValueError(f"{op}: {path}: unsupported {META_KEY} entry {meta!r}")
-    mode, weights, num_layers, bidirectional = from_state_dict(
-        sd, mode=None if meta is None else meta.get("mode"), dtype=dtype)
+    try:
+        mode, weights, num_layers, bidirectional = from_state_dict(
+            sd, mode=None if meta is None else meta.get("mode"), dtype=dtype)
+    except (KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"{op}: {path} does not hold recurrent weights in PyTorch's names "
+                         f"({type(e).__name__}: {e})") from None
     if meta is not None and (meta.get("num_layers"), meta.get("bidirectional")) != (num_layers, bidirectional):
         raise ValueError(f"{op}: {path}: metadata says num_layers={meta.get('num_layers')}, bidirectional="
                          f"{meta.get('bidirectional')}, but the arrays hold {num_layers}, {bidirectional}")

@@ -215,20 +215,29 @@ class LanguageModel:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint not found: {path}")
         try:
-            z = np.load(path, allow_pickle=False)
-            data = {k: z[k] for k in z.files}
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # closed even when damaged
+                data = {k: z[k] for k in z.files}
         except Exception as e:  # zipfile/format errors: not an rnncore checkpoint
             raise ValueError(f"{path} is not a readable .npz checkpoint ({e})") from None
         if "config" not in data:
             raise ValueError(f"{path} is not an rnncore language-model checkpoint (no config)")
-        cfg = json.loads(str(data.pop("config")))
-        model = cls(cfg["vocab_size"], cfg["hidden_size"], embed_size=cfg["embed_size"],
-                    num_layers=cfg["num_layers"], cell=cfg["cell"], dropout=cfg["dropout"],
-                    dtype=np.dtype(cfg["dtype"]), seed=cfg.get("seed", 0))
-        model.load_state_dict(data)
-        if "tokenizer" in data:
-            model.tokenizer = tokenizer_from_dict(json.loads(str(data.pop("tokenizer"))))
-        meta = json.loads(str(data.pop("meta"))) if "meta" in data else {}
+        try:
+            cfg = json.loads(str(data.pop("config")))
+            model = cls(cfg["vocab_size"], cfg["hidden_size"], embed_size=cfg["embed_size"],
+                        num_layers=cfg["num_layers"], cell=cfg["cell"], dropout=cfg["dropout"],
+                        dtype=np.dtype(cfg["dtype"]), seed=cfg.get("seed", 0))
+            model.load_state_dict(data)
+            if "tokenizer" in data:
+                model.tokenizer = tokenizer_from_dict(json.loads(str(data.pop("tokenizer"))))
+            meta = json.loads(str(data.pop("meta"))) if "meta" in data else {}
+            if not isinstance(meta, dict):
+                raise TypeError(f"meta is a {type(meta).__name__}, not a dict")
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{path} is not a valid rnncore language-model checkpoint "
+                             f"({type(e).__name__}: {e})") from None
+        if model.tokenizer is not None and model.tokenizer.vocab_size != model.vocab_size:
+            raise ValueError(f"{path}: its tokenizer has {model.tokenizer.vocab_size} tokens but the model "
+                             f"{model.vocab_size}")
         weights = set(model.state_dict())
         model.checkpoint = {"meta": meta, **{k: v for k, v in data.items() if k not in weights}}
         return model
