@@ -1,5 +1,7 @@
-"""A mutation fuzzer of rnncore's public ops: random valid calls, and the same calls with one
-argument broken (dtype, shape, layout, values, type, flags).
+"""A mutation fuzzer of rnncore's public ops and layers: random valid calls, and the same calls
+with one argument broken (dtype, shape, layout, values, type, flags). Covered: rnn/lstm/gru
+forward and backward, the dense ops (affine, embedding gradient), the layers RNN/LSTM/GRU
+(stacked, bidirectional, lengths) and the softmax loss.
 
 Every call must either succeed or raise ValueError / TypeError whose message names the broken
 argument; a valid call must give what the NumPy twin gives (float32/float64 tolerances scaled
@@ -128,6 +130,62 @@ def _dense_call(rng, failures):
     dense.embedding_backward(ids, x, np.zeros((M, D), dt))
 
 
+def _layer_call(rng, failures):
+    """A layer (rnncore.layers RNN / LSTM / GRU, 1-2 layers, either direction count, lengths)
+    and the softmax loss: valid calls against the twin, or one broken input."""
+    from rnncore import layers
+
+    dt = np.float32 if rng.random() < 0.5 else np.float64
+    cls = [layers.RNN, layers.LSTM, layers.GRU][int(rng.integers(3))]
+    N, T, D, H = (int(rng.integers(1, n)) for n in (5, 6, 5, 7))
+    layer = cls(D, H, num_layers=int(rng.integers(1, 3)), bidirectional=bool(rng.random() < 0.5), dtype=dt,
+                rng=int(rng.integers(1000)))
+    x = rng.standard_normal((N, T, D)).astype(dt)
+    lengths = rng.integers(1, T + 1, N) if rng.random() < 0.5 else None
+    if rng.random() < 0.5:
+        broken = [x.astype(np.float16), x[..., None], x.tolist(), x[:, :, :0], x[:, :, ::2] if D > 1 else x[:0],
+                  np.full_like(x, np.nan)][int(rng.integers(6))]
+        try:
+            layer.forward(broken, lengths=lengths)
+            failures.append(f"{cls.__name__}: a broken x was accepted")
+        except (ValueError, TypeError) as e:
+            if " x" not in f" {e}" and "xs" not in str(e):
+                failures.append(f"{cls.__name__}: the error for a broken x does not name it: {e}")
+        except Exception as e:
+            failures.append(f"{cls.__name__}: a broken x raised {type(e).__name__}: {e}")
+        return
+    dout = rng.standard_normal((N, T, layer.num_dirs * H)).astype(dt)
+
+    def run():
+        out = np.array(layer.forward(x, lengths=lengths))
+        dx = layer.backward(dout)
+        return [out, dx] + [g.copy() for g in layer.grads]
+
+    got = run()
+    with rnncore.use_backend("numpy"):
+        ref = run()
+    for a, r in zip(got, ref):
+        if float(np.max(np.abs(a - r), initial=0.0)) > TOL[np.dtype(dt)] * max(1.0, float(np.max(np.abs(r), initial=0.0))):
+            failures.append(f"{cls.__name__}: native differs from the twin")
+            return
+    scores = rng.standard_normal((N, T, 7)).astype(dt)
+    ts = rng.integers(0, 7, (N, T))
+    if rng.random() < 0.5:
+        ts = ts.astype(np.float64) if rng.random() < 0.5 else ts + 7
+        try:
+            rnncore.softmax_cross_entropy(scores, ts)
+            failures.append("softmax_cross_entropy: broken targets accepted")
+        except (ValueError, TypeError) as e:
+            if "targets" not in str(e):
+                failures.append(f"softmax_cross_entropy: the error does not name targets: {e}")
+    else:
+        loss, probs = rnncore.softmax_cross_entropy(scores, ts)
+        with rnncore.use_backend("numpy"):
+            loss2, _ = rnncore.softmax_cross_entropy(scores, ts)
+        if abs(loss - loss2) > 1e-4 * max(1.0, abs(loss2)):
+            failures.append("softmax_cross_entropy: native differs from the twin")
+
+
 def run(calls, seed):
     rng = np.random.default_rng(seed)
     counts = {"calls": 0, "valid_ok": 0, "refused": 0}
@@ -138,6 +196,10 @@ def run(calls, seed):
         if kind < 0.1:
             _dense_call(rng, failures)
             counts["valid_ok"] += 1
+            continue
+        if kind > 0.9:
+            _layer_call(rng, failures)
+            counts["layers"] = counts.get("layers", 0) + 1
             continue
         cell = str(rng.choice(["rnn", "lstm", "gru"]))
         kw = _valid_recurrent(rng, cell)

@@ -512,3 +512,36 @@ def test_layer_outputs_never_change_the_gradients():
     out = layer.forward(x)
     with pytest.raises(ValueError, match="read-only"):
         out *= 0
+
+
+def _double(a):
+    return a * 2  # runs in a worker process; the array comes back through pickle
+
+
+def test_arrays_from_pickle_and_a_process_pool_and_pickled_layers_run_natively():
+    import multiprocessing
+    import pickle
+
+    from rnncore.layers import LSTM
+    from rnncore.models import LanguageModel
+
+    a = _valid("gru", np.float32)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        x2 = pool.apply(_double, (a["x"],))
+    assert rnncore.gru_forward(**dict(a, x=x2))[0].shape == a["x"].shape[:2] + (H,)
+    layer = pickle.loads(pickle.dumps(LSTM(D, H, rng=0)))
+    out = layer.forward(a["x"])
+    layer.backward(np.ones_like(out))
+    model = pickle.loads(pickle.dumps(LanguageModel(11, 8, seed=0)))
+    ids = np.arange(6).reshape(2, 3)
+    assert np.isfinite(model.loss(ids, ids))
+    model.backward()
+
+
+@pytest.mark.parametrize("flag", ["bidirectional", "stateful", "batch_first"])
+def test_layer_flags_must_be_bools(flag):
+    from rnncore.layers import GRU
+
+    with pytest.raises(TypeError, match=rf"GRU: {flag} must be a bool"):
+        GRU(3, 4, **{flag: "False"})

@@ -89,6 +89,9 @@ class _Recurrent:
 
         if int(input_size) < 1 or int(hidden_size) < 1 or int(num_layers) < 1:
             raise ValueError(f"{type(self).__name__}: input_size, hidden_size and num_layers must be >= 1")
+        for flag, value in (("bidirectional", bidirectional), ("stateful", stateful), ("batch_first", batch_first)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{type(self).__name__}: {flag} must be a bool, got {type(value).__name__}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1), got {dropout}")
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
