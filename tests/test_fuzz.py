@@ -9,10 +9,20 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import rnncore
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _fuzz_module():
+    sys.path.insert(0, HERE)
+    try:
+        import fuzz
+    finally:
+        sys.path.remove(HERE)
+    return fuzz
 
 
 @pytest.mark.parametrize("seed", [11, 12])
@@ -26,11 +36,7 @@ def test_fuzz_in_a_child_process(seed):
 
 
 def test_fuzzer_catches_a_wrong_result_and_an_unnamed_error(monkeypatch):
-    sys.path.insert(0, HERE)
-    try:
-        import fuzz
-    finally:
-        sys.path.remove(HERE)
+    fuzz = _fuzz_module()
     real = rnncore.rnn_forward
 
     def wrong(*a, **k):  # silently wrong on the native backend, errors that name nothing
@@ -89,3 +95,12 @@ def test_rss_stays_flat_over_ten_thousand_calls_of_each_op():
     m = json.loads(r.stdout.strip().splitlines()[-1])
     grown = m["after"] - m["before"]
     assert grown < 4 << 20, f"RSS grew by {grown / 2**20:.1f} MiB over 10^4 calls of each op"
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_fuzz_seeds_from_hypothesis(seed):
+    """Hypothesis picks the fuzzer's seeds (bounded: 40 seeds x 25 calls, in-process; the child-
+    process test above is the one that survives a crash)."""
+    counts, failures = _fuzz_module().run(25, seed)
+    assert not failures, failures[:5]
