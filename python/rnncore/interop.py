@@ -190,18 +190,24 @@ def save_npz(path, mode, weights, num_layers=1, bidirectional=False):
     np.savez(path, **sd)
 
 
+def read_npz(path, what: str) -> dict:
+    """Every array of an ``.npz`` file (no pickles), the file closed even when it is damaged:
+    FileNotFoundError when it is missing, one ValueError naming it when it cannot be read."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except Exception as e:  # zip, format, truncation (EOFError) or object-array errors
+        raise ValueError(f"{path} is not a readable .npz {what} ({type(e).__name__}: {e})") from None
+
+
 def load_npz(path, dtype=None):
     """Read a file written by :func:`save_npz` (or any ``.npz`` of PyTorch-named recurrent
     weights) -> ``(mode, weights, num_layers, bidirectional)``. No pickles are loaded."""
     op = "load_npz"
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{op}: no such file: {path}")
-    try:
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # closed even when damaged
-            sd = {k: f[k] for k in f.files}
-    except Exception as e:  # zip, format, truncation (EOFError) or object-array errors
-        raise ValueError(f"{op}: {path} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    sd = read_npz(path, "file")
     meta = None
     if META_KEY in sd:
         try:

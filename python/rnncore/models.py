@@ -210,15 +210,10 @@ class LanguageModel:
         """Rebuild a model from :meth:`save`'s file. ``model.tokenizer`` is restored;
         ``model.checkpoint`` holds ``meta`` and every other stored array."""
         from .data import tokenizer_from_dict
+        from .interop import read_npz
 
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        try:
-            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # closed even when damaged
-                data = {k: z[k] for k in z.files}
-        except Exception as e:  # zipfile/format errors: not an rnncore checkpoint
-            raise ValueError(f"{path} is not a readable .npz checkpoint ({e})") from None
+        data = read_npz(path, "checkpoint")
         if "config" not in data:
             raise ValueError(f"{path} is not an rnncore language-model checkpoint (no config)")
         try:
