@@ -98,3 +98,46 @@ def test_clip_grads_global_norm():
 def test_bad_lr():
     with pytest.raises(ValueError, match="lr"):
         SGD(lr=0)
+
+
+def test_nesterov_two_steps_follow_its_docstring():
+    """v = m v - lr g; p += m v - lr g (v updated), i.e. p += m^2 v_old - (1 + m) lr g."""
+    m, lr = 0.9, 0.1
+    p = np.array([1.0, -2.0, 3.0])
+    opt = Nesterov(lr=lr, momentum=m)
+    v = np.zeros(3)
+    for _ in range(2):
+        g = grad(p)
+        expect = p + m * m * v - (1 + m) * lr * g
+        v = m * v - lr * g
+        opt.update([p], [g])
+        np.testing.assert_allclose(p, expect, rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(opt.state["v"][0], v, rtol=1e-14)
+
+
+def test_adagrad_rmsprop_adam_second_step():
+    """The second step of each adaptive rule against its formula (the state carries over)."""
+    p0 = np.array([1.0, -2.0, 3.0])
+    g1, g2 = grad(p0), np.array([0.5, -0.25, 2.0])
+    p = p0.copy()
+    opt = AdaGrad(lr=0.1, eps=1e-7)
+    opt.update([p], [g1.copy()])
+    p1 = p.copy()
+    opt.update([p], [g2.copy()])
+    np.testing.assert_allclose(p, p1 - 0.1 * g2 / (np.sqrt(g1 ** 2 + g2 ** 2) + 1e-7), rtol=1e-14)
+    p = p0.copy()
+    opt = RMSprop(lr=0.1, decay_rate=0.9, eps=1e-7)
+    opt.update([p], [g1.copy()])
+    p1 = p.copy()
+    opt.update([p], [g2.copy()])
+    s = 0.9 * (0.1 * g1 ** 2) + 0.1 * g2 ** 2
+    np.testing.assert_allclose(p, p1 - 0.1 * g2 / (np.sqrt(s) + 1e-7), rtol=1e-13)
+    p = p0.copy()
+    opt = Adam(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
+    opt.update([p], [g1.copy()])
+    p1 = p.copy()
+    opt.update([p], [g2.copy()])
+    m = 0.9 * (0.1 * g1) + 0.1 * g2
+    v = 0.999 * (0.001 * g1 ** 2) + 0.001 * g2 ** 2
+    np.testing.assert_allclose(p, p1 - 0.1 * (m / (1 - 0.9 ** 2)) / (np.sqrt(v / (1 - 0.999 ** 2)) + 1e-8),
+                               rtol=1e-12)

@@ -90,7 +90,10 @@ class Momentum(Optimizer):
 
 
 class Nesterov(Optimizer):
-    """Nesterov momentum (the textbook's form): ``v = m v - lr g; p += m^2 v_old - (1 + m) lr g``."""
+    """Nesterov momentum in the reformulation of Sutskever et al. (PyTorch's ``nesterov=True``):
+    ``v = m v - lr g; p += m v - lr g`` with the updated v, which is
+    ``p += m^2 v_old - (1 + m) lr g``. (The textbook's ``common/optimizer.py`` instead adds
+    ``m^2 v - (1 + m) lr g`` with the updated v.)"""
 
     slots = ("v",)
 
