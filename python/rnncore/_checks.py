@@ -6,6 +6,7 @@ expected shape. Nothing passed in is modified or converted to another precision.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -147,6 +148,7 @@ def recurrent_inputs(op, cell, x, wx, wh, b_ih, b_hh, h0, c0, lengths, batch_fir
 INDEX_LIMIT = 2**31 - 1
 
 
+@functools.lru_cache(maxsize=None)
 def _memory_bytes() -> Optional[int]:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

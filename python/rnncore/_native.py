@@ -10,10 +10,14 @@ else:
     import_error = None
 
 
-def _quiet():
-    from .threads import quiet_other_pools
+_quiet_other_pools = None  # threads.quiet_other_pools, bound at the first call (threads imports this module)
 
-    quiet_other_pools()
+
+def _quiet():
+    global _quiet_other_pools
+    if _quiet_other_pools is None:
+        from .threads import quiet_other_pools as _quiet_other_pools
+    _quiet_other_pools()
 
 
 def forward(inp):

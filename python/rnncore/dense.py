@@ -63,18 +63,12 @@ def affine_forward(x, W, b=None):
     lead = x.shape[:-1]
     x2 = _rows("affine_forward: x", x, D)
     if b is not None:
-        b = np.asarray(b)
+        b = np.ascontiguousarray(b)
         if b.shape != (M,):
             raise ValueError(f"affine_forward: b must have shape ({M},), got {b.shape}")
     impl = _impl(x2, W, *([] if b is None else [b]))
-    if impl is reference:
-        y = x2 @ W
-        if b is not None:
-            y = y + b
-    else:
-        Wc, wt = _weight(W)
-        y = impl.affine_forward(x2, Wc, wt, None if b is None else np.ascontiguousarray(b))
-    return y.reshape(*lead, M)
+    Wc, wt = _weight(W)
+    return impl.affine_forward(x2, Wc, wt, b).reshape(*lead, M)
 
 
 def _into(out, shape, dtype):
@@ -103,26 +97,18 @@ def affine_backward(dy, x, W, *, dW=None, db=None, bias=True, need_dx=True):
     if dy2.shape[0] != x2.shape[0]:
         raise ValueError(f"affine_backward: dy has {dy2.shape[0]} rows but x has {x2.shape[0]}")
     impl = _impl(x2, dy2, W)
-    if impl is reference:
-        gW, gb = x2.T @ dy2, (dy2.sum(axis=0) if bias else None)
-        dx = dy2 @ W.T if need_dx else None
-    else:
-        Wc, wt = _weight(W)
-        buf, dwt, temp_w = _into(dW, (D, M), x2.dtype)
-        gb, _, temp_b = _into(db, (M,), x2.dtype) if bias else (None, False, False)
-        dx = impl.affine_backward(dy2, x2, Wc, wt, buf, dwt, gb, bool(need_dx))
-        gW = buf.T if dwt else buf
-        if not temp_w:
-            gW = dW
-        if bias and not temp_b:
-            gb = db
-    if dW is not None and gW is not dW:
+    Wc, wt = _weight(W)
+    dt = np.result_type(x2, dy2)  # the gradients' dtype (NumPy's promotion on the twin)
+    buf, dwt, temp_w = _into(dW, (D, M), dt)
+    gb, _, temp_b = _into(db, (M,), dt) if bias else (None, False, False)
+    dx = impl.affine_backward(dy2, x2, Wc, wt, buf, dwt, gb, bool(need_dx))
+    gW = buf.T if dwt else buf
+    if dW is not None and temp_w:  # a buffer of another dtype or layout: copy into it
         dW[...] = gW
-        gW = dW
-    if db is not None and bias and gb is not db:
+    if db is not None and bias and temp_b:
         db[...] = gb
-        gb = db
-    return (None if dx is None else dx.reshape(x.shape)), gW, gb
+    return ((None if dx is None else dx.reshape(x.shape)), dW if dW is not None else gW,
+            (db if db is not None else gb) if bias else None)
 
 
 def embedding_backward(ids, dout, dW):

@@ -274,9 +274,7 @@ def affine_forward(x, W, wt, b):
     """x (N, D) @ op(W) + b (M, or None) -> y (N, M); op(W) is W (D, M), or W.T when wt
     (W given as (M, D))."""
     y = x @ (W.T if wt else W)
-    if b is not None:
-        y += b
-    return y
+    return y if b is None else y + b
 
 
 def affine_backward(dy, x, W, wt, dW, dwt, db, need_dx):

@@ -7,7 +7,7 @@ backward (BPTT) of:
 - ``native``: rnncore's C++ ops (``rnncore.rnn_forward`` / ``rnn_backward`` ...);
 - ``twin``: the same calls on the NumPy twin (``rnncore.reference``);
 - ``textbook``: for ``rnn`` only, a NumPy RNN written the textbook way (one cell object per
-  time step, per-step matmuls, a Python loop in backward; :class:`_TextbookTimeRNN`);
+  time step, per-step matmuls, a Python loop in backward: ``rnncore.textbook.layers.TimeRNN``);
 - ``torch``: ``torch.nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``, if PyTorch imports (forward with
   autograd on, then ``out.backward(dout)``, the gradient of ``sum(out * dout)``).
 
@@ -51,64 +51,9 @@ def flops_forward(T, B, D, H, G):
     return 2 * T * B * G * H * (D + H)
 
 
-# -- the textbook NumPy RNN: the seed's layer classes, kept as they are written -------------------
-
-# The textbook's single Elman step (plain NumPy, two matmuls a step) is rnncore.time_layers.RNN.
-from ..time_layers import RNN as _TextbookRNN  # noqa: E402
-
-
-class _TextbookTimeRNN:
-    """T steps of :class:`_TextbookRNN`, batch-first ``xs (N, T, D) -> hs (N, T, H)``.
-
-    The textbook's TimeRNN, except that outputs take the input's dtype (the book allocates
-    float32 always), so that the float64 benchmark is float64 throughout.
-    """
-
-    def __init__(self, Wx, Wh, b, stateful=False):
-        self.params = [Wx, Wh, b]
-        self.grads = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
-        self.layers = None
-        self.h, self.dh = None, None
-        self.stateful = stateful
-
-    def forward(self, xs):
-        Wx, Wh, b = self.params
-        N, T, D = xs.shape
-        D, H = Wx.shape
-        self.layers = []
-        hs = np.empty((N, T, H), dtype=xs.dtype)
-        if not self.stateful or self.h is None:
-            self.h = np.zeros((N, H), dtype=xs.dtype)
-        for t in range(T):
-            layer = _TextbookRNN(*self.params)
-            self.h = layer.forward(xs[:, t, :], self.h)
-            hs[:, t, :] = self.h
-            self.layers.append(layer)
-        return hs
-
-    def backward(self, dhs):
-        Wx, Wh, b = self.params
-        N, T, H = dhs.shape
-        D, H = Wx.shape
-        dxs = np.empty((N, T, D), dtype=dhs.dtype)
-        dh = 0
-        grads = [0, 0, 0]
-        for t in reversed(range(T)):
-            layer = self.layers[t]
-            dx, dh = layer.backward(dhs[:, t, :] + dh)
-            dxs[:, t, :] = dx
-            for i, grad in enumerate(layer.grads):
-                grads[i] += grad
-        for i, grad in enumerate(grads):
-            self.grads[i][...] = grad
-        self.dh = dh
-        return dxs
-
-    def set_state(self, h):
-        self.h = h
-
-    def reset_state(self):
-        self.h = None
+# -- the textbook NumPy RNN: the book's TimeRNN (one step object a time step, two matmuls a step,
+# a Python loop in backward), from rnncore.textbook, the one copy of the book's code
+from ..textbook.layers import TimeRNN as _TextbookTimeRNN  # noqa: E402
 
 
 # -- one grid point's data, and each implementation set up on it ---------------------------------
