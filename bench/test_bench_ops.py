@@ -80,3 +80,22 @@ def test_forward_backward(benchmark, make_runner, threads_info, impl, cell, B, H
     got = runner.result()
     for name, r in ref.items():
         assert_close(f"{impl} {cell} {name}", got[name], r)
+
+
+def test_forward_table_checks_and_reports_per_step(capsys):
+    """``rnncore bench --forward`` end to end at its smallest: every implementation's inference
+    forward is checked against native's and the table has microseconds per step."""
+    assert rb.main(["--quick", "--forward", "--cells", "lstm,gru", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "us/st" in out and "forward only" in out
+    rows = [ln for ln in out.splitlines() if ln.startswith(("lstm ", "gru "))]
+    assert len(rows) == 2 * 2 * 2  # cells x H x B of --quick
+    assert not any("FAILED" in ln or "ERROR" in ln for ln in rows)
+
+
+def test_gemm_peak_is_a_rate():
+    from rnncore.benchmark import ops
+
+    pk = ops.gemm_peak(1, "float32", n=128, min_time=0.01)
+    assert pk["gflops"] == max(pk["rnncore"], pk["numpy"]) > 0
+    assert pk["n"] == 128 and pk["threads"] == 1

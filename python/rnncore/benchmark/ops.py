@@ -17,6 +17,14 @@ repeated runs; ratios (impl / native) compare runs of the same process, which is
 meaningful on a noisy, shared machine. Effective GFLOP/s counts the matmul work only:
 forward ``2*T*B*G*H*(D+H)`` (G = 1 rnn, 4 lstm, 3 gru), backward twice that.
 
+``--forward`` times inference alone: the forward of every implementation (PyTorch's under
+``torch.no_grad()``), its time per step in microseconds (the number that matters at batch 1),
+and the ratio of each forward to native's.
+
+Every table also measures the machine's GEMM peak in the same run: the best of an n x n x n
+GEMM (n = 2048, the table's dtype) through rnncore's BLAS on its thread team and through
+NumPy's BLAS, at each thread count; native's rate is shown as a percentage of it.
+
 Entry point: :func:`main` (``rnncore bench``; ``python bench/compare.py``).
 """
 from __future__ import annotations
@@ -199,6 +207,10 @@ class _Torch:
     def forward(self):
         return self.mod(self.x)[0].detach().numpy()  # autograd on: the forward of a training step
 
+    def infer(self):
+        with self.torch.no_grad():  # inference: no graph recorded
+            return self.mod(self.x)[0].numpy()
+
     def forward_backward(self):
         self.x.grad = None
         for q in self.mod.parameters():
@@ -291,6 +303,33 @@ def _compare(res, ref, tol):
     return errs, bad
 
 
+# -- the machine's GEMM peak ---------------------------------------------------------------------
+
+PEAK_N = 2048
+
+
+def gemm_peak(threads, dtype="float32", n=PEAK_N, min_time=0.3):
+    """GFLOP/s of an ``n x n x n`` GEMM at ``threads`` threads: the best of rnncore's BLAS
+    (:func:`rnncore.dense.affine_forward`, on rnncore's thread team) and NumPy's BLAS (``@``).
+    Returns ``{"gflops": best, "rnncore": ..., "numpy": ..., "n": n}``."""
+    import rnncore
+    from .. import dense
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    flops = 2.0 * n ** 3
+    rates = {}
+    with rnncore.num_threads(threads):
+        dense.affine_forward(a, b)
+        rates["rnncore"] = flops / min(_time_runs(lambda: dense.affine_forward(a, b), 10 * min_time,
+                                                  min_time, 3, None)) / 1e9
+    with _numpy_threads(threads):
+        a @ b
+        rates["numpy"] = flops / min(_time_runs(lambda: a @ b, 10 * min_time, min_time, 3, None)) / 1e9
+    return dict(rates, gflops=max(rates.values()), n=n, threads=threads, dtype=str(np.dtype(dtype)))
+
+
 # -- the environment header ----------------------------------------------------------------------
 
 def _cpu():
@@ -379,6 +418,16 @@ def machine_lines(env):
 
 def _header_lines(env, cfg):
     lines = machine_lines(env)
+    if cfg.get("forward"):
+        return lines + [
+            f"grid: cells {','.join(cfg['cells'])}; T={cfg['seq_len']}; D=H; B {cfg['batch']}; H {cfg['hidden']}; "
+            f"threads {cfg['threads']}; dtype {cfg['dtype']}; forward only (inference)",
+            f"timing: median of {'%d runs' % cfg['repeat'] if cfg['repeat'] else 'repeats (>= 3 runs and >= %gs)' % cfg['min_time']}"
+            f" after a warm-up run that is also the check of hs against native (tol {TOL[cfg['dtype']]:g} x max|native|)",
+            "columns: fwd = forward time in ms; us/st = microseconds per time step (fwd / T); "
+            "x = impl fwd / native fwd (> 1: native is faster); GF/s = native forward 2*T*B*G*H*(D+H) / time, "
+            "pk% = that rate as a share of the GEMM peak above; torch runs under torch.no_grad()",
+        ]
     lines += [
         f"grid: cells {','.join(cfg['cells'])}; T={cfg['seq_len']}; D=H; B {cfg['batch']}; H {cfg['hidden']}; "
         f"threads {cfg['threads']}; dtype {cfg['dtype']}",
@@ -388,7 +437,8 @@ def _header_lines(env, cfg):
         "FLOPs: forward 2*T*B*G*H*(D+H) (G = 1 rnn, 4 lstm, 3 gru), backward 2x forward; "
         "GF/s = native 3*forward FLOPs / native fwd+bwd time",
         "columns: times in ms (fwd alone; f+b = forward + backward); x = impl f+b time / native f+b time "
-        "(> 1: native is faster); torch fwd runs with autograd on",
+        "(> 1: native is faster); pk% = native GF/s as a share of the GEMM peak above; "
+        "torch fwd runs with autograd on",
     ]
     return lines
 
@@ -408,23 +458,55 @@ def _ms(s):
     return f"{ms:.0f}"
 
 
-IMPL_W = {"native": 24, "twin": 22, "textbook": 22, "torch": 22}
+IMPL_W = {"native": 28, "twin": 22, "textbook": 22, "torch": 22, "ort": 22}
 
 
-def _table_head(impls):
+def _us(s):
+    return "-" if s is None else (f"{s * 1e6:.1f}" if s * 1e6 < 1000 else f"{s * 1e6:.0f}")
+
+
+def _table_head(impls, forward=False):
     top = f"{'cell':<5}{'thr':>4}{'B':>5}{'H':>6} "
     sub = " " * len(top)
     for name in impls:
         top += "| " + name.ljust(IMPL_W[name])
-        if name == "native":
-            sub += "| " + f"{'fwd':>7}{'f+b':>8}{'GF/s':>7}".ljust(IMPL_W[name])
+        if forward:
+            last = f"{'GF/s':>7}{'pk%':>5}" if name == "native" else f"{'x':>6}"
+            sub += "| " + f"{'fwd':>7}{'us/st':>8}{last}".ljust(IMPL_W[name])
+        elif name == "native":
+            sub += "| " + f"{'fwd':>7}{'f+b':>8}{'GF/s':>7}{'pk%':>5}".ljust(IMPL_W[name])
         else:
             sub += "| " + f"{'fwd':>7}{'f+b':>8}{'x':>6}".ljust(IMPL_W[name])
     return [top.rstrip(), sub.rstrip()]
 
 
-def _table_row(row, impls):
+def _pct(r, key):
+    v = r.get(key)
+    return f"{v:.0f}" if v else "-"
+
+
+def _forward_cell(name, r, T):
+    st = r["status"]
+    if st not in ("ok", "failed") or not r.get("fwd"):
+        return f"{st.upper() if st in ('failed', 'error') else st:>7}"
+    med = r["fwd"]["median"]
+    cell = f"{_ms(med):>7}{_us(med / T):>8}"
+    if st == "failed":
+        return cell + " FAILED"
+    if name == "native":
+        gf = r.get("gflops_fwd")
+        return cell + f"{(f'{gf:.1f}' if gf else '-'):>7}{_pct(r, 'peak_pct_fwd'):>5}"
+    ratio = r.get("ratio_fwd")
+    return cell + f"{(f'{ratio:.1f}x' if ratio else '-'):>6}"
+
+
+def _table_row(row, impls, forward=False):
     s = f"{row['cell']:<5}{row['threads']:>4}{row['B']:>5}{row['H']:>6} "
+    if forward:
+        for name in impls:
+            r = row["impls"].get(name, {"status": "n/a"})
+            s += "| " + _forward_cell(name, r, row["T"]).ljust(IMPL_W[name])
+        return s.rstrip()
     for name in impls:
         r = row["impls"].get(name, {"status": "n/a"})
         st = r["status"]
@@ -433,7 +515,7 @@ def _table_row(row, impls):
             fb = _ms(r["fwdbwd"]["median"])
             if name == "native":
                 gf = r.get("gflops")
-                cell = f"{fwd:>7}{fb:>8}{(f'{gf:.1f}' if gf else '-'):>7}"
+                cell = f"{fwd:>7}{fb:>8}{(f'{gf:.1f}' if gf else '-'):>7}{_pct(r, 'peak_pct'):>5}"
             else:
                 ratio = r.get("ratio")
                 cell = f"{fwd:>7}{fb:>8}{(f'{ratio:.1f}x' if ratio else '-'):>6}"
@@ -449,6 +531,8 @@ def _table_row(row, impls):
 
 def _bench_impl(name, p, threads, ref, cfg, best_rate, say):
     """One implementation at one point: set up, warm-up + check, time. Returns (record, outputs)."""
+    if cfg.get("forward"):
+        return _bench_forward(name, p, threads, ref, cfg, best_rate, say)
     key = (name, p.cell, threads)
     flops = 3 * p.flops_fwd
     rec = {"status": "ok"}
@@ -468,13 +552,7 @@ def _bench_impl(name, p, threads, ref, cfg, best_rate, say):
             rec["warmup"] = warm
             best_rate[key] = min(best_rate.get(key, float("inf")), warm / flops)
             res = impl.result()
-            if ref is not None:
-                errs, bad = _compare(res, ref, TOL[cfg["dtype"]])
-                rec["max_rel_err"] = errs
-                if bad:
-                    rec["status"] = "failed"
-                    say(f"!!! VALIDATION FAILED: {name} {p.cell} T={p.T} B={p.B} H={p.H} threads={threads} "
-                        f"{p.dtype}: " + "; ".join(bad), err=True)
+            _check(rec, name, p, threads, res, ref, cfg, say)
             if warm > limit:
                 rec["note"] = f"warm-up took {warm:.3g}s > --max-seconds"
                 if rec["status"] == "ok":
@@ -486,6 +564,52 @@ def _bench_impl(name, p, threads, ref, cfg, best_rate, say):
             fw = _time_runs(impl.forward, budget, cfg["min_time"], 3, cfg["repeat"])
         best_rate[key] = min(best_rate[key], statistics.median(fb) / flops)
         rec.update(fwd=_stats(fw), fwdbwd=_stats(fb))
+        return rec, res
+    except Exception as e:  # report and carry on with the other implementations
+        say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H} threads={threads}: {type(e).__name__}: {e}", err=True)
+        return {"status": "error", "note": f"{type(e).__name__}: {e}"}, None
+
+
+def _check(rec, name, p, threads, res, ref, cfg, say):
+    if ref is None:
+        return
+    errs, bad = _compare(res, ref, TOL[cfg["dtype"]])
+    rec["max_rel_err"] = errs
+    if bad:
+        rec["status"] = "failed"
+        say(f"!!! VALIDATION FAILED: {name} {p.cell} T={p.T} B={p.B} H={p.H} threads={threads} "
+            f"{p.dtype}: " + "; ".join(bad), err=True)
+
+
+def _bench_forward(name, p, threads, ref, cfg, best_rate, say):
+    """``--forward``: the inference forward alone (``infer`` where an implementation has one)."""
+    key = (name, p.cell, threads, "fwd")
+    flops = p.flops_fwd
+    rec = {"status": "ok"}
+    limit = float("inf") if name == "native" else cfg["max_seconds"]
+    if key in best_rate and best_rate[key] * flops > limit:
+        return {"status": "skipped", "note": "estimated forward time > --max-seconds"}, None
+    try:
+        impl = FACTORIES[name](p)
+    except _NotApplicable:
+        return {"status": "n/a"}, None
+    try:
+        fwd = getattr(impl, "infer", impl.forward)
+        with impl.threads(threads):
+            t0 = time.perf_counter()
+            hs = fwd()  # warm-up, and the run that is checked
+            warm = time.perf_counter() - t0
+            rec["warmup"] = warm
+            best_rate[key] = min(best_rate.get(key, float("inf")), warm / flops)
+            res = {"hs": np.array(hs)}
+            _check(rec, name, p, threads, res, ref, cfg, say)
+            if warm > limit:
+                rec["note"] = f"warm-up took {warm:.3g}s > --max-seconds"
+                if rec["status"] == "ok":
+                    rec["status"] = "skipped"
+                return rec, res
+            fw = _time_runs(fwd, max(cfg["max_seconds"], 2 * warm) / 2, cfg["min_time"], 3, cfg["repeat"])
+        rec["fwd"] = _stats(fw)
         return rec, res
     except Exception as e:  # report and carry on with the other implementations
         say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H} threads={threads}: {type(e).__name__}: {e}", err=True)
@@ -517,9 +641,9 @@ def run(cfg, say=print, progress=None):
                         row["impls"][name] = rec
                         if progress is not None:
                             progress.update(1)
-                    _ratios(row, p)
+                    _ratios(row, p, cfg.get("peak", {}).get(threads))
                     rows.append(row)
-                    say(_table_row(row, cfg["impls"]))
+                    say(_table_row(row, cfg["impls"], cfg.get("forward", False)))
                 del ref
     return rows
 
@@ -566,17 +690,28 @@ def run_load(cfg, say=print, progress=None):
     return rows
 
 
-def _ratios(row, p):
+def _ratios(row, p, peak=None):
+    """Native's GFLOP/s (and its share of the GEMM ``peak``), every other implementation's time
+    over native's."""
     nat = row["impls"].get("native", {})
     if nat.get("status") != "ok":
         return
-    nfb, nfw = nat["fwdbwd"]["median"], nat["fwd"]["median"]
-    nat["gflops"] = 3 * p.flops_fwd / nfb / 1e9
+    nfw = nat["fwd"]["median"]
     nat["gflops_fwd"] = p.flops_fwd / nfw / 1e9
+    nfb = nat["fwdbwd"]["median"] if nat.get("fwdbwd") else None
+    if nfb:
+        nat["gflops"] = 3 * p.flops_fwd / nfb / 1e9
+    if peak:
+        nat["peak_pct_fwd"] = 100 * nat["gflops_fwd"] / peak
+        if nfb:
+            nat["peak_pct"] = 100 * nat["gflops"] / peak
     for name, r in row["impls"].items():
-        if name != "native" and r.get("fwdbwd"):
-            r["ratio"] = r["fwdbwd"]["median"] / nfb
+        if name == "native":
+            continue
+        if r.get("fwd"):
             r["ratio_fwd"] = r["fwd"]["median"] / nfw
+        if nfb and r.get("fwdbwd"):
+            r["ratio"] = r["fwdbwd"]["median"] / nfb
 
 
 # -- the command line ----------------------------------------------------------------------------
@@ -644,6 +779,9 @@ def build_parser():
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     ap.add_argument("--no-textbook", action="store_true", help="leave the textbook NumPy RNN out")
     ap.add_argument("--no-twin", action="store_true", help="leave rnncore's NumPy twin out")
+    ap.add_argument("--forward", action="store_true",
+                    help="time inference alone: forwards (torch under no_grad), microseconds per step, ratios")
+    ap.add_argument("--no-peak", action="store_true", help="skip measuring the GEMM peak")
     ap.add_argument("--load", type=int, default=0, metavar="N",
                     help="start N busy processes (python -c 'while 1: pass') and compare rnncore's thread "
                          "counts under that load (native only, the counts taking turns)")
@@ -663,11 +801,12 @@ def _config(args):
              "max_seconds": args.max_seconds}
     cfg = dict(base, **{k: v for k, v in given.items() if v is not None})
     cfg["cells"] = list(dict.fromkeys(cfg["cells"]))
-    cfg.update(dtype=args.dtype, repeat=args.repeat, json=args.json, load=max(0, args.load))
+    cfg.update(dtype=args.dtype, repeat=args.repeat, json=args.json, load=max(0, args.load),
+               forward=args.forward, peak_wanted=not (args.no_peak or args.quick or args.load))
     impls = ["native"]
     if not args.no_twin:
         impls.append("twin")
-    if not args.no_textbook and "rnn" in cfg["cells"]:
+    if not args.no_textbook and "rnn" in cfg["cells"] and not args.forward:
         impls.append("textbook")
     if not args.no_torch:
         impls.append("torch")
@@ -708,12 +847,21 @@ def main(argv=None) -> int:
         print(line)
     if max(cfg["threads"]) > ncpu:
         print(f"  note: --threads {max(cfg['threads'])} exceeds the {ncpu} logical CPUs here")
+    cfg["peak"] = {}
+    if cfg["peak_wanted"]:
+        for n in cfg["threads"]:
+            pk = gemm_peak(n, cfg["dtype"])
+            cfg["peak"][n] = pk["gflops"]
+            env.setdefault("gemm_peak", []).append(pk)
+            print(f"GEMM peak, {n} thread(s): {pk['gflops']:.1f} GF/s ({pk['n']}^3 {pk['dtype']}; rnncore's BLAS "
+                  f"{pk['rnncore']:.1f}, NumPy's {pk['numpy']:.1f})")
+        sys.stdout.flush()
     print()
     if cfg["load"]:
         print(f"under load: native only, thread counts {cfg['threads']} taking turns run by run; "
               "times are medians of forward + backward; ratio > 1: slower than with the first count")
     else:
-        for line in _table_head(cfg["impls"]):
+        for line in _table_head(cfg["impls"], cfg["forward"]):
             print(line)
     sys.stdout.flush()
 
