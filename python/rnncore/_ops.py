@@ -1,16 +1,21 @@
 """The functional ops, written once over an implementation (native or the NumPy twin).
 
-``make_ops(impl)`` returns the six public functions; ``impl()`` gives the module whose
-``forward(inputs)`` and ``backward(cache, dhs, dh_n, dc_n)`` do the work. rnncore's exports
-pick the implementation from the active backend at each call; rnncore.reference always uses
-the twin. Checks run first, in Python, whatever the backend.
+``make_ops(impl)`` returns the six public functions; ``impl()`` gives the object whose
+``forward(inputs)`` and ``backward(cache, dhs, dh_n, dc_n)`` do the work. The ones defined at
+the bottom of this module (re-exported as ``rnncore.rnn_forward`` ...) pick the implementation
+from the active backend at each call; :mod:`rnncore.reference` makes its own over the twin.
+Checks run first, in Python, whatever the backend.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ._backend import implementation
 from ._cache import Cache
 from ._checks import grad_input, recurrent_inputs
+
+__all__ = ["make_ops", "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
+           "gru_backward", "OPS"]
 
 
 def _run_forward(impl, inp):
@@ -98,3 +103,12 @@ def make_ops(impl, module):
     for f in ops:
         f.__module__ = module
     return ops
+
+
+#: rnncore's public ops, on the backend active at each call
+(rnn_forward, rnn_backward, lstm_forward, lstm_backward, gru_forward, gru_backward) = make_ops(
+    implementation, "rnncore")
+
+#: the (forward, backward) pair of each cell
+OPS = {"rnn": (rnn_forward, rnn_backward), "lstm": (lstm_forward, lstm_backward),
+       "gru": (gru_forward, gru_backward)}

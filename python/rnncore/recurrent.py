@@ -29,6 +29,7 @@ from typing import List, Optional
 import numpy as np
 
 from ._checks import GATES, check_array, check_lengths, check_sequence, grad_input
+from ._ops import OPS
 
 __all__ = ["recurrent_forward", "recurrent_backward", "init_weights", "RecurrentCache", "MODES"]
 
@@ -130,16 +131,6 @@ def _reverse_index(lengths, T):
     t = np.arange(T)[:, None]
     lens = lengths[None, :].astype(np.int64)
     return np.where(t < lens, lens - 1 - t, t)
-
-
-def _ops(mode):
-    import rnncore
-
-    return {
-        "rnn": (rnncore.rnn_forward, rnncore.rnn_backward),
-        "lstm": (rnncore.lstm_forward, rnncore.lstm_backward),
-        "gru": (rnncore.gru_forward, rnncore.gru_backward),
-    }[mode]
 
 
 def _check_config(op, mode, num_layers, bidirectional, dropout, activation, reset_after):
@@ -269,7 +260,7 @@ def recurrent_forward(mode, x, weights, h0=None, c0=None, *, num_layers=1, bidir
     if use_dropout:
         rng = np.random.default_rng(rng)
 
-    fwd, _ = _ops(mode)
+    fwd, _ = OPS[mode]
     cache = RecurrentCache(mode, L, nd, H, batch_first, dt, x.shape, None, lengths, rev_index)
     h_n = np.empty(state_shape, dt)
     c_n = np.empty(state_shape, dt) if mode == "lstm" else None
@@ -346,7 +337,7 @@ def recurrent_backward(dout, cache, dh_n=None, dc_n=None):
         raise ValueError(f"{op}: dc_n is for mode='lstm' only, got a cache of mode={mode!r}")
     dc_n = grad_input(op, "dc_n", dc_n, state_shape, "(num_layers * num_dirs, B, H)", dt)
 
-    _, bwd = _ops(mode)
+    _, bwd = OPS[mode]
     dweights = [None] * (L * nd)
     dh0 = np.empty(state_shape, dt)
     dc0 = np.empty(state_shape, dt) if mode == "lstm" else None

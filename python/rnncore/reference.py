@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._ops import make_ops
+
 
 __all__ = [
     "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
@@ -233,14 +235,17 @@ def backward(cache, dhs, dh_n, dc_n):
             dc if inp.cell == "lstm" else None)
 
 
-# -- public functions: the same signatures as rnncore's ----------------------------------
-import sys  # noqa: E402
+# -- public functions: the same signatures as rnncore's, always on the twin above ---------
 
-from ._ops import make_ops  # noqa: E402
+class _Twin:
+    """The implementation interface of rnncore._ops.make_ops: the two driver functions above."""
 
-_this = sys.modules[__name__]
+    forward = staticmethod(forward)
+    backward = staticmethod(backward)
+
+
 (rnn_forward, rnn_backward, lstm_forward, lstm_backward, gru_forward, gru_backward) = make_ops(
-    lambda: _this, __name__)
+    lambda: _Twin, __name__)
 
 
 # -- the output layer: softmax + cross-entropy by rows (twin of csrc/softmax.h) -------------

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import rnncore as _rc
+from . import _ops as _rc
 from . import dense
 from .losses import softmax_cross_entropy, softmax_cross_entropy_backward
 

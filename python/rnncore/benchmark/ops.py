@@ -9,7 +9,9 @@ backward (BPTT) of:
 - ``textbook``: for ``rnn`` only, a NumPy RNN written the textbook way (one cell object per
   time step, per-step matmuls, a Python loop in backward: ``rnncore.textbook.layers.TimeRNN``);
 - ``torch``: ``torch.nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``, if PyTorch imports (forward with
-  autograd on, then ``out.backward(dout)``, the gradient of ``sum(out * dout)``).
+  autograd on, then ``out.backward(dout)``, the gradient of ``sum(out * dout)``);
+- ``ort`` (``--forward`` only): ONNX Runtime's ``RNN`` / ``LSTM`` / ``GRU`` operator on the
+  same weights, if ``onnxruntime`` and ``onnx`` import (float32).
 
 Every implementation is checked against native once, on its warm-up run, before it is
 timed; a mismatch is printed loudly and makes the exit status 1. Times are medians of
@@ -43,9 +45,13 @@ import time
 
 import numpy as np
 
+from .. import _ops
+from .._version import __version__
+from ..threads import blas_info, get_num_threads, num_threads
+
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 CELLS = tuple(GATES)
-IMPLS = ("native", "twin", "textbook", "torch")
+IMPLS = ("native", "twin", "textbook", "torch", "ort")
 
 DEFAULTS = dict(cells=["rnn"], batch=[1, 8, 64, 256], hidden=[128, 512], seq_len=100, threads=[1, 2])
 QUICK = dict(batch=[1, 8], hidden=[32, 64], seq_len=20, threads=[1], min_time=0.02, max_seconds=2.0)
@@ -127,14 +133,10 @@ class _NativeOps:
 
 class _Native(_NativeOps):
     def __init__(self, p):
-        import rnncore
-
-        super().__init__(rnncore, p)
+        super().__init__(_ops, p)
 
     def threads(self, n):
-        import rnncore
-
-        return rnncore.num_threads(n)
+        return num_threads(n)
 
 
 class _Twin(_NativeOps):
@@ -238,11 +240,49 @@ class _Torch:
             self.torch.set_num_threads(before)
 
 
+class _Ort:
+    """ONNX Runtime's RNN / LSTM / GRU operator on the same weights (:func:`rnncore.onnx.export_recurrent`):
+    a forward-only peer (inference), one session per thread count (ONNX Runtime fixes its
+    threads when a session is made)."""
+
+    def __init__(self, p):
+        import onnxruntime
+        from .. import onnx as rx
+
+        if p.dtype != np.float32:
+            raise _NotApplicable("onnxruntime's recurrent operators are float32 only")
+        self.ort, self.p = onnxruntime, p
+        model = rx.export_recurrent(p.cell, [(p.wx, p.wh, p.b_ih, p.b_hh)])
+        self.model = model.SerializeToString()
+        self.sessions, self.session = {}, None
+
+    def infer(self):
+        return self.session.run(["y"], {"x": self.p.x})[0]
+
+    forward = infer
+
+    def forward_backward(self):
+        raise _NotApplicable("ONNX Runtime runs inference only")
+
+    @contextlib.contextmanager
+    def threads(self, n):
+        if n not in self.sessions:
+            opts = self.ort.SessionOptions()
+            opts.intra_op_num_threads = n
+            opts.inter_op_num_threads = 1
+            self.sessions[n] = self.ort.InferenceSession(self.model, opts, providers=["CPUExecutionProvider"])
+        before, self.session = self.session, self.sessions[n]
+        try:
+            yield
+        finally:
+            self.session = before
+
+
 class _NotApplicable(Exception):
     pass
 
 
-FACTORIES = {"native": _Native, "twin": _Twin, "textbook": _Textbook, "torch": _Torch}
+FACTORIES = {"native": _Native, "twin": _Twin, "textbook": _Textbook, "torch": _Torch, "ort": _Ort}
 
 
 # -- timing --------------------------------------------------------------------------------------
@@ -312,7 +352,6 @@ def gemm_peak(threads, dtype="float32", n=PEAK_N, min_time=0.3):
     """GFLOP/s of an ``n x n x n`` GEMM at ``threads`` threads: the best of rnncore's BLAS
     (:func:`rnncore.dense.affine_forward`, on rnncore's thread team) and NumPy's BLAS (``@``).
     Returns ``{"gflops": best, "rnncore": ..., "numpy": ..., "n": n}``."""
-    import rnncore
     from .. import dense
 
     rng = np.random.default_rng(0)
@@ -320,7 +359,7 @@ def gemm_peak(threads, dtype="float32", n=PEAK_N, min_time=0.3):
     b = rng.standard_normal((n, n)).astype(dtype)
     flops = 2.0 * n ** 3
     rates = {}
-    with rnncore.num_threads(threads):
+    with num_threads(threads):
         dense.affine_forward(a, b)
         rates["rnncore"] = flops / min(_time_runs(lambda: dense.affine_forward(a, b), 10 * min_time,
                                                   min_time, 3, None)) / 1e9
@@ -348,29 +387,40 @@ def _cpu():
     return model, {f: (f in flags) if flags else None for f in ("avx2", "avx512f", "fma")}
 
 
-def environment(want_torch):
+def _onnxruntime_facts():
+    try:
+        import onnx
+        import onnxruntime
+
+        return {"version": onnxruntime.__version__, "onnx": onnx.__version__,
+                "providers": onnxruntime.get_available_providers()}
+    except Exception as e:  # ImportError, or a broken install
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def environment(want_torch, want_ort=False):
     """Facts that decide the numbers: CPU, ISA, BLAS builds and kernels, thread settings."""
-    import rnncore
     from threadpoolctl import threadpool_info
 
     model, isa = _cpu()
     env = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": model, "logical_cpus": os.cpu_count(), "isa": isa,
-        "python": platform.python_version(), "numpy": np.__version__, "rnncore": rnncore.__version__,
+        "python": platform.python_version(), "numpy": np.__version__, "rnncore": __version__,
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
     }
     try:
-        info = rnncore.blas_info()
+        info = blas_info()
         env["rnncore_blas"] = {k: info.get(k) for k in ("corename", "version", "config", "filepath", "num_threads")}
-        env["rnncore_threads"] = rnncore.get_num_threads()
+        env["rnncore_threads"] = get_num_threads()
     except RuntimeError as e:
         env["rnncore_blas"] = {"error": str(e)}
     mine = env["rnncore_blas"].get("filepath")
     env["numpy_blas"] = [
         {k: lib.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "filepath")}
         for lib in threadpool_info() if lib.get("user_api") == "blas" and lib.get("filepath") != mine]
+    env["onnxruntime"] = _onnxruntime_facts() if want_ort else None
     env["torch"] = None
     if want_torch:
         try:
@@ -407,6 +457,10 @@ def machine_lines(env):
     else:
         lines.append(f"torch: {t['version']}, default threads {t['threads']}, MKL {yn[t['mkl']]}, "
                      f"oneDNN {yn[t['mkldnn']]}")
+    o = env.get("onnxruntime")
+    if o is not None:
+        lines.append(f"onnxruntime: {o['version']} (onnx {o['onnx']}), session threads = the row's thread count, "
+                     "inter-op 1" if "error" not in o else f"onnxruntime: unavailable ({o['error']})")
     lines.append(f"env: OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE'] or '(unset)'}  "
                  f"OMP_NUM_THREADS={env['OMP_NUM_THREADS'] or '(unset)'}")
     if env["OPENBLAS_CORETYPE"]:
@@ -779,6 +833,7 @@ def build_parser():
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     ap.add_argument("--no-textbook", action="store_true", help="leave the textbook NumPy RNN out")
     ap.add_argument("--no-twin", action="store_true", help="leave rnncore's NumPy twin out")
+    ap.add_argument("--no-ort", action="store_true", help="--forward: leave ONNX Runtime out")
     ap.add_argument("--forward", action="store_true",
                     help="time inference alone: forwards (torch under no_grad), microseconds per step, ratios")
     ap.add_argument("--no-peak", action="store_true", help="skip measuring the GEMM peak")
@@ -810,6 +865,8 @@ def _config(args):
         impls.append("textbook")
     if not args.no_torch:
         impls.append("torch")
+    if args.forward and not args.no_ort:
+        impls.append("ort")
     cfg["impls"] = impls
     return cfg
 
@@ -831,17 +888,17 @@ def main(argv=None) -> int:
             print(f"rnncore bench: error: --json {cfg['json']}: folder {d} does not exist", file=sys.stderr)
             return 2
     try:
-        import rnncore
-
-        rnncore.get_num_threads()
+        get_num_threads()
     except (ImportError, RuntimeError) as e:
         print(f"rnncore bench: error: the native backend is unavailable: {e}", file=sys.stderr)
         return 1
 
-    env = environment("torch" in cfg["impls"])
+    env = environment("torch" in cfg["impls"], "ort" in cfg["impls"])
     env["load"] = cfg["load"]
     if "torch" in cfg["impls"] and (env["torch"] is None or "error" in env["torch"]):
         cfg["impls"].remove("torch")
+    if "ort" in cfg["impls"] and "error" in env["onnxruntime"]:
+        cfg["impls"].remove("ort")
     ncpu = os.cpu_count() or 1
     for line in _header_lines(env, cfg):
         print(line)

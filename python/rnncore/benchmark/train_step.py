@@ -58,12 +58,11 @@ def _time_steps(step, data, warmup):
 # -- workers (each in a process of its own) -------------------------------------------------------
 
 def worker_rnncore(cell, steps, threads):
-    import rnncore
-    from rnncore.models import LanguageModel
-    from rnncore.optim import Adam, clip_grads
-    from rnncore.threads import hold_numpy_blas
+    from ..models import LanguageModel
+    from ..optim import Adam, clip_grads
+    from ..threads import hold_numpy_blas, set_num_threads, get_num_threads
 
-    rnncore.set_num_threads(threads)
+    set_num_threads(threads)
     model = LanguageModel(V, H, embed_size=E, cell=cell)
     opt = Adam(lr=3e-3)
 
@@ -76,7 +75,7 @@ def worker_rnncore(cell, steps, threads):
 
     with hold_numpy_blas(1):  # as rnncore train does
         times, losses = _time_steps(step, _batches(steps + 5, V, B, T), 5)
-    return {"times": times, "threads": rnncore.get_num_threads()}
+    return {"times": times, "threads": get_num_threads()}
 
 
 def worker_torch(cell, steps, threads):
@@ -103,9 +102,10 @@ def worker_torch(cell, steps, threads):
 
 
 def worker_interference(reps, threads):
-    import rnncore
+    from .._ops import lstm_backward, lstm_forward
+    from ..threads import set_num_threads
 
-    rnncore.set_num_threads(threads)
+    set_num_threads(threads)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((B, T, E)).astype(np.float32)
     wx = (rng.standard_normal((E, 4 * H)) * 0.1).astype(np.float32)
@@ -116,8 +116,8 @@ def worker_interference(reps, threads):
 
     def call():
         t0 = time.perf_counter()
-        hs, _, _, cache = rnncore.lstm_forward(x, wx, wh, b, b, batch_first=True)
-        rnncore.lstm_backward(dhs, cache)
+        hs, _, _, cache = lstm_forward(x, wx, wh, b, b, batch_first=True)
+        lstm_backward(dhs, cache)
         return time.perf_counter() - t0
 
     alone, beside = [], []
@@ -136,12 +136,12 @@ def worker_interference(reps, threads):
 
 
 def worker_textbook(model_name, layers_name, iters, warmup=1):
-    from rnncore.textbook import models
+    from ..textbook import models
 
     if layers_name == "rnncore":
-        from rnncore import time_layers as layers
+        from .. import time_layers as layers
     else:
-        from rnncore.textbook import layers
+        from ..textbook import layers
     vocab, wordvec, hidden, batch, steps = TEXTBOOK[model_name]
     model = models.MODELS[model_name](layers, vocab, wordvec, hidden)
     lr = np.float32(0.1)
