@@ -54,7 +54,7 @@ import numpy as np
 
 from . import interop, recurrent
 
-__all__ = ["OPSET", "IR_VERSION", "export_recurrent", "export_layer", "export_model"]
+__all__ = ["OPSET", "IR_VERSION", "export_recurrent", "export_layer", "export_model", "require"]
 
 #: ONNX operator set of the exported graphs (onnx >= 1.12, onnxruntime >= 1.12)
 OPSET = 17
@@ -68,7 +68,8 @@ _ACTIVATIONS = {"tanh": "Tanh", "relu": "Relu", "sigmoid": "Sigmoid"}
 _BATCH, _TIME = "batch", "time"
 
 
-def _onnx():
+def require():
+    """The ``onnx`` module; ImportError with the install command when it is missing."""
     try:
         import onnx
     except ImportError as e:
@@ -81,7 +82,7 @@ class _Graph:
     """The nodes, initializers, inputs and outputs of one graph, with unique tensor names."""
 
     def __init__(self, dtype: np.dtype):
-        self.onnx = _onnx()
+        self.onnx = require()
         self.dtype = np.dtype(dtype)
         self.elem = self.onnx.helper.np_dtype_to_tensor_dtype(self.dtype)
         self.nodes, self.initializers, self.inputs, self.outputs = [], [], [], []
@@ -260,7 +261,7 @@ def _check_path(op, path):
 
 def _save(model, path):
     if path is not None:
-        _onnx().save_model(model, path)
+        require().save_model(model, path)
     return model
 
 
