@@ -102,14 +102,14 @@ class _Graph:
         return self.const(stem, np.asarray(values, dtype=np.int64))
 
     def node(self, op: str, inputs, outputs=None, **attrs):
-        """Add an ``op`` node; ``outputs`` a count of fresh names or a list of names. Returns
-        the output name (one output) or the list of them."""
-        if outputs is None or isinstance(outputs, int):
-            outputs = [self.fresh(op.lower()) for _ in range(outputs or 1)]
+        """Add an ``op`` node. ``outputs``: None (one output, a fresh name) or one name --
+        that name is returned -- or a list of names, returned as given."""
+        single = outputs is None or isinstance(outputs, str)
+        names = [outputs or self.fresh(op.lower())] if single else list(outputs)
         while inputs and inputs[-1] == "":  # trailing optional inputs are left out
             inputs = inputs[:-1]
-        self.nodes.append(self.onnx.helper.make_node(op, list(inputs), list(outputs), name=self.fresh(op), **attrs))
-        return outputs[0] if len(outputs) == 1 else list(outputs)
+        self.nodes.append(self.onnx.helper.make_node(op, list(inputs), names, name=self.fresh(op), **attrs))
+        return names[0] if single else names
 
     def input(self, name: str, elem, shape) -> str:
         self.inputs.append(self.onnx.helper.make_tensor_value_info(name, elem, shape))
@@ -139,8 +139,9 @@ def _onnx_weights(mode, weights, num_layers, num_dirs, dtype):
     sd = interop.to_state_dict(mode, weights, num_layers=num_layers, bidirectional=num_dirs == 2)
     order = _ONNX_GATES[mode]
 
-    def blocks(a):  # the gate blocks of a (G*H, ...) array, reordered
-        return np.concatenate([a[g * len(a) // len(order):(g + 1) * len(a) // len(order)] for g in order])
+    def blocks(a):  # a's G gate blocks (rows) in ONNX's order
+        parts = np.split(a, len(order))
+        return np.concatenate([parts[i] for i in order])
 
     per_layer = []
     for layer in range(num_layers):
@@ -154,39 +155,40 @@ def _onnx_weights(mode, weights, num_layers, num_dirs, dtype):
 
 # -- graph pieces -----------------------------------------------------------------------------
 
-def _stack(g, mode, layer_weights, x, seq_lens, h0, c0, *, hidden_size, activation, reset_after,
-           out_names=(None, None)):
-    """The recurrent stack on time-major ``x`` [T, B, D]: returns the last layer's ``Y``
-    [T, num_dirs, B, H] and the final states h_n, c_n [num_layers * num_dirs, B, H]
-    (c_n None unless LSTM), named ``out_names`` when given."""
-    H = hidden_size
-    L = len(layer_weights)
-    nd = layer_weights[0][0].shape[0]
+def _stack(g, mode, weights, num_layers, num_dirs, H, x, seq_lens, h0, c0, *, activation, reset_after,
+           final_states=None):
+    """The recurrent stack (rnncore's ``weights``, checked) on time-major ``x`` [T, B, D];
+    returns the last layer's ``Y`` [T, num_dirs, B, H]. ``h0``/``c0`` are
+    [num_layers * num_dirs, B, H] state tensors or None (zeros). ``final_states`` names the
+    outputs that receive the final states [num_layers * num_dirs, B, H]: ``("h_n",)``, or
+    ``("h_n", "c_n")`` for LSTM; None leaves them out."""
+    L, nd = num_layers, num_dirs
+    layer_weights = _onnx_weights(mode, weights, L, nd, g.dtype)
     attrs = {"hidden_size": H, "direction": "bidirectional" if nd == 2 else "forward"}
     if mode == "rnn":
         attrs["activations"] = [_ACTIVATIONS[activation]] * nd
     if mode == "gru":
         attrs["linear_before_reset"] = 1 if reset_after else 0
-    n_out = 3 if mode == "lstm" else 2
-    ys, hs, cs = None, [], []
+    states = (h0, c0) if mode == "lstm" else (h0,)
+    per_layer = []  # each layer's final-state outputs [num_dirs, B, H]
+    y = None
     for layer, (W, R, B) in enumerate(layer_weights):
         if layer > 0:
-            x = _merge_directions(g, ys, nd, H, batch_first=False)
-        init = [_state_slice(g, s, layer, nd) if s is not None else "" for s in (h0, c0)]
-        outputs = n_out
-        if L == 1:
-            outputs = [g.fresh("y"), out_names[0] or g.fresh("h_n"), out_names[1] or g.fresh("c_n")][:n_out]
-        results = g.node(_OP_TYPE[mode], [x, g.const("W", W), g.const("R", R), g.const("B", B), seq_lens or "",
-                                          *init[:2 if mode == "lstm" else 1]], outputs, **attrs)
-        ys = results[0]
-        hs.append(results[1])
-        if mode == "lstm":
-            cs.append(results[2])
-    if L > 1:
-        hs = [g.node("Concat", hs, [out_names[0]] if out_names[0] else None, axis=0)]
-        if mode == "lstm":
-            cs = [g.node("Concat", cs, [out_names[1]] if out_names[1] else None, axis=0)]
-    return ys, hs[0], (cs[0] if cs else None)
+            x = _merge_directions(g, y, nd, H, batch_first=False)
+        init = [_state_slice(g, s, layer, nd) if s is not None else "" for s in states]
+        if final_states is None:
+            finals = []  # the operator's optional state outputs are left out
+        elif L == 1:
+            finals = list(final_states)
+        else:
+            finals = [g.fresh(n) for n in final_states]
+        y, *_ = g.node(_OP_TYPE[mode], [x, g.const("W", W), g.const("R", R), g.const("B", B), seq_lens or "", *init],
+                       [g.fresh("y"), *finals], **attrs)
+        per_layer.append(finals)
+    if final_states is not None and L > 1:
+        for k, name in enumerate(final_states):
+            g.node("Concat", [finals[k] for finals in per_layer], name, axis=0)
+    return y
 
 
 def _state_slice(g, state, layer, nd):
@@ -197,13 +199,13 @@ def _state_slice(g, state, layer, nd):
 
 def _merge_directions(g, y, nd, H, *, batch_first, name=None):
     """ONNX's ``Y`` [T, num_dirs, B, H] -> [T, B, num_dirs*H] (forward direction first), or
-    [B, T, num_dirs*H] with ``batch_first``."""
-    out = [name] if name else None
+    [B, T, num_dirs*H] with ``batch_first``; the result is named ``name`` when given."""
     if nd == 1:
-        y = g.node("Squeeze", [y, g.ints("axes", [1])], None if batch_first else out)
-        return g.node("Transpose", [y], out, perm=[1, 0, 2]) if batch_first else y
+        if not batch_first:
+            return g.node("Squeeze", [y, g.ints("axes", [1])], name)
+        return g.node("Transpose", [g.node("Squeeze", [y, g.ints("axes", [1])])], name, perm=[1, 0, 2])
     y = g.node("Transpose", [y], perm=[2, 0, 1, 3] if batch_first else [0, 2, 1, 3])
-    return g.node("Reshape", [y, g.ints("shape", [0, 0, nd * H])], out)
+    return g.node("Reshape", [y, g.ints("shape", [0, 0, nd * H])], name)
 
 
 def _lengths_input(g, with_lengths):
@@ -215,16 +217,22 @@ def _lengths_input(g, with_lengths):
     return g.node("Cast", ["lengths"], to=onnx.TensorProto.INT32)
 
 
-def _state_io(g, mode, state_rows, H, with_inputs, with_outputs):
-    """Inputs ``h0`` (and ``c0``) and outputs ``h_n`` (and ``c_n``), each
-    [num_layers * num_dirs, batch, H]; returns the input names (None where absent)."""
-    names = ("h", "c") if mode == "lstm" else ("h",)
-    shape = [state_rows, _BATCH, H]
-    ins = [g.input(f"{n}0", g.elem, shape) if with_inputs else None for n in names]
-    if with_outputs:
-        for n in names:
-            g.output(f"{n}_n", g.elem, shape)
-    return (ins + [None])[:2]
+def _state_names(mode):
+    return ("h", "c") if mode == "lstm" else ("h",)
+
+
+def _state_inputs(g, mode, rows, H):
+    """Inputs ``h0`` (and ``c0`` for LSTM), each [rows, batch, H]; returns (h0, c0 or None)."""
+    names = [g.input(f"{n}0", g.elem, [rows, _BATCH, H]) for n in _state_names(mode)]
+    return (names + [None])[:2]
+
+
+def _state_outputs(g, mode, rows, H):
+    """Outputs ``h_n`` (and ``c_n`` for LSTM), each [rows, batch, H]; returns their names."""
+    names = tuple(f"{n}_n" for n in _state_names(mode))
+    for n in names:
+        g.output(n, g.elem, [rows, _BATCH, H])
+    return names
 
 
 # -- argument checks --------------------------------------------------------------------------
@@ -245,6 +253,19 @@ def _export_dtype(op, weights_dtype, dtype):
     if dt not in (np.float32, np.float64):
         raise TypeError(f"{op}: dtype must be None, float32 or float64, got {dt}")
     return dt
+
+
+def _first_wx(op, weights):
+    """``weights[0][0]``, the first layer's wx, whose rows give D and whose dtype the rest
+    must share (:func:`rnncore.recurrent._check_weights` checks them all)."""
+    try:
+        wx = weights[0][0]
+    except (TypeError, IndexError, KeyError):
+        wx = None
+    if not isinstance(weights, (list, tuple)) or not isinstance(wx, np.ndarray) or wx.ndim != 2:
+        raise TypeError(f"{op}: weights must be a list of (wx, wh, b_ih, b_hh) tuples of numpy arrays "
+                        f"(wx (D, G*H) first), got {type(weights).__name__}")
+    return wx
 
 
 def _check_path(op, path):
@@ -298,28 +319,22 @@ def export_recurrent(mode, weights, path=None, *, num_layers=1, bidirectional=Fa
     with_state = _check_flag(op, "initial_state", initial_state)
     if mode == "rnn" and activation not in _ACTIVATIONS:
         raise ValueError(f"{op}: activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
-    first = weights[0][0] if isinstance(weights, (list, tuple)) and weights and isinstance(
-        weights[0], (list, tuple)) and weights[0] else None
-    if not isinstance(first, np.ndarray) or first.ndim != 2:
-        raise TypeError(f"{op}: weights must be a list of (wx, wh, b_ih, b_hh) tuples of numpy arrays, "
-                        f"wx (D, G*H) first")
-    D = first.shape[0]
-    H = recurrent._check_weights(op, mode, weights, L, nd, D, first.dtype)
-    dt = _export_dtype(op, first.dtype, dtype)
+    wx0 = _first_wx(op, weights)
+    D = wx0.shape[0]
+    H = recurrent._check_weights(op, mode, weights, L, nd, D, wx0.dtype)
+    g = _Graph(_export_dtype(op, wx0.dtype, dtype))
     path = _check_path(op, path)
 
-    g = _Graph(dt)
     time_batch = [_BATCH, _TIME] if batch_first else [_TIME, _BATCH]
     x = g.input("x", g.elem, [*time_batch, D])
     seq_lens = _lengths_input(g, with_lengths)
-    h0, c0 = _state_io(g, mode, L * nd, H, with_state, with_outputs=False)
+    h0, c0 = _state_inputs(g, mode, L * nd, H) if with_state else (None, None)
     g.output("y", g.elem, [*time_batch, nd * H])
-    _state_io(g, mode, L * nd, H, False, with_outputs=True)
+    final_states = _state_outputs(g, mode, L * nd, H)
     if batch_first:
         x = g.node("Transpose", [x], perm=[1, 0, 2])
-    y, _, _ = _stack(g, mode, _onnx_weights(mode, weights, L, nd, dt), x, seq_lens, h0, c0, hidden_size=H,
-                     activation=activation, reset_after=reset_after,
-                     out_names=("h_n", "c_n" if mode == "lstm" else None))
+    y = _stack(g, mode, weights, L, nd, H, x, seq_lens, h0, c0, activation=activation, reset_after=reset_after,
+               final_states=final_states)
     _merge_directions(g, y, nd, H, batch_first=batch_first, name="y")
     flavour = "" if mode != "gru" else (" (reset after)" if reset_after else " (reset before)")
     doc = (f"rnncore {mode}{flavour}: {L} layer(s), {'bidirectional' if nd == 2 else 'unidirectional'}, "
@@ -372,25 +387,23 @@ def export_model(model, path=None, *, lengths=False, state=False, dtype=None):
     rnn = model.rnn
     E = model.embed.params[0]
     Wy, by = model.linear.params
-    dt = _export_dtype(op, E.dtype, dtype)
+    g = _Graph(_export_dtype(op, E.dtype, dtype))
     path = _check_path(op, path)
     V, H, rows = E.shape[0], rnn.hidden_size, rnn.num_layers * rnn.num_dirs
 
-    g = _Graph(dt)
     g.input("tokens", g.onnx.TensorProto.INT64, [_BATCH, _TIME])
     seq_lens = _lengths_input(g, with_lengths)
-    h0, c0 = _state_io(g, rnn.mode, rows, H, with_state, with_outputs=False)
+    h0, c0 = _state_inputs(g, rnn.mode, rows, H) if with_state else (None, None)
     g.output("scores", g.elem, [_BATCH, _TIME, V])
-    _state_io(g, rnn.mode, rows, H, False, with_outputs=with_state)
+    final_states = _state_outputs(g, rnn.mode, rows, H) if with_state else None
     tokens_tm = g.node("Transpose", ["tokens"], perm=[1, 0])
-    x = g.node("Gather", [g.const("embedding", E.astype(dt)), tokens_tm], axis=0)  # [T, B, D]
-    names = ("h_n", "c_n" if rnn.mode == "lstm" else None) if with_state else (None, None)
-    y, _, _ = _stack(g, rnn.mode, _onnx_weights(rnn.mode, rnn.weights, rnn.num_layers, rnn.num_dirs, dt), x,
-                     seq_lens, h0, c0, hidden_size=H, activation=rnn.cell_kw.get("activation", "tanh"),
-                     reset_after=rnn.cell_kw.get("reset_after", True), out_names=names)
+    x = g.node("Gather", [g.const("embedding", E.astype(g.dtype)), tokens_tm], axis=0)  # [T, B, D]
+    y = _stack(g, rnn.mode, rnn.weights, rnn.num_layers, rnn.num_dirs, H, x, seq_lens, h0, c0,
+               activation=rnn.cell_kw.get("activation", "tanh"), reset_after=rnn.cell_kw.get("reset_after", True),
+               final_states=final_states)
     hs = _merge_directions(g, y, rnn.num_dirs, H, batch_first=True)  # [B, T, H]
-    logits = g.node("MatMul", [hs, g.const("decoder_weight", Wy.astype(dt))])
-    g.node("Add", [logits, g.const("decoder_bias", by.astype(dt))], ["scores"])
+    logits = g.node("MatMul", [hs, g.const("decoder_weight", Wy.astype(g.dtype))])
+    g.node("Add", [logits, g.const("decoder_bias", by.astype(g.dtype))], "scores")
     cfg = model.config
     doc = (f"rnncore LanguageModel: {cfg['cell']}, {cfg['num_layers']} layer(s), vocab {V}, embed "
            f"{cfg['embed_size']}, hidden {H}; tokens [batch, time] int64 -> scores (logits) [batch, time, vocab]")
