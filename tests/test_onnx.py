@@ -302,10 +302,30 @@ def test_language_model_float64_exports_as_float32(rng):
     assert_close(scores.astype(np.float64), lm_scores(model, tokens), K32, "scores")
 
 
-def test_out_of_range_token_is_an_error_in_onnxruntime():
-    s = session(rnncore_onnx.export_model(LanguageModel(7, 4, embed_size=3, seed=1)))
+def test_token_ids_in_onnxruntime_where_rnncore_raises():
+    """As documented: an id >= V is an error, a negative id -k is the k-th from the end."""
+    model = LanguageModel(7, 4, embed_size=3, seed=1)
+    s = session(rnncore_onnx.export_model(model))
     with pytest.raises(Exception, match="out of"):
         s.run(None, {"tokens": np.array([[1, 7]])})
+    with pytest.raises(ValueError, match="ids must lie in"):
+        lm_scores(model, np.array([[1, -1]]))
+    negative, = s.run(None, {"tokens": np.array([[1, -1]])})
+    assert_close(negative, lm_scores(model, np.array([[1, 6]])), K32, "scores")
+
+
+def test_lengths_in_onnxruntime_where_rnncore_raises(rng):
+    """As documented: lengths above T are an error; a length of 0 gives zero outputs and
+    zero final states even from a given initial state."""
+    weights, x, h0, _ = case_arrays(rng, "gru", 3, 4, 1, 2, 5, 2, False)
+    s = session(rnncore_onnx.export_recurrent("gru", weights, bidirectional=True, lengths=True, initial_state=True))
+    with pytest.raises(Exception, match="sequence_lens"):
+        s.run(None, {"x": x, "lengths": np.array([6, 2]), "h0": h0})
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        rnncore.recurrent_forward("gru", x, weights, h0, bidirectional=True, lengths=np.array([0, 2]))
+    y, h_n = s.run(None, {"x": x, "lengths": np.array([0, 2]), "h0": h0})
+    assert np.all(y[:, 0] == 0) and np.all(h_n[:, 0] == 0) and np.all(h0[:, 0] != 0)
+    assert np.any(y[:2, 1] != 0)
 
 
 # -- rnncore export ---------------------------------------------------------------------------

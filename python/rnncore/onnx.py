@@ -29,19 +29,20 @@ tests/test_onnx.py):
 - ``lengths`` (an optional int64 (batch,) input, fed to the operators' ``sequence_lens``):
   outputs past a sequence's length are zero, the final states are those at each sequence's
   last valid step and the reverse direction reads each sequence backwards from its own last
-  step -- as rnncore (and PyTorch's packed sequences) do. Lengths outside [1, T] are not
-  checked by the graph; rnncore raises for them.
+  step -- as rnncore (and PyTorch's packed sequences) do. rnncore raises for lengths
+  outside [1, T]; onnxruntime rejects those below 0 or above T but runs a length of 0
+  (zero outputs and zero final states, even from a given initial state).
 - Dropout is left out: the graphs are the evaluation-mode forward.
 - The LSTM and GRU gate activations are the standard ones; the Elman cell's ``activation``
   ("tanh", "relu", "sigmoid") becomes the RNN operator's ``activations``.
-- ``Gather`` takes negative token ids as counted from the end of the vocabulary; rnncore
-  raises for any id outside [0, V).
+- Token ids: rnncore raises for any id outside [0, V); onnxruntime's ``Gather`` rejects
+  ids >= V but takes a negative id -k as the k-th row from the end of the embedding.
 - Stateful (truncated BPTT) use: give ``initial_state=True`` / ``state=True`` to get initial
   state inputs and final state outputs and carry them yourself; without them every run
   starts from zeros.
-- float64 weights give a float64 graph (valid ONNX); onnxruntime's CPU provider implements
-  the LSTM, GRU and RNN operators in float32 only, so pass ``dtype=np.float32`` to export a
-  float64 model for onnxruntime.
+- float64 weights give a float64 graph (valid ONNX, and it runs in onnx's reference
+  evaluator); onnxruntime's CPU provider implements the LSTM, GRU and RNN operators in
+  float32 only, so pass ``dtype=np.float32`` to export a float64 model for onnxruntime.
 
 ``onnx`` is an optional dependency (``pip install 'rnncore[onnx]'``), imported only by this
 module; ``import rnncore`` never loads it.
