@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -105,6 +106,32 @@ def test_stack_from_zero_state_over_full_length(name, cell, kw, bidirectional, r
     assert_close(got["y"], out, K32, "y")
     assert_close(got["h_n"], h_n, K32, "h_n")
     assert_close(got.get("c_n"), c_n, K32, "c_n")
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(case=st.tuples(st.sampled_from(range(len(CELLS))), st.integers(1, 3), st.booleans(), st.booleans(),
+                      st.integers(1, 6), st.integers(1, 4), st.integers(1, 5), st.integers(1, 5),
+                      st.integers(0, 2**32 - 1)))
+def test_random_configurations_match_rnncore(case):
+    """Sizes down to 1 (T, B, D, H), any lengths in [1, T], initial states or zeros."""
+    k, L, bidirectional, batch_first, T, B, D, H, seed = case
+    name, cell, kw = CELLS[k]
+    rng = np.random.default_rng(seed)
+    nd = 2 if bidirectional else 1
+    weights, x, h0, c0 = case_arrays(rng, cell, D, H, L, nd, T, B, batch_first)
+    lengths = rng.integers(1, T + 1, B)
+    if rng.random() < 0.5:
+        h0 = c0 = None
+    model = rnncore_onnx.export_recurrent(cell, weights, num_layers=L, bidirectional=bidirectional,
+                                          batch_first=batch_first, lengths=True, initial_state=h0 is not None, **kw)
+    feeds = {"x": x, "lengths": lengths, **({"h0": h0} if h0 is not None else {}),
+             **({"c0": c0} if c0 is not None else {})}
+    got = run(model, **feeds)
+    out, h_n, c_n, _ = rnncore.recurrent_forward(cell, x, weights, h0, c0, num_layers=L, bidirectional=bidirectional,
+                                                 batch_first=batch_first, lengths=lengths, **kw)
+    assert_close(got["y"], out, K32, f"y {name}")
+    assert_close(got["h_n"], h_n, K32, f"h_n {name}")
+    assert_close(got.get("c_n"), c_n, K32, f"c_n {name}")
 
 
 def test_reverse_direction_reads_each_sequence_from_its_own_end(rng):
