@@ -1,8 +1,9 @@
-"""The ``rnncore`` command line: ``train``, ``sample`` and ``bench``.
+"""The ``rnncore`` command line: ``train``, ``sample``, ``export`` and ``bench``.
 
 ``rnncore train`` with no arguments trains a character-level LSTM language model on the
 Python standard library's own sources (no download) and reports its validation perplexity
-against the unigram baseline. ``rnncore sample CHECKPOINT`` writes text from a trained model.
+against the unigram baseline. ``rnncore sample CHECKPOINT`` writes text from a trained model;
+``rnncore export CHECKPOINT OUT.onnx`` writes it as an ONNX graph (:mod:`rnncore.onnx`).
 ``rnncore bench`` prints the backend comparison table (:mod:`rnncore.benchmark`).
 Bad arguments give a one-line message on stderr and a non-zero exit, never a traceback.
 """
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="rnncore", description="Fast CPU recurrent networks: train and sample language models, "
                                               "compare backends.")
     ap.add_argument("--version", action="version", version=_version())
-    sub = ap.add_subparsers(dest="command", metavar="{train,sample,bench}")
+    sub = ap.add_subparsers(dest="command", metavar="{train,sample,export,bench}")
 
     t = sub.add_parser("train", help="train a language model (default: character LSTM on the stdlib sources)",
                        description="Train a recurrent language model with truncated BPTT. With no options: a "
@@ -94,9 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="random seed (default: fresh randomness)")
     s.add_argument("--backend", choices=("native", "numpy"), help="implementation of the recurrent ops")
 
+    _add_export_parser(sub)
     sub.add_parser("bench", help="compare rnncore's backends (and PyTorch if installed); see rnncore bench --help",
                    add_help=False)
     return ap
+
+
+def _add_export_parser(sub):
+    e = sub.add_parser("export", help="write a checkpoint's language model as an ONNX graph",
+                       description="Write the language model of a checkpoint from rnncore train as an ONNX graph "
+                                   "(needs the onnx package: pip install 'rnncore[onnx]'). The graph maps tokens "
+                                   "[batch, time] int64 to scores [batch, time, vocab], the logits "
+                                   "LanguageModel.predict returns from a fresh state.")
+    e.add_argument("checkpoint", metavar="CHECKPOINT", help="model.npz from rnncore train")
+    e.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
+    e.add_argument("--lengths", action="store_true",
+                   help="add the input lengths [batch] int64: each sequence's valid steps")
+    e.add_argument("--state", action="store_true",
+                   help="add the inputs h0 (and c0) and outputs h_n (and c_n) to carry the state between calls")
+    e.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="float type of the graph (default the checkpoint's; onnxruntime runs the recurrent "
+                        "operators in float32 only)")
 
 
 def _version():
@@ -152,6 +171,38 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _signature(values) -> str:
+    """``name [dim, ...]`` of a graph's inputs or outputs, symbolic dims by name."""
+    return ", ".join(f"{v.name} [{', '.join(d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim)}]"
+                     for v in values)
+
+
+def _cmd_export(args) -> int:
+    import os
+
+    from .models import LanguageModel
+
+    try:
+        from . import onnx as rnncore_onnx
+
+        rnncore_onnx.require()
+    except ImportError as e:
+        print(f"rnncore export: error: {e}", file=sys.stderr)
+        return 1
+    model = LanguageModel.load(args.checkpoint)
+    if os.path.exists(args.out) and os.path.samefile(args.out, args.checkpoint):
+        raise ValueError(f"OUT.onnx {args.out!r} is the checkpoint itself; give another file name")
+    proto = rnncore_onnx.export_model(model, args.out, lengths=args.lengths, state=args.state, dtype=args.dtype)
+    cfg = model.config
+    dtype = args.dtype or cfg["dtype"]
+    print(f"wrote {args.out}: {cfg['cell']}, {cfg['num_layers']} layer(s), vocab {cfg['vocab_size']}, {dtype}, "
+          f"opset {rnncore_onnx.OPSET}; {_signature(proto.graph.input)} -> {_signature(proto.graph.output)}")
+    if dtype == "float64":
+        print("rnncore export: note: onnxruntime's CPU provider runs RNN/LSTM/GRU in float32 only; "
+              "export with --dtype float32 to run the graph there", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     """Entry point of the ``rnncore`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -173,12 +224,14 @@ def main(argv=None) -> int:
             return 2
         if args.command == "train":
             return _cmd_train(args)
+        if args.command == "export":
+            return _cmd_export(args)
         return _cmd_sample(args)
     except KeyboardInterrupt:
         print("rnncore: interrupted", file=sys.stderr)
         return 130
     except (OSError, ValueError, TypeError, RuntimeError, KeyError, FloatingPointError) as e:
-        cmd = argv[0] if argv and argv[0] in ("train", "sample") else ""
+        cmd = argv[0] if argv and argv[0] in ("train", "sample", "export") else ""
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"rnncore{' ' + cmd if cmd else ''}: error: {msg}", file=sys.stderr)
         return 1
