@@ -252,7 +252,8 @@ class _Ort:
         if p.dtype != np.float32:
             raise _NotApplicable("onnxruntime's recurrent operators are float32 only")
         self.ort, self.p = onnxruntime, p
-        model = rx.export_recurrent(p.cell, [(p.wx, p.wh, p.b_ih, p.b_hh)])
+        b_hh = p.b_hh if p.b_hh is not None else np.zeros_like(p.b_ih)  # rnn: one bias, b_hh = 0
+        model = rx.export_recurrent(p.cell, [(p.wx, p.wh, p.b_ih, b_hh)])
         self.model = model.SerializeToString()
         self.sessions, self.session = {}, None
 
@@ -598,6 +599,9 @@ def _bench_impl(name, p, threads, ref, cfg, best_rate, say):
         impl = FACTORIES[name](p)
     except _NotApplicable:
         return {"status": "n/a"}, None
+    except Exception as e:  # an implementation that cannot be set up here: report, carry on
+        say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H}: setting up: {type(e).__name__}: {e}", err=True)
+        return {"status": "error", "note": f"{type(e).__name__}: {e}"}, None
     try:
         with impl.threads(threads):
             t0 = time.perf_counter()
@@ -647,6 +651,9 @@ def _bench_forward(name, p, threads, ref, cfg, best_rate, say):
         impl = FACTORIES[name](p)
     except _NotApplicable:
         return {"status": "n/a"}, None
+    except Exception as e:  # an implementation that cannot be set up here: report, carry on
+        say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H}: setting up: {type(e).__name__}: {e}", err=True)
+        return {"status": "error", "note": f"{type(e).__name__}: {e}"}, None
     try:
         fwd = getattr(impl, "infer", impl.forward)
         with impl.threads(threads):
