@@ -120,7 +120,7 @@ class _Graph:
         self.outputs.append(self.onnx.helper.make_tensor_value_info(name, elem, shape))
 
     def model(self, graph_name: str, doc: str):
-        from . import __version__
+        from ._version import __version__
 
         helper = self.onnx.helper
         graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.initializers)
