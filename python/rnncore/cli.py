@@ -109,6 +109,7 @@ def _version():
 
 
 def _cmd_train(args) -> int:
+    from .distributed import world_from_launcher
     from .train import TrainConfig, train
 
     cfg = TrainConfig(corpus=args.corpus, level=args.level, cell=args.cell, hidden=args.hidden, embed=args.embed,
@@ -117,7 +118,7 @@ def _cmd_train(args) -> int:
                       eval_every=args.eval_every, sample_every=args.sample_every, max_chars=args.max_chars,
                       dtype=args.dtype, seed=args.seed, out=args.out, resume=args.resume, backend=args.backend,
                       threads=args.threads, progress=not args.no_progress)
-    train(cfg)
+    train(cfg, comm=world_from_launcher())  # under mpiexec -n N (N > 1): data-parallel over the N ranks
     return 0
 
 
