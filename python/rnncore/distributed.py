@@ -362,4 +362,6 @@ def abort_on_error(comm, *, prog: str = "rnncore", quiet=(), passthrough=()):
             sys.stderr.flush()
         finally:
             comm.Abort(1)
-        raise  # only if Abort returned (a fake communicator)
+            if _is_mpi4py(comm):
+                os._exit(1)  # Abort may return before the launcher's kill arrives
+        raise  # a fake communicator's Abort returned

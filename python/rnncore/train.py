@@ -329,9 +329,9 @@ def _load_resume(path, comm):
 
 
 def train(cfg: TrainConfig, log=None, comm=None) -> dict:
-    """Train (or resume) a language model; returns a summary dict with ``checkpoint``,
-    ``metrics``, ``val_ppl``, ``unigram_ppl``, ``losses``, ``val_history``, ``seconds``,
-    ``sample``.
+    """Train (or resume) a language model; returns a summary dict with ``model`` (the trained
+    :class:`LanguageModel`), ``checkpoint``, ``metrics`` (the metrics.jsonl path), ``val_ppl``,
+    ``unigram_ppl``, ``losses``, ``val_history``, ``seconds``, ``sample``.
 
     ``comm``: an mpi4py communicator to train data-parallel over its ranks, or None (one
     process). Every rank calls ``train`` with the same ``cfg``; rank 0 does the printing (``log``
@@ -535,5 +535,6 @@ def _train(cfg, log, comm) -> dict:
     say(f"checkpoint: {path}" + (f"; loss plot: {plot}" if plot else "") + f"; metrics: {mpath}")
     say(f"validation perplexity {final_ppl:.3f} vs unigram baseline {unigram:.3f} "
         f"({cfg.level} level, vocabulary {V}); {step} steps in {seconds:.1f} s")
-    return {"checkpoint": path, "metrics": mpath, "val_ppl": final_ppl, "unigram_ppl": unigram, "losses": losses,
-            "val_history": val_hist, "seconds": seconds, "sample": text_sample, "plot": plot, "steps": step}
+    return {"model": model, "checkpoint": path, "metrics": mpath, "val_ppl": final_ppl, "unigram_ppl": unigram,
+            "losses": losses, "val_history": val_hist, "seconds": seconds, "sample": text_sample, "plot": plot,
+            "steps": step}
