@@ -177,11 +177,6 @@ class FlatGradients:
                 repoint(sub, seen)
 
         repoint(model, set())
-        self.model = model
-
-    @property
-    def nbytes(self) -> int:
-        return self.flat.nbytes
 
     def allreduce(self, comm, scalars=(), *, average: bool = False) -> np.ndarray:
         """Sum the gradients (and ``scalars``, written into the extra slots first) across
