@@ -188,3 +188,28 @@ def test_batch_smaller_than_the_ranks_is_an_error(tmp_path):
     assert rc != 0
     assert "batch must be at least the number of MPI ranks (2)" in err, err
     assert "Traceback" not in err
+
+
+def test_ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint(two, tmp_path):
+    out = tmp_path / "int"
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "rnncore", "train", *TINY, "--dtype", "float64",
+           "--steps", "1000000", "--eval-every", "1000000", "--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                         start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (
+                (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= 12):
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)  # what Ctrl-C does to mpiexec: it passes SIGINT on to every rank
+        stdout, stderr = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        stdout, stderr = p.communicate()
+        pytest.fail(f"no clean stop after Ctrl-C\nstdout:\n{stdout[-2000:]}\nstderr:\n{stderr[-2000:]}")
+    assert p.returncode == 130, stderr
+    recs = _metrics(out)
+    step = LanguageModel.load(out / "model.npz").checkpoint["meta"]["step"]
+    assert step == len(recs) >= 12 and [r["step"] for r in recs] == list(range(1, step + 1))
+    assert f"interrupted after step {step}; checkpoint saved" in stdout
+    assert [r["loss"] for r in recs[:10]] == [r["loss"] for r in _metrics(two)]
