@@ -47,6 +47,7 @@ def _parser():
 
 
 def mpiexec():
+    """``mpiexec`` next to this Python or on PATH (None without one)."""
     return shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 
 
@@ -88,9 +89,11 @@ def _worker(a):
             "tokens_per_s": a.batch * a.seq_len / step, "env": environment(want_torch=False)}), flush=True)
 
 
-def _run(a, n, exe):
+def _run(a, n):
+    from rnncore.distributed import mpiexec_command
+
     with tempfile.TemporaryDirectory() as out:
-        cmd = [exe, "-n", str(n), sys.executable, os.path.abspath(__file__), "--worker", out,
+        cmd = [*mpiexec_command(n), sys.executable, os.path.abspath(__file__), "--worker", out,
                "--cell", a.cell, "--hidden", str(a.hidden), "--batch", str(a.batch), "--seq-len", str(a.seq_len),
                "--dtype", a.dtype, "--steps", str(a.steps), "--warmup", str(a.warmup),
                "--bare-repeat", str(a.bare_repeat), "--max-chars", str(a.max_chars)]
@@ -142,7 +145,7 @@ def main(argv=None):
 
     rows = []
     for n in a.ranks:
-        r = _run(a, n, exe)
+        r = _run(a, n)
         r["batch"] = a.batch
         rows.append(r)
     env = rows[0]["env"]

@@ -273,3 +273,20 @@ def test_metrics_of_a_killed_and_resumed_run_have_every_step_once(tmp_path, monk
     got = _metrics(killed / "metrics.jsonl")
     assert [(r["step"], r["loss"], r.get("val_ppl")) for r in got] == \
            [(r["step"], r["loss"], r.get("val_ppl")) for r in ref]
+
+
+def test_mpiexec_command(monkeypatch, tmp_path):
+    fake = tmp_path / "mpiexec"
+    fake.write_text("#!/bin/sh\necho 'mpiexec (Open MPI) 5.0.5'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))  # mpiexec "next to" this Python
+    cmd = dist.mpiexec_command(3)
+    assert cmd[0] == str(fake) and "--oversubscribe" in cmd and cmd[-2:] == ["-n", "3"]
+    fake.write_text("#!/bin/sh\necho 'HYDRA build details:'\n")
+    assert dist.mpiexec_command(2) == [str(fake), "-n", "2"]
+    with pytest.raises(ValueError, match="n must be"):
+        dist.mpiexec_command(0)
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    fake.unlink()
+    with pytest.raises(FileNotFoundError, match="mpiexec"):
+        dist.mpiexec_command(2)

@@ -23,12 +23,16 @@ import pytest
 
 import rnncore
 from rnncore.cli import main
+from rnncore.distributed import mpiexec_command
 from rnncore.models import LanguageModel
 
-MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
-_why = ("mpi4py is not installed (pip install 'rnncore[mpi]')" if importlib.util.find_spec("mpi4py") is None
-        else "no mpiexec next to the Python executable or on PATH" if MPIEXEC is None else None)
+_why = None
+if importlib.util.find_spec("mpi4py") is None:
+    _why = "mpi4py is not installed (pip install 'rnncore[mpi]')"
+elif shutil.which("mpiexec", path=os.path.dirname(sys.executable)) is None and shutil.which("mpiexec") is None:
+    _why = "no mpiexec next to the Python executable or on PATH"
 pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
+
 
 WORKER = str(Path(__file__).with_name("mpi_worker.py"))
 PKG_PARENT = str(Path(rnncore.__file__).resolve().parent.parent)
@@ -50,7 +54,7 @@ def _env():
 def _mpiexec(n, *args, timeout=TIMEOUT):
     """Run ``mpiexec -n n python ARGS``; (returncode, stdout, stderr, seconds). A hang is killed
     (the whole process group) and fails the test."""
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, *args]
+    cmd = [*mpiexec_command(n), sys.executable, *args]
     t0 = time.time()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
                          start_new_session=True)
@@ -192,7 +196,7 @@ def test_batch_smaller_than_the_ranks_is_an_error(tmp_path):
 
 def test_ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint(two, tmp_path):
     out = tmp_path / "int"
-    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "rnncore", "train", *TINY, "--dtype", "float64",
+    cmd = [*mpiexec_command(2), sys.executable, "-m", "rnncore", "train", *TINY, "--dtype", "float64",
            "--steps", "1000000", "--eval-every", "1000000", "--out", str(out)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
                          start_new_session=True)

@@ -17,6 +17,7 @@ every rank applies the same update and keeps the same weights.
 - :func:`threads_per_rank` shares the cores of a machine among the ranks on it.
 - :func:`abort_on_error` ends the whole job when one rank raises (no hang), naming the rank.
 - :func:`launcher_size` / :func:`world_from_launcher`: was this process started by ``mpiexec``?
+- :func:`mpiexec_command`: the command that starts N ranks of this Python on this machine.
 
 Communicators are mpi4py's (``MPI.COMM_WORLD``), or any object with ``Get_rank()``,
 ``Get_size()`` and an mpi4py-style ``Allreduce(sendbuf, recvbuf)`` (sum) for tests; ``None``
@@ -33,7 +34,8 @@ import traceback
 import numpy as np
 
 __all__ = ["allreduce_grads", "FlatGradients", "shard_range", "shard_generator", "threads_per_rank",
-           "local_size", "abort_on_error", "launcher_size", "world_from_launcher", "polite_barrier"]
+           "local_size", "abort_on_error", "launcher_size", "world_from_launcher", "polite_barrier",
+           "mpiexec_command"]
 
 #: environment variables MPI launchers set to the number of processes (MPICH/Intel MPI hydra,
 #: Open MPI, MVAPICH)
@@ -279,6 +281,31 @@ def world_from_launcher():
         raise RuntimeError(f"started by an MPI launcher with {n} processes, but mpi4py cannot be imported "
                            f"({e}); install it with: pip install \"rnncore[mpi]\"") from None
     return MPI.COMM_WORLD
+
+
+def mpiexec_command(n: int) -> list:
+    """``[mpiexec, flags..., "-n", n]``: the launcher next to the running Python (where the mpich
+    wheel puts it) or else on PATH. Open MPI's gets ``--oversubscribe`` (more ranks than cores)
+    and, as root, ``--allow-run-as-root``. FileNotFoundError when there is none."""
+    import shutil
+    import subprocess
+
+    if int(n) < 1:
+        raise ValueError(f"mpiexec_command: n must be >= 1, got {n}")
+    exe = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    if exe is None:
+        raise FileNotFoundError("no mpiexec next to the Python executable or on PATH "
+                                "(pip install \"rnncore[mpi]\" brings MPICH's)")
+    flags = []
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    if "Open MPI" in out or "OpenRTE" in out:
+        flags.append("--oversubscribe")
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            flags.append("--allow-run-as-root")
+    return [exe, *flags, "-n", str(int(n))]
 
 
 def local_size(comm) -> int:

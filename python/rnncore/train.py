@@ -458,7 +458,7 @@ def _train(cfg, log, comm) -> dict:
 
             backend = rnncore.get_backend()
             say(f"backend {backend}" + (f", {rnncore.get_num_threads()} threads" if backend == "native" else "")
-                + (f"; {par.size} MPI ranks, {cfg.batch // par.size}-{-(-cfg.batch // par.size)} streams each"
+                + (f"; {par.size} MPI ranks (rank 0: streams {par.lo}-{par.hi - 1} of {cfg.batch})"
                    if par is not None else ""))
             bar = tqdm(total=cfg.steps, initial=min(step, cfg.steps), disable=not (cfg.progress and root),
                        unit="step", dynamic_ncols=True, file=sys.stderr, desc="train")
@@ -491,18 +491,18 @@ def _train(cfg, log, comm) -> dict:
                         ema = loss if ema is None else 0.95 * ema + 0.05 * loss
                         bar.update(1)
                         bar.set_postfix(loss=f"{ema:.3f}", ppl=f"{math.exp(min(ema, 700.0)):.2f}", refresh=False)
-                        validate = step % cfg.eval_every == 0 or step == cfg.steps
-                        if validate and root:
+                        validating = step % cfg.eval_every == 0 or step == cfg.steps
+                        if validating and root:
                             rec["val_ppl"] = ppl = evaluate()
                         if metrics is not None:
                             metrics.write(rec)  # before the checkpoint: a resume never lacks a step's line
-                        if validate:
+                        if validating:
                             save()
                             if root:
                                 say(f"step {step}: train loss {ema:.3f}, validation perplexity {ppl:.3f}")
                         if step % cfg.sample_every == 0 and step < cfg.steps and root:
                             say(f"--- sample at step {step} ---\n{sample(cfg.sample_len)}\n---")
-                        if par is not None and (validate or step % cfg.sample_every == 0):
+                        if par is not None and (validating or step % cfg.sample_every == 0):
                             _dist.polite_barrier(par.comm)  # rank 0 was busy: the others wait asleep
             except _ImmediateInterrupt:
                 bar.close()
