@@ -31,8 +31,7 @@ from .interop import from_state_dict, load_npz, save_npz, to_state_dict  # noqa:
 from .recurrent import init_weights, recurrent_backward, recurrent_forward  # noqa: E402
 
 # Larger submodules load on first use: rnncore.layers, rnncore.time_layers, rnncore.optim, ...
-_SUBMODULES = ("layers", "time_layers", "optim", "models", "data", "train", "gradcheck", "benchmark", "cli",
-               "distributed")
+_SUBMODULES = ("layers", "time_layers", "optim", "models", "data", "train", "gradcheck", "benchmark", "cli")
 
 
 def __getattr__(name):
