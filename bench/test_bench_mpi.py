@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None or mp
 def test_mpi_allreduce_smoke(tmp_path, capsys):
     out = tmp_path / "mpi.json"
     assert mpi_allreduce.main(["--ranks", "1", "2", "--hidden", "16", "--batch", "4", "--seq-len", "8",
-                               "--steps", "4", "--warmup", "2", "--max-chars", "20000", "--bare-repeat", "3", "--timeout", "120",
-                               "--json", str(out)]) == 0
+                               "--steps", "4", "--warmup", "2", "--max-chars", "20000", "--bare-repeat", "3",
+                               "--timeout", "120", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "CPU:" in text and "ISA:" in text and "threads/rank" in text
     rows = json.loads(out.read_text())["rows"]

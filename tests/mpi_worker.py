@@ -5,7 +5,8 @@ an optional fault, then a check that every rank ends with the same weights.
 
 MODE: ``train`` (train, then rank 0 prints ``WORKER {json}`` with one weight digest per rank),
 ``fail`` (rank 1 raises RuntimeError in its 3rd backward, after printing ``RAISING <time>`` on
-stderr), ``kill`` (rank 1 kills itself with SIGKILL in its 7th backward).
+stderr), ``kill`` (rank 1 kills itself with SIGKILL in its 7th backward), ``drift`` (rank 1
+nudges one weight in its 2nd backward).
 """
 from __future__ import annotations
 
@@ -42,6 +43,21 @@ def _raise():
     raise RuntimeError("injected failure")
 
 
+def _remember_model():
+    original = LanguageModel.loss
+
+    def loss(self, xs, ts):
+        LanguageModel.last = self
+        return original(self, xs, ts)
+
+    LanguageModel.loss = loss
+
+
+def _nudge(model):
+    w = model.params[0]
+    w.flat[0] = w.dtype.type(w.flat[0] + abs(w.flat[0]) * 1e-12 + 1e-300)
+
+
 def main(argv):
     mode, rest = argv[0], argv[1:]
     comm = MPI.COMM_WORLD
@@ -50,6 +66,9 @@ def main(argv):
         _fault(comm, 3, _raise)
     elif mode == "kill":
         _fault(comm, 7, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    elif mode == "drift":  # rank 1 nudges one of its weights in step 2
+        _fault(comm, 2, lambda: _nudge(LanguageModel.last))
+        _remember_model()
     elif mode != "train":
         raise SystemExit(f"unknown mode {mode!r}")
     summary = train(cfg, comm=comm)

@@ -217,3 +217,11 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint(two, tmp_
     assert step == len(recs) >= 12 and [r["step"] for r in recs] == list(range(1, step + 1))
     assert f"interrupted after step {step}; checkpoint saved" in stdout
     assert [r["loss"] for r in recs[:10]] == [r["loss"] for r in _metrics(two)]
+
+
+def test_ranks_whose_weights_drift_apart_are_caught_at_the_next_validation(tmp_path):
+    rc, out, err, _ = _mpiexec(2, WORKER, "drift", *TINY, *STEPS, "--dtype", "float64", "--out", str(tmp_path / "d"),
+                               timeout=60)
+    assert rc != 0
+    assert "after step 4 the weights or optimizer state of rank(s) [1] differ from rank 0's" in err, err
+    assert not (tmp_path / "d" / "model.npz").exists()  # no checkpoint of a split run

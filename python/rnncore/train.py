@@ -288,6 +288,20 @@ class _Parallel:
             return None
         return np.concatenate(parts, axis=1)
 
+    def check_in_step(self, model, opt, step):
+        """RuntimeError on every rank unless every rank holds the same weights and optimizer
+        state (the same bits: each applies the same update to the same reduced gradients)."""
+        import zlib
+
+        crc = 0
+        for a in [*model.params, *opt.state_dict().values()]:
+            crc = zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1), crc)
+        crcs = self.comm.allgather(crc)
+        if len(set(crcs)) > 1:
+            odd = [r for r, c in enumerate(crcs) if c != crcs[0]]
+            raise RuntimeError(f"after step {step} the weights or optimizer state of rank(s) {odd} differ from "
+                               f"rank 0's (this MPI's allreduce did not give every rank the same bits)")
+
     def step(self, model, xs, ts, pending):
         """Forward and backward of this rank's streams of the global chunk (xs, ts), scaled so
         that the sum over ranks is the gradient of the global-batch mean loss, and the one
@@ -497,6 +511,8 @@ def _train(cfg, log, comm) -> dict:
                         if metrics is not None:
                             metrics.write(rec)  # before the checkpoint: a resume never lacks a step's line
                         if validating:
+                            if par is not None:
+                                par.check_in_step(model, opt, step)
                             save()
                             if root:
                                 say(f"step {step}: train loss {ema:.3f}, validation perplexity {ppl:.3f}")
