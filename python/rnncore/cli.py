@@ -127,16 +127,23 @@ def _version():
         return "rnncore"
 
 
-def _cmd_train(args) -> int:
-    from .train import TrainConfig, train
+def train_config(args):
+    """The :class:`rnncore.train.TrainConfig` of parsed ``rnncore train`` arguments."""
+    from .train import TrainConfig
 
-    cfg = TrainConfig(corpus=args.corpus, level=args.level, cell=args.cell, hidden=args.hidden, embed=args.embed,
-                      layers=args.layers, dropout=args.dropout, seq_len=args.seq_len, batch=args.batch,
-                      steps=args.steps, lr=args.lr, clip=args.clip, optimizer=args.optimizer,
-                      eval_every=args.eval_every, sample_every=args.sample_every, max_chars=args.max_chars,
-                      dtype=args.dtype, seed=args.seed, out=args.out, resume=args.resume, backend=args.backend,
-                      threads=args.threads, progress=not args.no_progress)
-    train(cfg)
+    return TrainConfig(corpus=args.corpus, level=args.level, cell=args.cell, hidden=args.hidden, embed=args.embed,
+                       layers=args.layers, dropout=args.dropout, seq_len=args.seq_len, batch=args.batch,
+                       steps=args.steps, lr=args.lr, clip=args.clip, optimizer=args.optimizer,
+                       eval_every=args.eval_every, sample_every=args.sample_every, max_chars=args.max_chars,
+                       dtype=args.dtype, seed=args.seed, out=args.out, resume=args.resume, backend=args.backend,
+                       threads=args.threads, progress=not args.no_progress)
+
+
+def _cmd_train(args) -> int:
+    from .distributed import world_from_launcher
+    from .train import train
+
+    train(train_config(args), comm=world_from_launcher())  # under mpiexec -n N (N > 1): data-parallel
     return 0
 
 
