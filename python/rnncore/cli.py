@@ -120,7 +120,7 @@ def _add_export_parser(sub):
 
 def _version():
     try:
-        from . import __version__
+        from ._version import __version__
 
         return f"rnncore {__version__}"
     except ImportError:  # pragma: no cover
@@ -152,8 +152,7 @@ def _cmd_sample(args) -> int:
 
     import numpy as np
 
-    import rnncore
-
+    from ._backend import use_backend
     from .models import LanguageModel
 
     model = LanguageModel.load(args.checkpoint)
@@ -169,7 +168,7 @@ def _cmd_sample(args) -> int:
         ids = tok.encode(prime)
         if len(ids) == 0:
             raise ValueError("--prime gives no tokens")
-    ctx = rnncore.use_backend(args.backend) if args.backend else contextlib.nullcontext()
+    ctx = use_backend(args.backend) if args.backend else contextlib.nullcontext()
     with ctx:
         new = model.generate(ids, args.length, temperature=args.temperature, top_k=args.top_k,
                              rng=np.random.default_rng(args.seed))

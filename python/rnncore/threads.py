@@ -45,7 +45,7 @@ class _TeamController(threadpoolctl.LibController):
         self.dynlib.rnncore_set_num_threads(int(num_threads))
 
     def get_version(self):
-        from . import __version__
+        from ._version import __version__
 
         return __version__
 

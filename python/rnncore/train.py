@@ -115,20 +115,20 @@ def _runtime(backend, threads):
     """Run the block on ``backend`` with ``threads`` threads. NumPy's BLAS is held at one thread
     throughout (every heavy product of a step is rnncore's own, on its team), so its idle pool
     never spins beside rnncore's; on the NumPy backend it gets ``threads`` (or its default)."""
-    import rnncore
-    from .threads import hold_numpy_blas
+    from ._backend import get_backend, use_backend
+    from .threads import hold_numpy_blas, num_threads
 
     with contextlib.ExitStack() as stack:
-        if (backend or rnncore.get_backend()) != "numpy":
+        if (backend or get_backend()) != "numpy":
             stack.enter_context(hold_numpy_blas(1))
         if backend:
-            stack.enter_context(rnncore.use_backend(backend))
+            stack.enter_context(use_backend(backend))
         if threads:
             from threadpoolctl import threadpool_limits
 
             stack.enter_context(threadpool_limits(limits=threads))
             if backend != "numpy":
-                stack.enter_context(rnncore.num_threads(threads))
+                stack.enter_context(num_threads(threads))
         yield
 
 
@@ -468,10 +468,11 @@ def _train(cfg, log, comm) -> dict:
     stop = False
     try:
         with _runtime(cfg.backend, threads):
-            import rnncore
+            from ._backend import get_backend
+            from .threads import get_num_threads
 
-            backend = rnncore.get_backend()
-            say(f"backend {backend}" + (f", {rnncore.get_num_threads()} threads" if backend == "native" else "")
+            backend = get_backend()
+            say(f"backend {backend}" + (f", {get_num_threads()} threads" if backend == "native" else "")
                 + (f"; {par.size} MPI ranks (rank 0: streams {par.lo}-{par.hi - 1} of {cfg.batch})"
                    if par is not None else ""))
             bar = tqdm(total=cfg.steps, initial=min(step, cfg.steps), disable=not (cfg.progress and root),
