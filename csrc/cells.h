@@ -15,13 +15,15 @@
 // small batches (small_gemm.h), plain for the BLAS.
 #pragma once
 
+#include "isa.h"
+
 #include "activations.h"
 #include "blas.h"
 #include "parallel.h"
 #include "problem.h"
 #include "small_gemm.h"
 
-namespace rnncore {
+RNNCORE_NS_BEGIN
 
 // out[:, cols of this thread] = A (B, W.K) @ W[:, cols] + beta * out (beta 0 or 1), in fixed
 // column chunks. Small batches use the packed register-blocked kernel, larger ones the BLAS.
@@ -427,4 +429,4 @@ struct GRUResetBeforeCell : GatesCache {
   }
 };
 
-}  // namespace rnncore
+RNNCORE_NS_END

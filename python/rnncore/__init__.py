@@ -10,7 +10,7 @@ from . import reference
 from ._backend import get_backend, implementation as _implementation, set_backend, use_backend
 from ._cache import Cache
 from ._ops import make_ops as _make_ops
-from .threads import blas_info, get_num_threads, num_threads, set_num_threads
+from .threads import blas_info, get_num_threads, kernel_info, num_threads, set_isa, set_num_threads, use_isa
 
 __version__ = "0.1.0"
 
@@ -23,7 +23,7 @@ __all__ = [
     "to_state_dict", "from_state_dict", "save_npz", "load_npz",
     "softmax_cross_entropy", "softmax_cross_entropy_backward",
     "set_backend", "get_backend", "use_backend", "get_num_threads", "set_num_threads", "num_threads",
-    "blas_info", "reference", "Cache", "__version__",
+    "blas_info", "kernel_info", "set_isa", "use_isa", "reference", "Cache", "__version__",
 ]
 
 from .losses import softmax_cross_entropy, softmax_cross_entropy_backward  # noqa: E402
