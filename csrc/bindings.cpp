@@ -490,6 +490,11 @@ PYBIND11_MODULE(_core, m) {
         d["build"] = "portable";
 #endif
         d["build_flags"] = RNNCORE_BUILD_FLAGS;
+#ifdef RNNCORE_SANITIZE_BUILD
+        d["sanitizers"] = true;  // -fsanitize=address,undefined: slower, and less vectorized
+#else
+        d["sanitizers"] = false;
+#endif
         py::dict f;
         for (const auto& [name, has] : cpu_features()) f[py::str(name)] = has;
         d["cpu_features"] = f;

@@ -171,7 +171,8 @@ def kernel_info() -> dict:
     ``vector_bytes`` (the small-batch GEMM's vector width), ``small_batch_max`` (batches up to
     this size use that GEMM, larger ones the BLAS), ``small_batch_kernel``, ``isa_flags`` (the
     variant's compiler flags), ``build`` (``"native"``: tuned for the building CPU,
-    ``"portable"``: RNNCORE_NATIVE=OFF), ``build_flags`` and ``cpu_features``."""
+    ``"portable"``: RNNCORE_NATIVE=OFF), ``build_flags``, ``sanitizers`` (an ASan + UBSan build)
+    and ``cpu_features``."""
     return dict(_core().kernel_info())
 
 
