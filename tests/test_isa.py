@@ -84,11 +84,12 @@ def test_variant_matches_twin(isa, cid, cell, kw, dtype, batch_first, B):
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
 @pytest.mark.parametrize("B", [1, 8, 33, 260])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cid,cell,kw", [c for c in CELLS if c[0] in ("rnn-tanh", "lstm", "gru", "gru-reset-before")],
                          ids=["rnn", "lstm", "gru", "gru-reset-before"])
-def test_variant_same_bits_for_any_thread_count(isa, cid, cell, kw, B):
+def test_variant_same_bits_for_any_thread_count(isa, cid, cell, kw, dtype, B):
     """H 150: the step GEMM's columns and the hidden units split over the team."""
-    case = _case(cell, 4, B, 9, 150, np.float32, 7, False)
+    case = _case(cell, 4, B, 9, 150, dtype, 7, False)
     runs = []
     for n in (1, 2, 3):
         with rnncore.num_threads(n):
