@@ -96,11 +96,20 @@ std::atomic<const KernelTable*> current{nullptr};
 
 }  // namespace
 
+// RNNCORE_TEST_HIDE_ISA=avx512[,avx2]: for tests only, treat the CPU as lacking those variants
+// (so an AVX-512 machine can check what an AVX2-only one does). Read once, at the first call.
+bool hidden_for_tests(const char* isa) {
+  const char* h = std::getenv("RNNCORE_TEST_HIDE_ISA");
+  if (!h) return false;
+  const std::string list = std::string(",") + h + ",";
+  return list.find(std::string(",") + isa + ",") != std::string::npos;
+}
+
 std::vector<std::string> supported_isas() {
   static const std::vector<std::string> isas = [] {
     std::vector<std::string> v;
-    if (cpu_runs_avx512()) v.push_back("avx512");
-    if (cpu_runs_avx2()) v.push_back("avx2");
+    if (cpu_runs_avx512() && !hidden_for_tests("avx512")) v.push_back("avx512");
+    if (cpu_runs_avx2() && !hidden_for_tests("avx2")) v.push_back("avx2");
     v.push_back("generic");
     return v;
   }();

@@ -254,3 +254,43 @@ def test_rnncore_isa_unknown_or_unsupported_fails_clearly(bad):
     assert lines[0].startswith("error: RNNCORE_ISA=")
     assert lines[1].startswith(f"RuntimeError RNNCORE_ISA='{bad}'") and "this CPU runs:" in lines[1]
     assert lines[2] == "generic"  # set_isa overrides the variable
+
+
+# -- a CPU without some variants --------------------------------------------------------------
+# RNNCORE_TEST_HIDE_ISA (dispatch.cpp, for tests only) makes this process treat the CPU as
+# lacking the variants it names: what an AVX2-only or a pre-AVX2 CPU would see.
+
+@pytest.mark.parametrize("hide,runs", [("avx512", ["avx2", "generic"]), ("avx512,avx2", ["generic"])],
+                         ids=["avx2-only", "sse-only"])
+def test_a_cpu_without_some_variants(hide, runs):
+    code = ("import rnncore\n"
+            "print(rnncore.kernel_info()['supported'], rnncore.kernel_info()['isa'])\n"
+            "for isa in ('avx512', 'avx2'):\n"
+            "    try:\n        rnncore.set_isa(isa); print(isa, 'ok')\n"
+            "    except ValueError as e:\n        print(isa, 'ValueError', e)\n")
+    r = _python(code, RNNCORE_TEST_HIDE_ISA=hide)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"{runs} {runs[0]}"
+    for line, isa in zip(lines[1:], ("avx512", "avx2")):
+        if isa in runs:
+            assert line == f"{isa} ok"
+        else:
+            assert line.startswith(f"{isa} ValueError isa='{isa}': this CPU cannot run the {isa} kernels")
+            assert line.endswith(f"(this CPU runs: {', '.join(runs)})")
+    r = _python("import rnncore; rnncore.kernel_info()", RNNCORE_TEST_HIDE_ISA=hide, RNNCORE_ISA="avx512")
+    assert r.returncode != 0 and "RuntimeError: RNNCORE_ISA='avx512': this CPU cannot run the avx512 kernels" in r.stderr
+
+
+@pytest.mark.skipif("RNNCORE_TEST_HIDE_ISA" in os.environ, reason="already inside the emulated CPU")
+def test_this_file_on_an_avx2_only_cpu():
+    """This test file itself on an emulated AVX2-only CPU: the avx512 cases skip with their
+    reason, the rest pass."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "-x",
+                        os.path.join(here, "test_isa.py"), "-k", "not a_cpu_without and not avx2_only_cpu and (twin or reports or rejects)"],
+                       env={**os.environ, "RNNCORE_TEST_HIDE_ISA": "avx512"}, capture_output=True, text=True,
+                       timeout=600, cwd=here)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "this CPU cannot run the avx512 kernels (it runs avx2, generic)" in r.stdout
+    assert " passed" in r.stdout and " failed" not in r.stdout
