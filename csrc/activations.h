@@ -6,12 +6,14 @@
 // exponent bits. Inputs are clamped, so the results are finite for any finite argument.
 #pragma once
 
+#include "isa.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
-namespace rnncore {
+RNNCORE_NS_BEGIN
 
 template <typename To, typename From>
 inline To bits_as(From v) {
@@ -84,4 +86,4 @@ inline T activate_grad(int act, T h) {
   return h > T(0) ? T(1) : T(0);
 }
 
-}  // namespace rnncore
+RNNCORE_NS_END

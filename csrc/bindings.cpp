@@ -6,41 +6,63 @@
 // for the whole native call.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
-#include <atomic>
-#include <cmath>
+#include <cblas.h>
+
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "driver.h"
 #include "buffers.h"
-#include "dense.h"
-#include "softmax.h"
+#include "kernels.h"
+#include "team.h"
+
+// Compiled for baseline x86-64 (CMakeLists.txt): every computation goes through the kernel
+// table of the variant dispatch.cpp chose (kernels.h), never through the kernel headers.
 
 namespace py = pybind11;
 using namespace rnncore;
 
 namespace {
 
-enum class CellKind { Elman, LSTM, GRU, GRUResetBefore };
+using CellKind = CellId;
 
 CellKind cell_kind(const std::string& name) {
-  if (name == "rnn") return CellKind::Elman;
-  if (name == "lstm") return CellKind::LSTM;
-  if (name == "gru") return CellKind::GRU;
-  if (name == "gru_reset_before") return CellKind::GRUResetBefore;
+  if (name == "rnn") return kElman;
+  if (name == "lstm") return kLSTM;
+  if (name == "gru") return kGRU;
+  if (name == "gru_reset_before") return kGRUResetBefore;
   throw std::invalid_argument("unknown cell '" + name + "'");
 }
 
-int gates_of(CellKind k) { return k == CellKind::Elman ? 1 : (k == CellKind::LSTM ? 4 : 3); }
-int cache_gates_of(CellKind k) { return k == CellKind::Elman ? 0 : 4; }
+int gates_of(CellKind k) { return k == kElman ? 1 : (k == kLSTM ? 4 : 3); }
+int cache_gates_of(CellKind k) { return k == kElman ? 0 : 4; }
 
-int activation_id(const std::string& a) {
-  if (a == "tanh") return kTanh;
-  if (a == "relu") return kRelu;
-  if (a == "sigmoid") return kSigmoid;
+int activation_id(const std::string& a) {  // activations.h's Activation
+  if (a == "tanh") return 0;
+  if (a == "relu") return 1;
+  if (a == "sigmoid") return 2;
   throw std::invalid_argument("unknown activation '" + a + "'");
+}
+
+// The ops of the chosen variant for dtype T (throws, with the GIL held, if RNNCORE_ISA asks for
+// a variant this CPU cannot run).
+template <typename T>
+const Ops<T>& ops();
+template <>
+const Ops<float>& ops<float>() { return kernels().f32; }
+template <>
+const Ops<double>& ops<double>() { return kernels().f64; }
+
+int num_threads() {
+  const int n = rnncore_get_num_threads(), cap = local_thread_cap();
+  return cap > 0 ? std::min(n, cap) : n;
+}
+
+void blas_single_thread() {
+  if (scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
 }
 
 // A C-contiguous array of T with `n` elements, or null for None (when allowed).
@@ -101,25 +123,17 @@ std::vector<py::ssize_t> seq_shape(const Sizes& s, bool batch_first, long F) {
 }
 
 template <typename T>
-void run_forward(CellKind k, Problem<T>& p) {
+void run_forward(CellKind k, const RecurrentArgs<T>& p) {
+  const Ops<T>& o = ops<T>();
   py::gil_scoped_release release;
-  switch (k) {
-    case CellKind::Elman: forward<T, ElmanCell>(p); break;
-    case CellKind::LSTM: forward<T, LSTMCell>(p); break;
-    case CellKind::GRU: forward<T, GRUCell>(p); break;
-    case CellKind::GRUResetBefore: forward<T, GRUResetBeforeCell>(p); break;
-  }
+  o.forward(k, p);
 }
 
 template <typename T>
-void run_backward(CellKind k, Problem<T>& p) {
+void run_backward(CellKind k, const RecurrentArgs<T>& p) {
+  const Ops<T>& o = ops<T>();
   py::gil_scoped_release release;
-  switch (k) {
-    case CellKind::Elman: backward<T, ElmanCell>(p); break;
-    case CellKind::LSTM: backward<T, LSTMCell>(p); break;
-    case CellKind::GRU: backward<T, GRUCell>(p); break;
-    case CellKind::GRUResetBefore: backward<T, GRUResetBeforeCell>(p); break;
-  }
+  o.backward(k, p);
 }
 
 template <typename T>
@@ -129,7 +143,7 @@ py::tuple forward_t(CellKind k, const py::array& x, const py::array& wx, const p
   Sizes s = sizes_of(x, wh, batch_first);
   const long G = gates_of(k), GC = cache_gates_of(k), GH = G * s.H;
   std::vector<int> len = lengths_of(lengths, s.T, s.B);
-  Problem<T> p;
+  RecurrentArgs<T> p;
   p.T_ = s.T, p.B = s.B, p.D = s.D, p.H = s.H, p.batch_first = batch_first, p.act = act;
   p.x = in_ptr<T>(x, (long)s.T * s.B * s.D, "x");
   p.wx = in_ptr<T>(wx, s.D * GH, "wx");
@@ -149,7 +163,7 @@ py::tuple forward_t(CellKind k, const py::array& x, const py::array& wx, const p
     p.gates = g.mutable_data();
     gates = g;
   }
-  if (k == CellKind::LSTM) {
+  if (k == kLSTM) {
     auto a = new_array<T>({s.B, s.H});
     auto c = new_array<T>(seq_shape(s, batch_first, s.H));
     p.cn = a.mutable_data();
@@ -171,7 +185,7 @@ py::tuple backward_t(CellKind k, int act, bool batch_first, const py::array& x, 
   const long G = gates_of(k), GC = cache_gates_of(k), GH = G * s.H;
   const long nTB = (long)s.T * s.B, nBH = (long)s.B * s.H;
   std::vector<int> len = lengths_of(lengths, s.T, s.B);
-  Problem<T> p;
+  RecurrentArgs<T> p;
   p.T_ = s.T, p.B = s.B, p.D = s.D, p.H = s.H, p.batch_first = batch_first, p.act = act;
   p.x = in_ptr<T>(x, nTB * s.D, "x");
   p.wx = in_ptr<T>(wx, s.D * GH, "wx");
@@ -183,7 +197,7 @@ py::tuple backward_t(CellKind k, int act, bool batch_first, const py::array& x, 
   p.len = len.data();
   p.hs = const_cast<T*>(in_ptr<T>(hs, nTB * s.H, "cache hs"));
   if (GC) p.gates = const_cast<T*>(in_ptr<T>(gates, nTB * GC * s.H, "cache gates"));
-  if (k == CellKind::LSTM) p.cs = const_cast<T*>(in_ptr<T>(cs, nTB * s.H, "cache cs"));
+  if (k == kLSTM) p.cs = const_cast<T*>(in_ptr<T>(cs, nTB * s.H, "cache cs"));
   p.dhs = in_ptr<T>(dhs, nTB * s.H, "dhs", true);
   p.dhn = in_ptr<T>(dhn, nBH, "dh_n", true);
   p.dcn = in_ptr<T>(dcn, nBH, "dc_n", true);
@@ -203,7 +217,7 @@ py::tuple backward_t(CellKind k, int act, bool batch_first, const py::array& x, 
     p.dbh = a.mutable_data();
     dbh = a;
   }
-  if (k == CellKind::LSTM) {
+  if (k == kLSTM) {
     auto a = new_array<T>({s.B, s.H});
     p.dc0 = a.mutable_data();
     dc0 = a;
@@ -214,20 +228,10 @@ py::tuple backward_t(CellKind k, int act, bool batch_first, const py::array& x, 
 
 template <typename T>
 bool all_finite_t(const py::array& a) {
+  const Ops<T>& o = ops<T>();
   const T* d = static_cast<const T*>(a.data());
-  const long n = (long)a.size();
-  std::atomic<int> bad{0};
-  {
-    py::gil_scoped_release release;
-    parallel_region(threads_for((double)n, n, 1 << 20), [&](int tid, int nt) {
-      long lo, hi;
-      split_range(n, nt, tid, 1, lo, hi);
-      int b = 0;
-      for (long i = lo; i < hi; ++i) b |= !std::isfinite(d[i]);
-      if (b) bad.store(1, std::memory_order_relaxed);
-    });
-  }
-  return !bad.load();
+  py::gil_scoped_release release;
+  return o.all_finite(d, (long)a.size());
 }
 
 template <typename T>
@@ -242,9 +246,9 @@ py::tuple xent_forward_t(const py::array& x, const py::array& t, int64_t ignore)
   T* pp = probs.mutable_data();
   double* lp = loss.mutable_data();
   {
+    const Ops<T>& o = ops<T>();
     py::gil_scoped_release release;
-    DenormalGuard guard;
-    softmax_xent_forward(xp, tp, N, V, ignore, pp, lp);
+    o.softmax_xent_forward(xp, tp, N, V, ignore, pp, lp);
   }
   return py::make_tuple(probs, loss);
 }
@@ -267,9 +271,9 @@ py::array xent_backward_t(const py::array& probs, const py::array& t, int64_t ig
   }
   T* dp = dx.mutable_data();
   {
+    const Ops<T>& o = ops<T>();
     py::gil_scoped_release release;
-    DenormalGuard guard;
-    softmax_xent_backward(pp, tp, N, V, ignore, (T)scale, dp);
+    o.softmax_xent_backward(pp, tp, N, V, ignore, (T)scale, dp);
   }
   return dx;
 }
@@ -298,9 +302,9 @@ py::array affine_forward_t(const py::array& x, const py::array& W, bool wt, cons
   auto y = new_array<T>({(py::ssize_t)N, (py::ssize_t)M});
   T* yp = y.mutable_data();
   {
+    const Ops<T>& o = ops<T>();
     py::gil_scoped_release release;
-    DenormalGuard guard;
-    affine_forward(xp, wp, wt, bp, N, D, M, yp);
+    o.affine_forward(xp, wp, wt, bp, N, D, M, yp);
   }
   return y;
 }
@@ -324,9 +328,9 @@ py::object affine_backward_t(const py::array& dy, const py::array& x, const py::
     dx = a;
   }
   {
+    const Ops<T>& o = ops<T>();
     py::gil_scoped_release release;
-    DenormalGuard guard;
-    affine_backward(dyp, xp, wp, wt, N, D, M, dwp, dwt, dbp, dxp);
+    o.affine_backward(dyp, xp, wp, wt, N, D, M, dwp, dwt, dbp, dxp);
   }
   return dx;
 }
@@ -341,9 +345,9 @@ void embedding_backward_t(const py::array& ids, const py::array& dout, const py:
     if (ip[n] < 0 || ip[n] >= V) throw std::invalid_argument("ids out of range");
   const T* dp = in_ptr<T>(dout, N * D, "dout");
   T* wp = out_ptr<T>(dW, V * D, "dW");
+  const Ops<T>& o = ops<T>();
   py::gil_scoped_release release;
-  DenormalGuard guard;
-  embedding_backward(ip, dp, N, V, D, wp);
+  o.embedding_backward(ip, dp, N, V, D, wp);
 }
 
 template <typename T>
@@ -354,18 +358,18 @@ void adam_update_t(const py::object& p, const py::object& g, const py::object& m
   const T* gp = in_ptr<T>(g, n, "grad");
   T* mp = out_ptr<T>(m, n, "m");
   T* vp = out_ptr<T>(v, n, "v");
+  const Ops<T>& o = ops<T>();
   py::gil_scoped_release release;
-  DenormalGuard guard;
-  adam_update(pp, gp, mp, vp, n, (T)lr_c1, (T)b1, (T)(1.0 - b1), (T)b2, (T)(1.0 - b2), (T)eps, (T)c2);
+  o.adam_update(pp, gp, mp, vp, n, (T)lr_c1, (T)b1, (T)(1.0 - b1), (T)b2, (T)(1.0 - b2), (T)eps, (T)c2);
 }
 
 template <typename T>
 double sum_squares_t(const py::array& a) {
   const long n = (long)a.size();
   const T* ap = in_ptr<T>(a, n, "array");
-  std::vector<double> partial((size_t)num_chunks(std::max(n, 1L)));
+  const Ops<T>& o = ops<T>();
   py::gil_scoped_release release;
-  return n ? sum_squares(ap, n, partial.data()) : 0.0;
+  return o.sum_squares(ap, n);
 }
 
 }  // namespace
@@ -465,9 +469,42 @@ PYBIND11_MODULE(_core, m) {
       },
       "True when no element is NaN or infinite.");
 
-  m.def("get_num_threads", &num_threads, "Threads a native call may use.");
   m.def(
-      "set_num_threads", [](int n) { set_num_threads(n); },
+      "set_isa", [](const std::string& name) { set_isa(name); }, py::arg("isa"),
+      "Run the avx512, avx2 or generic kernels from now on ('auto': the best this CPU runs; '': the "
+      "default again, RNNCORE_ISA or the best). ValueError if this CPU cannot run them.");
+  m.def(
+      "kernel_info",
+      [] {
+        const KernelTable& k = kernels();
+        py::dict d;
+        d["isa"] = k.isa;
+        d["supported"] = supported_isas();
+        d["isa_flags"] = k.flags;
+        d["vector_bytes"] = k.vec_bytes;
+        d["small_batch_max"] = k.small_batch_max;
+        d["small_batch_kernel"] = k.small_kernel;
+#ifdef RNNCORE_NATIVE_TUNE
+        d["build"] = "native";
+#else
+        d["build"] = "portable";
+#endif
+        d["build_flags"] = RNNCORE_BUILD_FLAGS;
+#ifdef RNNCORE_SANITIZE_BUILD
+        d["sanitizers"] = true;  // -fsanitize=address,undefined: slower, and less vectorized
+#else
+        d["sanitizers"] = false;
+#endif
+        py::dict f;
+        for (const auto& [name, has] : cpu_features()) f[py::str(name)] = has;
+        d["cpu_features"] = f;
+        return d;
+      },
+      "The kernel variant in use and what this CPU supports (rnncore.kernel_info).");
+
+  m.def("get_num_threads", [] { return num_threads(); }, "Threads a native call may use.");
+  m.def(
+      "set_num_threads", [](int n) { rnncore_set_num_threads(n); },
       "Set the threads a native call may use (0: the default).");
   m.def(
       "set_local_thread_cap", [](int n) { local_thread_cap() = n < 0 ? 0 : n; },
@@ -490,8 +527,8 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "team_set_adaptive", [](bool on) { rnncore_team_set_adaptive(on ? 1 : 0); }, py::arg("on"),
       "Whether the team falls back to one thread while its threads lose their cores (default on).");
-  m.def("blas_corename", [] { return std::string(blas_corename()); }, "Kernel set the BLAS chose for this CPU.");
-  m.def("blas_config", [] { return std::string(blas_config()); }, "Build configuration of the vendored BLAS.");
+  m.def("blas_corename", [] { return std::string(scipy_openblas_get_corename()); }, "Kernel set the BLAS chose for this CPU.");
+  m.def("blas_config", [] { return std::string(scipy_openblas_get_config()); }, "Build configuration of the vendored BLAS.");
 
 #ifdef VERSION_INFO
 #define RNNCORE_STR2(x) #x

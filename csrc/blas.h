@@ -6,9 +6,11 @@
 // parallelizes with OpenMP itself and calls the BLAS from inside its own parallel regions.
 #pragma once
 
+#include "isa.h"
+
 #include <cblas.h>
 
-namespace rnncore {
+RNNCORE_NS_BEGIN
 
 // C *= beta for an empty product (k == 0); beta == 0 clears C whatever it held.
 template <typename T>
@@ -43,4 +45,4 @@ inline void blas_single_thread() {
 inline const char* blas_corename() { return scipy_openblas_get_corename(); }
 inline const char* blas_config() { return scipy_openblas_get_config(); }
 
-}  // namespace rnncore
+RNNCORE_NS_END

@@ -7,13 +7,15 @@
 //   backward_step(ctx, t, tid, nt): dh_t -> dG_t and dh_{t-1} (into ctx.dh_rec).
 // A step runs on all nt threads of the driver's region: recurrent GEMMs are split over
 // output columns, elementwise passes over hidden units; `barrier()` (team.h) separates the
-// phases. Past a sequence's length (t >= len[b]) a row's output is 0, its gradient is 0, and
-// its final state was captured at t == len[b] - 1.
+// phases. Past a sequence's length (t >= len[b]) a row's output and every block of its cache
+// (gates, cs) are 0, its gradient is 0, and its final state was captured at t == len[b] - 1.
 //
 // Gate orders (PyTorch's): LSTM i, f, g, o; GRU r, z, n.
 // The step GEMM's recurrent weights: ctx.wrec is wh (forward) or wh^T (backward), packed for
 // small batches (small_gemm.h), plain for the BLAS.
 #pragma once
+
+#include "isa.h"
 
 #include "activations.h"
 #include "blas.h"
@@ -21,7 +23,7 @@
 #include "problem.h"
 #include "small_gemm.h"
 
-namespace rnncore {
+RNNCORE_NS_BEGIN
 
 // out[:, cols of this thread] = A (B, W.K) @ W[:, cols] + beta * out (beta 0 or 1), in fixed
 // column chunks. Small batches use the packed register-blocked kernel, larger ones the BLAS.
@@ -39,6 +41,20 @@ inline void step_gemm(int tid, int nt, int B, int N, const T* A, long lda, const
 
 // This thread's hidden units [j0, j1).
 inline void unit_range(int H, int tid, int nt, long& j0, long& j1) { split_range(H, nt, tid, 8, j0, j1); }
+
+// Units [j0, j1) of each row given, and of the `blocks` blocks of H of a gate row, set to zero:
+// a padded step (t >= len[b]) writes its whole cache, so that both backends' caches hold the
+// same numbers there and either backward can read the other's (no uninitialised memory).
+template <typename T, typename... R>
+inline void zero_units(long j0, long j1, T* row, R*... rows) {
+  for (long j = j0; j < j1; ++j) row[j] = T(0);
+  if constexpr (sizeof...(rows) > 0) zero_units(j0, j1, rows...);
+}
+
+template <typename T>
+inline void zero_blocks(T* g, int blocks, int H, long j0, long j1) {
+  for (int k = 0; k < blocks; ++k) zero_units(j0, j1, g + (long)k * H);
+}
 
 // dh_t of row b: upstream gradient + recurrent gradient (+ dh_n at the sequence's last step).
 template <typename T>
@@ -164,12 +180,13 @@ struct LSTMCell : GatesCache {
     const T* bs = c.bsum;
     for (int b = 0; b < p.B; ++b) {
       T* h = p.hs + p.off(t, H) + b * p.ld(H);
-      if (t >= p.len[b]) {
-        for (long j = j0; j < j1; ++j) h[j] = T(0);
-        continue;
-      }
       T* g = p.gates + p.off(t, 4 * H) + b * p.ld(4 * H);  // holds x_t @ wx on entry
       T* cc = p.cs + p.off(t, H) + b * p.ld(H);
+      if (t >= p.len[b]) {  // past the length the whole cache is zero, as in the twin
+        zero_units(j0, j1, h, cc);
+        zero_blocks(g, 4, H, j0, j1);
+        continue;
+      }
       const T* s = c.scratch + (long)b * 4 * H;
       const T* cpr = cp + b * ldc;
 #pragma omp simd
@@ -256,11 +273,12 @@ struct GRUCell : GatesCache {
     const T* bh = p.bh ? p.bh : c.zeros;
     for (int b = 0; b < p.B; ++b) {
       T* h = p.hs + p.off(t, H) + b * p.ld(H);
-      if (t >= p.len[b]) {
-        for (long j = j0; j < j1; ++j) h[j] = T(0);
+      T* g = p.gates + p.off(t, 4 * H) + b * p.ld(4 * H);
+      if (t >= p.len[b]) {  // past the length the whole cache is zero, as in the twin
+        zero_units(j0, j1, h);
+        zero_blocks(g, 4, H, j0, j1);
         continue;
       }
-      T* g = p.gates + p.off(t, 4 * H) + b * p.ld(4 * H);
       const T* s = c.scratch + (long)b * 3 * H;
       const T* hpr = hp + b * ldh;
 #pragma omp simd
@@ -357,11 +375,12 @@ struct GRUResetBeforeCell : GatesCache {
               barrier();
     for (int b = 0; b < p.B; ++b) {
       T* h = p.hs + p.off(t, H) + b * p.ld(H);
-      if (t >= p.len[b]) {
-        for (long j = j0; j < j1; ++j) h[j] = T(0);
+      T* g = p.gates + p.off(t, 4 * H) + b * p.ld(4 * H);
+      if (t >= p.len[b]) {  // past the length the whole cache is zero (r, z and rh too), as in the twin
+        zero_units(j0, j1, h);
+        zero_blocks(g, 4, H, j0, j1);
         continue;
       }
-      T* g = p.gates + p.off(t, 4 * H) + b * p.ld(4 * H);
       const T* s = c.scratch + (long)b * 3 * H;
       const T* hpr = hp + b * ldh;
 #pragma omp simd
@@ -427,4 +446,4 @@ struct GRUResetBeforeCell : GatesCache {
   }
 };
 
-}  // namespace rnncore
+RNNCORE_NS_END

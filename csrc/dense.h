@@ -7,13 +7,15 @@
 // thread count. The NumPy twins are in rnncore.reference, the Python entry rnncore.dense.
 #pragma once
 
+#include "isa.h"
+
 #include <cmath>
 #include <cstdint>
 
 #include "blas.h"
 #include "parallel.h"
 
-namespace rnncore {
+RNNCORE_NS_BEGIN
 
 // op(W) is W (D, M) row-major, or, when wt, the transpose of a row-major (M, D) matrix (a
 // tied weight passed as a transposed view needs no copy).
@@ -140,4 +142,4 @@ double sum_squares(const T* a, long n, double* partial) {
   return s;
 }
 
-}  // namespace rnncore
+RNNCORE_NS_END

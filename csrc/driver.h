@@ -9,6 +9,9 @@
 // nothing is allocated inside the loops.
 #pragma once
 
+#include "isa.h"
+#include "memops.h"
+
 #include <algorithm>
 #include <vector>
 
@@ -17,7 +20,7 @@
 #include "parallel.h"
 #include "problem.h"
 
-namespace rnncore {
+RNNCORE_NS_BEGIN
 
 // An unpacked (K, N) matrix for the BLAS path of step_gemm.
 template <typename T>
@@ -46,7 +49,7 @@ void forward(Problem<T>& p) {
   T* scratch = ws.get((size_t)B * GH + nzeros + GH);
   T* zeros = scratch + (size_t)B * GH;
   T* bsum = zeros + nzeros;
-  std::fill(zeros, zeros + nzeros, T(0));
+  fill(zeros, zeros + nzeros, T(0));
   for (int j = 0; j < GH; ++j) bsum[j] = p.bx[j] + (p.bh ? p.bh[j] : T(0));
   StepContext<T> ctx{p, scratch, bsum, zeros};
   if (B <= kSmallBatch) {
@@ -96,10 +99,10 @@ PrevStates<T> previous_states(const Problem<T>& p, T* prev) {
   for (int b = 0; b < p.B; ++b) {
     T* dst = prev + (long)b * T_ * H;
     if (p.h0)
-      std::copy(p.h0 + (long)b * H, p.h0 + (long)(b + 1) * H, dst);
+      copy(p.h0 + (long)b * H, p.h0 + (long)(b + 1) * H, dst);
     else
-      std::fill(dst, dst + H, T(0));
-    std::copy(p.hs + (long)b * T_ * H, p.hs + ((long)b * T_ + T_ - 1) * H, dst + H);
+      fill(dst, dst + H, T(0));
+    copy(p.hs + (long)b * T_ * H, p.hs + ((long)b * T_ + T_ - 1) * H, dst + H);
   }
   s.m = prev;
   return s;
@@ -166,7 +169,7 @@ void backward(Problem<T>& p) {
   T* tmp = dG + nG * (Cell::SPLIT ? 2 : 1);
   T* zeros = tmp + nBH;
   T* prev_buf = zeros + nBH;  // batch-first: the previous states, filled after the loop
-  std::fill(zeros, zeros + nBH, T(0));
+  fill(zeros, zeros + nBH, T(0));
   StepContext<T> ctx{p, nullptr, nullptr, zeros};
   Workspace<T>& wt = Workspace<T>::local(Workspace<T>::kPacked);  // wh^T: packed, or plain for the BLAS
   if (B <= kSmallBatch) {
@@ -182,8 +185,8 @@ void backward(Problem<T>& p) {
   ctx.tmp = tmp;
   ctx.dh_rec = p.dh0;  // carried down the loop; after step 0 it is dh0
   ctx.dc_rec = p.dc0;
-  std::fill(p.dh0, p.dh0 + nBH, T(0));
-  if (Cell::HAS_C) std::fill(p.dc0, p.dc0 + nBH, T(0));
+  fill(p.dh0, p.dh0 + nBH, T(0));
+  if (Cell::HAS_C) fill(p.dc0, p.dc0 + nBH, T(0));
 
   parallel_region(step_threads(B, H, Cell::G), [&](int tid, int nt) {
     for (int t = p.T_ - 1; t >= 0; --t) {
@@ -209,4 +212,4 @@ void backward(Problem<T>& p) {
   Workspace<T>::release_all_large();
 }
 
-}  // namespace rnncore
+RNNCORE_NS_END

@@ -6,33 +6,39 @@
 // do not depend on the thread count.
 #pragma once
 
-#include <algorithm>
-#include <atomic>
-#include <cstddef>
-#include <vector>
+#include "isa.h"
 
+#include <algorithm>
+#include <cstddef>
+#include <cstdlib>
+#include <new>
+
+#include "kernels.h"
 #include "team.h"
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <xmmintrin.h>
 #define RNNCORE_HAVE_MXCSR 1
 #endif
 
-namespace rnncore {
+RNNCORE_NS_BEGIN
 
-// A cap on the threads of the calling thread's native calls (0: none). rnncore's Python side
-// sets it when it runs independent calls side by side (the two directions of a layer).
-inline int& local_thread_cap() {
-  thread_local int cap = 0;
-  return cap;
-}
-
+// The threads of a native call: rnncore's count, under the calling thread's cap (kernels.h:
+// rnncore's Python side sets one when it runs independent calls side by side, the two
+// directions of a layer). The cap is one variable for all variants, defined in dispatch.cpp.
 inline int num_threads() {
   const int n = rnncore_get_num_threads();
-  const int cap = local_thread_cap();
+  const int cap = ::rnncore::local_thread_cap();
   return cap > 0 ? std::min(n, cap) : n;
 }
 
-inline void set_num_threads(int n) { rnncore_set_num_threads(n); }
+// parallel_region's entry: f(tid, nt) on nt threads of the team (team.h).
+template <typename F>
+inline int team_run(int nt, F& f) {
+  return rnncore_team_run(
+      nt, [](void* ctx, int tid, int n) { (*static_cast<F*>(ctx))(tid, n); }, &f);
+}
+
+inline void barrier() { rnncore_team_barrier(); }
 
 // Threads worth opening for `work` multiply-adds spread over `parallel_units` independent
 // units: one thread for small work, never more threads than units.
@@ -64,8 +70,10 @@ inline void split_range(long n, int nt, int tid, long align, long& lo, long& hi)
 // differently for different shapes). Fewer, larger chunks waste less BLAS packing.
 constexpr long kMinChunk = 64;
 
+constexpr long kMaxChunks = 16;
+
 inline long max_chunks() {
-  static const long n = std::min(16, std::max(2, rnncore_num_cpus()));
+  static const long n = std::min((int)kMaxChunks, std::max(2, rnncore_num_cpus()));
   return n;
 }
 
@@ -95,18 +103,16 @@ class Workspace {
  public:
   static constexpr size_t kKeep = (size_t)1 << 24;  // elements: 64 MiB of float a slot
   T* get(size_t n) {
-    if (n > buf_.size()) {
-      buf_.clear();
-      buf_.shrink_to_fit();
-      buf_.resize(n);
+    if (n > size_) {
+      free_buf();
+      buf_ = static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64));
+      if (!buf_) throw std::bad_alloc();
+      size_ = n;
     }
-    return buf_.data();
+    return buf_;
   }
   void release_if_large() {
-    if (buf_.size() > kKeep) {
-      buf_.clear();
-      buf_.shrink_to_fit();
-    }
+    if (size_ > kKeep) free_buf();
   }
   enum Slot { kForward, kBackward, kPacked, kPacked2, kSlots };
   static Workspace& local(Slot slot) {
@@ -116,9 +122,21 @@ class Workspace {
   static void release_all_large() {
     for (int s = 0; s < kSlots; ++s) local((Slot)s).release_if_large();
   }
+  Workspace() = default;
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  ~Workspace() { free_buf(); }
 
  private:
-  std::vector<T> buf_;
+  // a plain allocation, not std::vector: the standard library's templates are shared by name
+  // between the variants (isa.h)
+  void free_buf() {
+    std::free(buf_);
+    buf_ = nullptr;
+    size_ = 0;
+  }
+  T* buf_ = nullptr;
+  size_t size_ = 0;
 };
 
 // Flush denormals to zero (FTZ and DAZ) while alive; restore the caller's mode afterwards.
@@ -142,4 +160,4 @@ inline void parallel_region(int nt, F&& f) {
   team_run(nt, body);
 }
 
-}  // namespace rnncore
+RNNCORE_NS_END

@@ -8,51 +8,29 @@
 // what lets the GEMMs read batch-first input without copying it.
 #pragma once
 
-#include <vector>
+#include "isa.h"
 
+#include "kernels.h"
 #include "small_gemm.h"
 
-namespace rnncore {
+RNNCORE_NS_BEGIN
 
+// The fields are kernels.h's RecurrentArgs (what the bindings fill in):
+//   x (T, B, D) or (B, T, D); wx (D, G*H); wh (H, G*H); bx (G*H) input-side bias; bh (G*H) or
+//   null, hidden-side bias; h0, c0 (B, H) or null (zeros); len (B), 1 <= len[b] <= T, never
+//   null inside a driver; act the Elman activation (activations.h).
+//   Forward outputs, and the cache the backward reads: hs (T, B, H) layout, zero past a
+//   sequence's length; hn, cn (B, H) the states at each sequence's last step; gates (T, B, GC*H)
+//   layout, the post-activation gates (cell specific); cs (T, B, H) layout, LSTM cell states.
+//   Backward inputs (any may be null: zeros): dhs (T, B, H) layout, dhn, dcn (B, H).
+//   Backward outputs: dx (T, B, D) layout, dwx, dwh, dbx, dbh (or null), dh0, dc0.
 template <typename T>
-struct Problem {
-  int T_ = 0, B = 0, D = 0, H = 0;  // T_: steps
-  bool batch_first = false;
-  int act = 0;  // Elman activation (activations.h)
+struct Problem : RecurrentArgs<T> {
+  explicit Problem(const RecurrentArgs<T>& a) : RecurrentArgs<T>(a) {}
 
-  // inputs
-  const T* x = nullptr;   // (T, B, D) or (B, T, D)
-  const T* wx = nullptr;  // (D, G*H)
-  const T* wh = nullptr;  // (H, G*H)
-  const T* bx = nullptr;  // (G*H), input-side bias
-  const T* bh = nullptr;  // (G*H) or null, hidden-side bias
-  const T* h0 = nullptr;  // (B, H) or null (zeros)
-  const T* c0 = nullptr;  // (B, H) or null (zeros), LSTM
-  const int* len = nullptr;  // (B), 1 <= len[b] <= T; never null inside a driver
-
-  // forward outputs, and the cache the backward reads
-  T* hs = nullptr;     // (T, B, H) layout; zero past a sequence's length
-  T* hn = nullptr;     // (B, H) state at each sequence's last step
-  T* cn = nullptr;     // (B, H) LSTM cell state at the last step
-  T* gates = nullptr;  // (T, B, GC*H) layout: post-activation gates (cell specific)
-  T* cs = nullptr;     // (T, B, H) layout: LSTM cell states
-
-  // backward inputs (any may be null: zeros)
-  const T* dhs = nullptr;  // (T, B, H) layout
-  const T* dhn = nullptr;  // (B, H)
-  const T* dcn = nullptr;  // (B, H)
-  // backward outputs
-  T* dx = nullptr;   // (T, B, D) layout
-  T* dwx = nullptr;  // (D, G*H)
-  T* dwh = nullptr;  // (H, G*H)
-  T* dbx = nullptr;  // (G*H)
-  T* dbh = nullptr;  // (G*H) or null
-  T* dh0 = nullptr;  // (B, H)
-  T* dc0 = nullptr;  // (B, H)
-
-  long rows() const { return (long)T_ * B; }
-  long off(int t, int F) const { return batch_first ? (long)t * F : (long)t * B * F; }
-  long ld(int F) const { return batch_first ? (long)T_ * F : (long)F; }
+  long rows() const { return (long)this->T_ * this->B; }
+  long off(int t, int F) const { return this->batch_first ? (long)t * F : (long)t * this->B * F; }
+  long ld(int F) const { return this->batch_first ? (long)this->T_ * F : (long)F; }
 };
 
 // What a cell step sees besides the problem: the per-call workspace.
@@ -89,4 +67,4 @@ struct StepContext {
   }
 };
 
-}  // namespace rnncore
+RNNCORE_NS_END

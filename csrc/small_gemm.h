@@ -10,10 +10,13 @@
 // panel, chunk or row group it falls in: results do not depend on the thread count.
 #pragma once
 
+#include "isa.h"
+#include "memops.h"
+
 #include <algorithm>
 #include <cstring>
 
-namespace rnncore {
+RNNCORE_NS_BEGIN
 
 // The widest vectors the target has registers for: 512-bit with AVX-512 (twice the multiply-adds
 // of 256-bit vectors on Zen 5 and Sapphire Rapids), 256-bit with AVX (AVX2), else 128-bit (a
@@ -69,7 +72,7 @@ template <typename T>
 Packed<T> pack(const T* W, long sk, long sn, int K, int N, T* buf, const T* plain, long ldw) {
   constexpr int NB = Vec<T>::NB;
   const int np = (N + NB - 1) / NB;
-  std::fill(buf, buf + packed_size<T>(K, N), T(0));
+  fill(buf, buf + packed_size<T>(K, N), T(0));
   for (int p = 0; p < np; ++p)
     for (int k = 0; k < K; ++k)
       for (int j = 0; j < NB && p * NB + j < N; ++j)
@@ -170,4 +173,4 @@ void small_gemm(int M, int n0, int n1, const T* A, long lda, const Packed<T>& W,
   }
 }
 
-}  // namespace rnncore
+RNNCORE_NS_END

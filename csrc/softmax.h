@@ -6,13 +6,15 @@
 // one pass. Rows are independent and never split, so the results do not depend on threads.
 #pragma once
 
+#include "isa.h"
+
 #include <cmath>
 #include <cstdint>
 
 #include "activations.h"
 #include "parallel.h"
 
-namespace rnncore {
+RNNCORE_NS_BEGIN
 
 // probs (N, V) = softmax(x) by rows; row_loss[n] = -log probs[n, t[n]] (0 where t[n] == ignore).
 template <typename T>
@@ -61,4 +63,4 @@ void softmax_xent_backward(const T* probs, const int64_t* t, long N, long V, int
   });
 }
 
-}  // namespace rnncore
+RNNCORE_NS_END

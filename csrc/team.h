@@ -46,16 +46,3 @@ void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps, 
 // Whether the team falls back to the calling thread alone while the cores are taken (default on).
 void rnncore_team_set_adaptive(int on);
 }
-
-namespace rnncore {
-
-// parallel.h's entry: f(tid, nt) on nt threads of the team.
-template <typename F>
-inline int team_run(int nt, F& f) {
-  return rnncore_team_run(
-      nt, [](void* ctx, int tid, int n) { (*static_cast<F*>(ctx))(tid, n); }, &f);
-}
-
-inline void barrier() { rnncore_team_barrier(); }
-
-}  // namespace rnncore

@@ -474,3 +474,49 @@ def test_batch_first_dwh_keeps_float32_precision(cid, cell, kw, scale):
     ref = run_backward("reference", cell, rcache, dhs.astype(np.float64))
     err = np.max(np.abs(g["dwh"] - ref["dwh"])) / np.max(np.abs(ref["dwh"]))
     assert err < 1e-5, err
+
+
+# -- the caches past a sequence's length ---------------------------------------------------------
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
+@pytest.mark.parametrize("cid,cell,kw", [c for c in CELLS if c[1] != "rnn"], ids=[c[0] for c in CELLS[3:]])
+def test_caches_defined_past_the_length_and_interchangeable(cid, cell, kw, batch_first):
+    """Past a sequence's length every block of the cache (hs, gates, cs) is zero on both
+    backends: the two caches hold the same numbers everywhere, and each backend's backward run
+    on the other's cache gives its own gradients. The native outputs here come from buffers a
+    previous call returned filled with NaN (large outputs reuse freed buffers, buffers.h), so a
+    block the forward left unwritten would show as NaN."""
+    T, B, D, H = 40, 32, 16, 128  # float64 gates and cs of 1 MiB and more: from the buffer cache
+    dtype = np.float64
+    rng = np.random.default_rng(zlib.crc32(repr((cid, batch_first)).encode()))
+    x, params, h0, c0, dhs, dh_n, dc_n = _inputs(cell, T, B, D, H, dtype, rng, batch_first=batch_first)
+    lengths = _lengths("mixed", T, B, rng)
+    fkw = dict(kw, batch_first=batch_first, lengths=lengths)
+    outs, poison = run_forward("native", cell, x, params, h0, c0, **fkw)
+    for a in (poison.hs, poison.gates, poison.cs):
+        if a is not None:
+            assert a.flags.writeable
+            a.fill(np.nan)
+    del outs, poison, a
+    _, c_nat = run_forward("native", cell, x, params, h0, c0, **fkw)
+    _, c_ref = run_forward("numpy", cell, x, params, h0, c0, **fkw)
+    past = np.arange(T)[:, None] >= lengths[None, :]  # (T, B)
+    past = past.T if batch_first else past
+    for name in ("hs", "gates", "cs"):
+        a, r = getattr(c_nat, name), getattr(c_ref, name)
+        if r is None:
+            assert a is None
+            continue
+        assert np.all(np.isfinite(a)), f"native {name}: unwritten (NaN) entries"
+        assert not np.any(a[past]) and not np.any(r[past]), f"{name} past the length is not zero"
+        assert_close(a, r, TOL[dtype], f"cache {name}")
+    g_nat = run_backward("native", cell, c_nat, dhs, dh_n, dc_n)
+    g_ref = run_backward("numpy", cell, c_ref, dhs, dh_n, dc_n)
+    g_nat_on_ref = run_backward("native", cell, c_ref, dhs, dh_n, dc_n)
+    g_ref_on_nat = run_backward("numpy", cell, c_nat, dhs, dh_n, dc_n)
+    for name in g_nat:
+        if g_nat[name] is None:
+            continue
+        assert_close(g_nat_on_ref[name], g_nat[name], TOL[dtype], f"native backward on the twin's cache: {name}")
+        assert_close(g_ref_on_nat[name], g_ref[name], TOL[dtype], f"twin backward on the native cache: {name}")
+        assert_close(g_nat[name], g_ref[name], TOL[dtype], name)

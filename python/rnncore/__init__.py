@@ -20,7 +20,7 @@ from ._version import __version__
 from .interop import from_state_dict, load_npz, save_npz, to_state_dict
 from .losses import softmax_cross_entropy, softmax_cross_entropy_backward
 from .recurrent import init_weights, recurrent_backward, recurrent_forward
-from .threads import blas_info, get_num_threads, num_threads, set_num_threads
+from .threads import blas_info, get_num_threads, kernel_info, num_threads, set_isa, set_num_threads, use_isa
 
 __all__ = [
     "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
@@ -28,6 +28,6 @@ __all__ = [
     "to_state_dict", "from_state_dict", "save_npz", "load_npz",
     "softmax_cross_entropy", "softmax_cross_entropy_backward",
     "set_backend", "get_backend", "use_backend", "get_num_threads", "set_num_threads", "num_threads",
-    "blas_info", "reference", "Cache", "__version__",
+    "blas_info", "kernel_info", "set_isa", "use_isa", "reference", "Cache", "__version__",
     "layers", "time_layers", "optim", "models", "data", "gradcheck",
 ]

@@ -13,7 +13,8 @@ from ._checks import Inputs
 class Cache:
     """Inputs of the forward call (referenced, not copied: do not modify them before the
     backward) and what it computed, in x's layout: hs (..., H), gates (..., 4H) for LSTM and
-    GRU, cs (..., H) for LSTM."""
+    GRU, cs (..., H) for LSTM. Past a sequence's length all three are zero, on both backends
+    (so either backend's backward can read either's cache)."""
 
     inputs: Inputs
     hs: np.ndarray

@@ -13,7 +13,8 @@ Notation (row vectors): x_t (B, D), h_t (B, H), wx (D, G*H), wh (H, G*H).
             n = tanh(x_t @ W_in + b_in + r * (h_{t-1} @ W_hn + b_hn))     reset after
             n = tanh(x_t @ W_in + b_in + (r * h_{t-1}) @ W_hn + b_hn)     reset before
             h_t = (1 - z) * n + z * h_{t-1}
-Past a sequence's length its outputs are zero and its state stops changing.
+Past a sequence's length its outputs are zero, and so is every block of the cache (gates, cs),
+on both backends; its state stops changing.
 """
 from __future__ import annotations
 
@@ -182,11 +183,11 @@ def forward(inp):
         h_new, c_new, g = step(xw[t], h, c, inp)
         hs[t] = np.where(valid[t], h_new, 0)
         h = np.where(valid[t], h_new, h)
-        if gates is not None:
-            gates[t] = g
+        if gates is not None:  # past the length the whole cache is zero, as in the native forward
+            gates[t] = np.where(valid[t], g, 0)
         if cs is not None:
             c = np.where(valid[t], c_new, c)
-            cs[t] = c
+            cs[t] = np.where(valid[t], c, 0)
     c_n = c if inp.cell == "lstm" else None
     bf = inp.batch_first
     return (_caller_layout(hs, bf), h, c_n, _caller_layout(gates, bf), _caller_layout(cs, bf))

@@ -21,7 +21,8 @@ import threadpoolctl
 
 from . import _native
 
-__all__ = ["get_num_threads", "set_num_threads", "num_threads", "blas_info", "hold_numpy_blas",
+__all__ = ["get_num_threads", "set_num_threads", "num_threads", "blas_info", "kernel_info", "set_isa", "use_isa",
+           "hold_numpy_blas",
            "quiet_other_pools", "set_quiet_other_pools", "team_stats"]
 
 
@@ -142,13 +143,64 @@ def set_quiet_other_pools(on: bool) -> None:
 
 
 def blas_info() -> dict:
-    """The vendored BLAS as threadpoolctl sees it, plus its kernel name."""
+    """The vendored BLAS as threadpoolctl sees it, plus its kernel name, and the variant of
+    rnncore's own kernels in use (``"rnncore_kernels"``: avx512, avx2 or generic, see
+    :func:`kernel_info`)."""
     core = _core()
     info = {"corename": core.blas_corename(), "config": core.blas_config()}
     for lib in threadpoolctl.threadpool_info():
         if "libscipy_openblas" in lib.get("prefix", "") and "rnncore" in lib.get("filepath", ""):
             info.update(lib)
+    try:
+        info["rnncore_kernels"] = core.kernel_info()["isa"]
+    except RuntimeError as e:  # RNNCORE_ISA names a variant this CPU cannot run
+        info["rnncore_kernels"] = f"error: {e}"
     return info
+
+
+# -- which kernels run ----------------------------------------------------------------------------
+# rnncore's own kernels (the recurrent steps, the small-batch GEMM, the activations, softmax,
+# Adam, ...) are compiled three times, for AVX-512, for AVX2 + FMA and for baseline x86-64, and
+# the best one the CPU runs is chosen at the first native call. RNNCORE_ISA=avx512|avx2|generic
+# (or auto) in the environment forces one; an unknown name, or one the CPU cannot run, makes
+# every native call raise RuntimeError naming RNNCORE_ISA (importing rnncore still works).
+
+def kernel_info() -> dict:
+    """Which variant of rnncore's native kernels runs: ``isa`` (``"avx512"``, ``"avx2"`` or
+    ``"generic"``), ``supported`` (the variants this CPU and OS can run, best first),
+    ``vector_bytes`` (the small-batch GEMM's vector width), ``small_batch_max`` (batches up to
+    this size use that GEMM, larger ones the BLAS), ``small_batch_kernel``, ``isa_flags`` (the
+    variant's compiler flags), ``build`` (``"native"``: tuned for the building CPU,
+    ``"portable"``: RNNCORE_NATIVE=OFF), ``build_flags``, ``sanitizers`` (an ASan + UBSan build)
+    and ``cpu_features``."""
+    return dict(_core().kernel_info())
+
+
+def set_isa(isa) -> None:
+    """Run the ``"avx512"``, ``"avx2"`` or ``"generic"`` kernels from now on (``"auto"``: the
+    best this CPU runs; None: the default again, RNNCORE_ISA or the best). ValueError when the
+    name is unknown or this CPU cannot run it. For tests and benchmarks: every variant computes
+    the same ops within rounding (not the same bits: vector widths and FMA differ), and each
+    gives the same bits for any thread count."""
+    if isa is not None and not isinstance(isa, str):
+        raise ValueError(f"set_isa: expected a variant name or None, got {isa!r}")
+    _core().set_isa(isa or "")
+
+
+@contextlib.contextmanager
+def use_isa(isa):
+    """``with rnncore.use_isa("avx2"): ...``: that variant inside the block, the previous one
+    afterwards."""
+    core = _core()
+    try:
+        before = core.kernel_info()["isa"]
+    except RuntimeError:
+        before = None
+    set_isa(isa)
+    try:
+        yield
+    finally:
+        core.set_isa(before or "")
 
 
 def team_stats() -> dict:

@@ -417,6 +417,12 @@ def environment(want_torch, want_ort=False):
         env["rnncore_threads"] = get_num_threads()
     except RuntimeError as e:
         env["rnncore_blas"] = {"error": str(e)}
+    try:
+        k = rnncore.kernel_info()
+        env["rnncore_kernels"] = {key: k.get(key) for key in ("isa", "supported", "vector_bytes", "build", "isa_flags")}
+    except RuntimeError as e:  # not built, or RNNCORE_ISA names a variant this CPU cannot run
+        env["rnncore_kernels"] = {"error": str(e)}
+    env["RNNCORE_ISA"] = os.environ.get("RNNCORE_ISA")
     mine = env["rnncore_blas"].get("filepath")
     env["numpy_blas"] = [
         {k: lib.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "filepath")}
@@ -447,6 +453,13 @@ def machine_lines(env):
          f"rnncore threads default {env.get('rnncore_threads')}" if "error" not in rb
          else f"rnncore: {rb['error']}"),
     ]
+    k = env.get("rnncore_kernels") or {}
+    if "isa" in k:
+        lines.append(f"rnncore kernels: {k['isa']} ({k['vector_bytes']}-byte vectors, {k['isa_flags']}; "
+                     f"{k['build']} build; this CPU runs {', '.join(k['supported'])})"
+                     + (f"  RNNCORE_ISA={env['RNNCORE_ISA']}" if env.get("RNNCORE_ISA") else ""))
+    elif "error" in k:
+        lines.append(f"rnncore kernels: {k['error']}")
     for lib in env["numpy_blas"]:
         lines.append(f"numpy BLAS: {lib['internal_api']} {lib['version']} (kernel {lib['architecture']}), "
                      f"{os.path.basename(lib['filepath'] or '')}")

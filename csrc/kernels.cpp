@@ -1,0 +1,130 @@
+// kernels.cpp: one instruction-set variant of rnncore's compute kernels and its KernelTable.
+//
+// Compiled three times (CMakeLists.txt), each with its own ISA flags and RNNCORE_ISA_NS:
+//   avx512   -march=x86-64-v4 (AVX-512 F/BW/DQ/VL/CD + AVX2, FMA, BMI2, F16C)
+//   avx2     -march=x86-64-v3 (AVX2, FMA, BMI1/2, F16C, LZCNT, MOVBE)
+//   generic  the compiler's baseline x86-64 (SSE2)
+// Everything below and in the headers it includes lives in rnncore::RNNCORE_ISA_NS (isa.h).
+// dispatch.cpp chooses one table at run time; the wrappers here convert the bindings' plain
+// arguments and set the floating-point mode, nothing more.
+#include "isa.h"
+
+#include <cmath>
+
+#include "driver.h"
+#include "dense.h"
+#include "kernels.h"
+#include "softmax.h"
+
+#define RNNCORE_STR2(x) #x
+#define RNNCORE_STR(x) RNNCORE_STR2(x)
+
+RNNCORE_NS_BEGIN
+
+namespace {
+
+template <typename T>
+void forward_entry(CellId cell, const RecurrentArgs<T>& a) {
+  Problem<T> p(a);
+  switch (cell) {
+    case kElman: forward<T, ElmanCell>(p); break;
+    case kLSTM: forward<T, LSTMCell>(p); break;
+    case kGRU: forward<T, GRUCell>(p); break;
+    case kGRUResetBefore: forward<T, GRUResetBeforeCell>(p); break;
+  }
+}
+
+template <typename T>
+void backward_entry(CellId cell, const RecurrentArgs<T>& a) {
+  Problem<T> p(a);
+  switch (cell) {
+    case kElman: backward<T, ElmanCell>(p); break;
+    case kLSTM: backward<T, LSTMCell>(p); break;
+    case kGRU: backward<T, GRUCell>(p); break;
+    case kGRUResetBefore: backward<T, GRUResetBeforeCell>(p); break;
+  }
+}
+
+template <typename T>
+void xent_forward_entry(const T* x, const int64_t* t, long N, long V, int64_t ignore, T* probs, double* loss) {
+  DenormalGuard guard;
+  softmax_xent_forward(x, t, N, V, ignore, probs, loss);
+}
+
+template <typename T>
+void xent_backward_entry(const T* probs, const int64_t* t, long N, long V, int64_t ignore, T scale, T* dx) {
+  DenormalGuard guard;
+  softmax_xent_backward(probs, t, N, V, ignore, scale, dx);
+}
+
+template <typename T>
+void affine_forward_entry(const T* x, const T* W, bool wt, const T* b, long N, long D, long M, T* y) {
+  blas_single_thread();
+  DenormalGuard guard;
+  affine_forward(x, W, wt, b, N, D, M, y);
+}
+
+template <typename T>
+void affine_backward_entry(const T* dy, const T* x, const T* W, bool wt, long N, long D, long M, T* dW, bool dwt,
+                           T* db, T* dx) {
+  blas_single_thread();
+  DenormalGuard guard;
+  affine_backward(dy, x, W, wt, N, D, M, dW, dwt, db, dx);
+}
+
+template <typename T>
+void embedding_backward_entry(const int64_t* ids, const T* dout, long N, long V, long D, T* dW) {
+  DenormalGuard guard;
+  embedding_backward(ids, dout, N, V, D, dW);
+}
+
+template <typename T>
+void adam_entry(T* p, const T* g, T* m, T* v, long n, T lr_c1, T b1, T a1, T b2, T a2, T eps, T c2) {
+  DenormalGuard guard;
+  adam_update(p, g, m, v, n, lr_c1, b1, a1, b2, a2, eps, c2);
+}
+
+template <typename T>
+double sum_squares_entry(const T* a, long n) {
+  if (n <= 0) return 0.0;
+  double partial[kMaxChunks];  // num_chunks(n) <= max_chunks() <= kMaxChunks
+  return sum_squares(a, n, partial);
+}
+
+template <typename T>
+bool all_finite_entry(const T* d, long n) {
+  int bad = 0;  // written by the threads that find one (any nonzero store suffices)
+  parallel_region(threads_for((double)n, n, 1 << 20), [&](int tid, int nt) {
+    long lo, hi;
+    split_range(n, nt, tid, 1, lo, hi);
+    int b = 0;
+    for (long i = lo; i < hi; ++i) b |= !std::isfinite(d[i]);
+    if (b) __atomic_store_n(&bad, 1, __ATOMIC_RELAXED);
+  });
+  return !__atomic_load_n(&bad, __ATOMIC_RELAXED);
+}
+
+template <typename T>
+constexpr Ops<T> ops() {
+  return Ops<T>{&forward_entry<T>,        &backward_entry<T>,       &xent_forward_entry<T>,
+                &xent_backward_entry<T>,  &affine_forward_entry<T>, &affine_backward_entry<T>,
+                &embedding_backward_entry<T>, &adam_entry<T>,       &sum_squares_entry<T>,
+                &all_finite_entry<T>};
+}
+
+}  // namespace
+
+const KernelTable& kernel_table() {
+  static const KernelTable table{
+      RNNCORE_STR(RNNCORE_ISA_NS),
+      RNNCORE_ISA_FLAGS,
+      kVecBytes,
+      kSmallBatch,
+      kWideRegs ? "packed register-blocked GEMM, up to 12 rows x 2 vectors a block (32 vector registers)"
+                : "packed register-blocked GEMM, up to 6 rows x 2 vectors a block (16 vector registers)",
+      ops<float>(),
+      ops<double>()};
+  return table;
+}
+
+RNNCORE_NS_END

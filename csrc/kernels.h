@@ -1,0 +1,85 @@
+// kernels.h: the interface between the bindings (compiled for any x86-64) and the compute
+// kernels (kernels.cpp, compiled once per instruction set: isa.h).
+//
+// Each variant fills one KernelTable of plain function pointers; dispatch.cpp picks the table
+// for the CPU (or RNNCORE_ISA) and bindings.cpp calls only through it. Nothing here is inline
+// code: the types are plain data, so every translation unit may include this header whatever
+// its compiler flags.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace rnncore {
+
+enum CellId : int { kElman = 0, kLSTM = 1, kGRU = 2, kGRUResetBefore = 3 };
+
+// One recurrent call, its tensors and their layout: the fields of problem.h's Problem, which
+// adds the layout helpers on the kernel side. See problem.h for what each pointer holds.
+template <typename T>
+struct RecurrentArgs {
+  int T_ = 0, B = 0, D = 0, H = 0;
+  bool batch_first = false;
+  int act = 0;
+  const T *x = nullptr, *wx = nullptr, *wh = nullptr, *bx = nullptr, *bh = nullptr, *h0 = nullptr,
+          *c0 = nullptr;
+  const int* len = nullptr;
+  T *hs = nullptr, *hn = nullptr, *cn = nullptr, *gates = nullptr, *cs = nullptr;
+  const T *dhs = nullptr, *dhn = nullptr, *dcn = nullptr;
+  T *dx = nullptr, *dwx = nullptr, *dwh = nullptr, *dbx = nullptr, *dbh = nullptr, *dh0 = nullptr,
+    *dc0 = nullptr;
+};
+
+// The ops of one dtype. Each sets its own floating-point mode (denormals flushed) and runs on
+// rnncore's thread team; the caller has released the GIL.
+template <typename T>
+struct Ops {
+  void (*forward)(CellId, const RecurrentArgs<T>&);
+  void (*backward)(CellId, const RecurrentArgs<T>&);
+  void (*softmax_xent_forward)(const T* x, const int64_t* t, long N, long V, int64_t ignore, T* probs,
+                               double* row_loss);
+  void (*softmax_xent_backward)(const T* probs, const int64_t* t, long N, long V, int64_t ignore, T scale,
+                                T* dx);
+  void (*affine_forward)(const T* x, const T* W, bool wt, const T* b, long N, long D, long M, T* y);
+  void (*affine_backward)(const T* dy, const T* x, const T* W, bool wt, long N, long D, long M, T* dW, bool dwt,
+                          T* db, T* dx);
+  void (*embedding_backward)(const int64_t* ids, const T* dout, long N, long V, long D, T* dW);
+  void (*adam_update)(T* p, const T* g, T* m, T* v, long n, T lr_c1, T b1, T a1, T b2, T a2, T eps, T c2);
+  double (*sum_squares)(const T* a, long n);
+  bool (*all_finite)(const T* a, long n);
+};
+
+struct KernelTable {
+  const char* isa;           // "avx512", "avx2" or "generic"
+  const char* flags;         // the compiler's ISA flags for this variant
+  int vec_bytes;             // vector width of the small-batch GEMM (small_gemm.h)
+  int small_batch_max;       // batches up to this size take the small-batch GEMM, larger the BLAS
+  const char* small_kernel;  // the small-batch GEMM's register blocking
+  Ops<float> f32;
+  Ops<double> f64;
+};
+
+// The variants (kernels.cpp), one per namespace.
+namespace avx512 { const KernelTable& kernel_table(); }
+namespace avx2 { const KernelTable& kernel_table(); }
+namespace generic { const KernelTable& kernel_table(); }
+
+// dispatch.cpp. The table in use: chosen at the first call from the CPU, or from RNNCORE_ISA
+// (avx512, avx2, generic; "auto" or unset: the best the CPU supports); throws
+// std::runtime_error naming RNNCORE_ISA when it asks for an unknown or unsupported variant.
+const KernelTable& kernels();
+// Switch to a variant ("auto": the best the CPU supports; "": back to the default, RNNCORE_ISA
+// or the best, decided at the next call); std::invalid_argument when this CPU cannot run it or
+// the name is unknown.
+void set_isa(const std::string& name);
+// The variants this CPU (and its operating system) can run, best first; always ends "generic".
+std::vector<std::string> supported_isas();
+// What the CPU reports, for kernel_info: name -> present.
+std::vector<std::pair<std::string, bool>> cpu_features();
+
+// The cap on the threads of the calling OS thread's native calls (0: none), one per thread
+// for all variants (defined in dispatch.cpp; parallel.h reads it).
+int& local_thread_cap();
+
+}  // namespace rnncore
