@@ -93,17 +93,23 @@ def _view(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
 
 def _rnncore_weights(spec: _Spec, params) -> list:
     """torch's flat parameter list -> rnncore's ``(wx, wh, b_ih, b_hh)`` per layer and
-    direction: the matrices transposed (one copy each), the biases viewed (or zeros)."""
+    direction: the matrices transposed (one copy each, by torch's blocked copy, several times
+    faster than NumPy's strided one), the biases viewed (or zeros)."""
     weights = []
     k = spec.per_direction
     for i in range(0, len(params), k):
-        w_ih, w_hh = (np.ascontiguousarray(p.detach().numpy().T) for p in params[i:i + 2])
+        w_ih, w_hh = (_transposed(p.detach()).numpy() for p in params[i:i + 2])
         if spec.bias:
             b_ih, b_hh = _view(params[i + 2]), _view(params[i + 3])
         else:
             b_ih = b_hh = np.zeros(w_hh.shape[1], w_hh.dtype)
         weights.append((w_ih, w_hh, b_ih, b_hh))
     return weights
+
+
+def _transposed(t: torch.Tensor) -> torch.Tensor:
+    """A C-contiguous copy of the transpose of a matrix (weights in, their gradients out)."""
+    return t.t().contiguous()
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -145,7 +151,7 @@ class _Recurrent(torch.autograd.Function):
                  torch.from_numpy(dh0) if needs[2] else None,
                  torch.from_numpy(dc0) if needs[3] and dc0 is not None else None]
         for dwx, dwh, db_ih, db_hh in dweights:
-            grads += [torch.from_numpy(np.ascontiguousarray(dwx.T)), torch.from_numpy(np.ascontiguousarray(dwh.T))]
+            grads += [_transposed(torch.from_numpy(dwx)), _transposed(torch.from_numpy(dwh))]
             if spec.bias:
                 grads += [torch.from_numpy(db_ih), torch.from_numpy(db_hh)]
         return tuple(g if g is None or needs[i] else None for i, g in enumerate(grads))
