@@ -393,6 +393,13 @@ def test_bad_shapes_and_types_raise():
         gru(torch.randn(2, 1, 3), (torch.zeros(2, 1, 4),))
 
 
+def test_non_finite_input_raises():
+    x = torch.randn(2, 1, 3)
+    x[1, 0, 2] = float("nan")
+    with pytest.raises(ValueError, match="x contains NaN"):
+        rt.GRU(3, 4)(x)
+
+
 def test_double_backward_raises():
     m = rt.GRU(3, 4).double()
     x = torch.randn(2, 1, 3, dtype=torch.float64, requires_grad=True)
@@ -439,6 +446,10 @@ def test_requires_grad_is_honoured():
         out, h = mine(x)
     assert not out.requires_grad and not h.requires_grad
     assert_close(out.numpy(), ref(x)[0].detach().numpy(), 1e-10, "no_grad output")
+    with torch.inference_mode():
+        out, h = mine(x)
+    assert out.is_inference()
+    assert_close(out.numpy(), ref(x)[0].detach().numpy(), 1e-10, "inference_mode output")
 
 
 # -- dropout -----------------------------------------------------------------------------------

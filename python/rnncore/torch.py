@@ -29,11 +29,16 @@ derivative (the backward is ``once_differentiable``).
 
 Threads: a forward or backward here runs on rnncore's own team with
 ``rnncore.get_num_threads()`` threads (``rnncore.set_num_threads`` / ``RNNCORE_NUM_THREADS``),
-not on torch's intra-op pool, and torch's ops of the same model (embedding, linear, loss,
-optimizer) run on torch's pool (``torch.set_num_threads``). The two take turns rather than run
-at once: while rnncore works, torch's threads are idle (after their last op they spin for a
-short while before sleeping, and rnncore's threads likewise). So set both counts to the cores
-you have, not half each; ``bench/torch_swap.py`` measures the combinations.
+not on torch's intra-op pool; torch's ops of the same model (embedding, linear, loss,
+optimizer) run on torch's pool (``torch.set_num_threads``). The two take turns, never run
+inside each other: the autograd function calls rnncore synchronously, so torch's threads are
+idle (they spin briefly after their last op, then sleep, as rnncore's do) while rnncore works,
+and each pool may use every core. On a machine shared with other busy processes rnncore's team
+falls back to the calling thread while its threads lose their cores; torch's OpenMP pool has
+no such fallback: there, at batch 1 and 8, torch's steps ran several times faster with
+``torch.set_num_threads(1)`` than at 2 threads on 2 cores (at batch 64 two threads still paid).
+``bench/torch_swap.py`` times torch at its default and at one thread, with and without the
+swap, so you can see which holds on your machine.
 """
 from __future__ import annotations
 
