@@ -64,7 +64,7 @@ _DTYPES = (torch.float32, torch.float64)
 
 # -- the autograd function --------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds an array: compared and hashed by identity
 class _Spec:
     """Everything of one call that is not a tensor."""
 
@@ -149,17 +149,19 @@ class _Recurrent(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dout, dh_n, dc_n=None):
         ctx.saved_tensors  # noqa: B018 -- raises if any of them was modified in place since the forward
-        spec, needs = ctx.spec, ctx.needs_input_grad
         dx, dweights, dh0, dc0 = recurrent_backward(_view(dout), ctx.cache, _view(dh_n), _view(dc_n))
-        grads = [None,
-                 torch.from_numpy(dx) if needs[1] else None,
-                 torch.from_numpy(dh0) if needs[2] else None,
-                 torch.from_numpy(dc0) if needs[3] and dc0 is not None else None]
+        # (array, is a weight matrix) per input of forward: spec, x, h0, c0, *params
+        grads = [(None, False), (dx, False), (dh0, False), (dc0, False)]
         for dwx, dwh, db_ih, db_hh in dweights:
-            grads += [_transposed(torch.from_numpy(dwx)), _transposed(torch.from_numpy(dwh))]
-            if spec.bias:
-                grads += [torch.from_numpy(db_ih), torch.from_numpy(db_hh)]
-        return tuple(g if g is None or needs[i] else None for i, g in enumerate(grads))
+            grads += [(dwx, True), (dwh, True)] + ([(db_ih, False), (db_hh, False)] if ctx.spec.bias else [])
+        return tuple(_gradient(a, matrix) if a is not None and need else None
+                     for (a, matrix), need in zip(grads, ctx.needs_input_grad))
+
+
+def _gradient(a: np.ndarray, matrix: bool) -> torch.Tensor:
+    """A gradient rnncore returned, in torch's layout (weight matrices transposed back)."""
+    t = torch.from_numpy(a)
+    return _transposed(t) if matrix else t
 
 
 # -- checks -------------------------------------------------------------------------------------
