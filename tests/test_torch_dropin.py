@@ -396,8 +396,24 @@ def test_bad_shapes_and_types_raise():
 def test_non_finite_input_raises():
     x = torch.randn(2, 1, 3)
     x[1, 0, 2] = float("nan")
-    with pytest.raises(ValueError, match="x contains NaN"):
+    with pytest.raises(ValueError, match="rnncore.torch.GRU: input contains NaN or infinity"):
         rt.GRU(3, 4)(x)
+    with pytest.raises(ValueError, match=r"rnncore.torch.LSTM: hx\[1\] \(c_0\) contains NaN"):
+        rt.LSTM(3, 4)(x.nan_to_num(), (torch.zeros(1, 1, 4), torch.full((1, 1, 4), float("nan"))))
+    m = rt.GRU(3, 4, num_layers=2)
+    with torch.no_grad():
+        m.weight_hh_l1[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="rnncore.torch.GRU: weight_hh_l1 contains NaN or infinity"):
+        m(torch.randn(2, 1, 3))
+
+
+def test_import_rnncore_leaves_torch_out():
+    import subprocess
+    import sys
+
+    code = "import sys, rnncore; rnncore.lstm_forward; print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"
 
 
 def test_double_backward_raises():

@@ -264,6 +264,13 @@ def _states(module, hx, mode, B, batched, sorted_idx, dtype, where):
     return out[0], (out[1] if mode == "lstm" else None)
 
 
+def _raise_non_finite(where, named_tensors, error):
+    for name, t in named_tensors:
+        if t is not None and not bool(torch.isfinite(t.detach()).all()):
+            raise ValueError(f"{where}: {name} contains NaN or infinity; rnncore computes with finite "
+                             f"values only") from error
+
+
 def _dropout_seed(module) -> Optional[int]:
     """A seed for the dropout masks, drawn from torch's default generator (only when the masks
     are used, so eval-mode and dropout-free calls leave the generator as they found it)."""
@@ -283,7 +290,12 @@ def _forward(module, input, hx=None):
     h0, c0 = _states(module, hx, mode, B, batched, sorted_idx, dtype, where)
     spec = _Spec(mode, activation, module.num_layers, bool(module.bidirectional), bool(module.bias), batch_first,
                  float(module.dropout), bool(module.training), _dropout_seed(module), lengths)
-    out, *state = _Recurrent.apply(spec, x, h0, c0, *(p for _, p in named))
+    try:
+        out, *state = _Recurrent.apply(spec, x, h0, c0, *(p for _, p in named))
+    except ValueError as e:  # what only rnncore checks: finite values; say which tensor in torch's names
+        hx_names = ("hx[0] (h_0)", "hx[1] (c_0)") if mode == "lstm" else ("hx", None)
+        _raise_non_finite(where, [("input", x), (hx_names[0], h0), (hx_names[1], c0)] + named, e)
+        raise
     if packed is not None:
         batch_sizes, sorted_idx, unsorted_idx = packed
         data = pack_padded_sequence(out, torch.from_numpy(lengths.astype(np.int64)), enforce_sorted=True).data
