@@ -18,6 +18,12 @@ torch's time over rnncore's at the same torch thread setting (> 1: rnncore is fa
 
     python bench/torch_swap.py                                # lstm and gru; B 1, 8, 64; H 256; T 64
     python bench/torch_swap.py --cells gru --batch 32 --threads 1 --rounds 5 --json swap.json
+    OMP_WAIT_POLICY=PASSIVE python bench/torch_swap.py        # torch's OpenMP threads sleep at once after each op
+
+torch's intra-op pool is OpenMP (libgomp): after each parallel op its threads spin for a while
+before sleeping (``OMP_WAIT_POLICY``, read once when torch loads). The patched model's
+rnncore calls start right after torch's ops, so that spinning can take the cores from rnncore's
+team; the header prints the policy in force.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import argparse
 import copy
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -100,8 +107,9 @@ def run(cells=("lstm", "gru"), batches=(1, 8, 64), hidden=256, seq_len=64, steps
     torch_threads = torch.get_num_threads()
     say(f"model: Embedding({VOCAB}, {EMBED}) -> <cell>({EMBED}, {hidden}, batch_first) -> Linear({hidden}, "
         f"{VOCAB}), cross_entropy, Adam; T={seq_len}; float32")
-    say(f"threads: rnncore {rnncore.get_num_threads()}, torch {torch_threads}; {rounds} rounds of "
-        f"{steps} timed steps a variant (after {warmup} warm-up steps), variants in turn")
+    say(f"threads: rnncore {rnncore.get_num_threads()}, torch {torch_threads} (OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY') or '(unset)'}); {rounds} rounds of {steps} timed steps a variant "
+        f"(after {warmup} warm-up steps), variants in turn")
     say(f"{'cell':<5} {'B':>4} | {'torch ms':>9} {'rnncore ms':>11} {'x':>6} | {'torch 1 thr ms':>15} "
         f"{'rnncore, torch 1 thr ms':>24} {'x':>6} | {'|loss diff|':>11}")
     rows = []

@@ -30,15 +30,14 @@ derivative (the backward is ``once_differentiable``).
 Threads: a forward or backward here runs on rnncore's own team with
 ``rnncore.get_num_threads()`` threads (``rnncore.set_num_threads`` / ``RNNCORE_NUM_THREADS``),
 not on torch's intra-op pool; torch's ops of the same model (embedding, linear, loss,
-optimizer) run on torch's pool (``torch.set_num_threads``). The two take turns, never run
-inside each other: the autograd function calls rnncore synchronously, so torch's threads are
-idle (they spin briefly after their last op, then sleep, as rnncore's do) while rnncore works,
-and each pool may use every core. On a machine shared with other busy processes rnncore's team
-falls back to the calling thread while its threads lose their cores; torch's OpenMP pool has
-no such fallback: there, at batch 1 and 8, torch's steps ran several times faster with
-``torch.set_num_threads(1)`` than at 2 threads on 2 cores (at batch 64 two threads still paid).
-``bench/torch_swap.py`` times torch at its default and at one thread, with and without the
-swap, so you can see which holds on your machine.
+optimizer) run on torch's pool (``torch.set_num_threads``). The two never nest: the autograd
+function calls rnncore synchronously, and each pool may use every core. But they follow each
+other closely, and torch's pool is OpenMP (libgomp), whose threads spin after each parallel op
+before they sleep: rnncore's team, starting right then, finds its cores taken. Measured on 2
+cores (``bench/torch_swap.py``), that made a patched LSTM step at batch 8 several times slower
+with torch at 2 threads than with ``torch.set_num_threads(1)``; ``OMP_WAIT_POLICY=PASSIVE`` in
+the environment before torch is imported (its threads then sleep at once) removed it. So with
+the patch, use either of the two when torch's own ops are small next to the recurrence.
 """
 from __future__ import annotations
 
@@ -265,6 +264,8 @@ def _states(module, hx, mode, B, batched, sorted_idx, dtype, where):
 
 
 def _raise_non_finite(where, named_tensors, error):
+    """Raise naming the first of ``(name, tensor)`` that holds a NaN or infinity, if any (the
+    error path of a call rnncore refused: its own message names the op's arguments)."""
     for name, t in named_tensors:
         if t is not None and not bool(torch.isfinite(t.detach()).all()):
             raise ValueError(f"{where}: {name} contains NaN or infinity; rnncore computes with finite "
