@@ -424,10 +424,36 @@ def test_double_backward_raises():
         gx.sum().backward()
 
 
-def test_in_place_change_of_the_output_before_backward_raises():
-    m = rt.LSTM(3, 4)
-    out, _ = m(torch.randn(5, 2, 3, requires_grad=True))
-    out.mul_(2)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "bidirectional"])
+def test_in_place_use_of_the_output_works_as_in_torch(bidirectional):
+    """``out += residual`` after the layer: torch's module allows it, and so must the drop-in
+    (the output must not be the buffer the backward reads)."""
+    torch.manual_seed(0)
+    ref = nn.LSTM(3, 4, num_layers=2, bidirectional=bidirectional).double()
+    mine = rt.patch(copy.deepcopy(ref))
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    res = torch.randn(5, 2, 8 if bidirectional else 4, dtype=torch.float64)
+    grads = []
+    for m in (ref, mine):
+        x.grad = None
+        out, _ = m(x)
+        out += res
+        out.mul_(3.0)
+        (out * out).sum().backward()
+        grads.append((out.detach().clone(), x.grad.clone(), [p.grad.clone() for p in m.parameters()]))
+    assert_close(grads[1][0].numpy(), grads[0][0].numpy(), 1e-10, "output")
+    assert_close(grads[1][1].numpy(), grads[0][1].numpy(), 1e-10, "grad input")
+    for a, b in zip(grads[1][2], grads[0][2]):
+        assert_close(a.numpy(), b.numpy(), 1e-10, "grad parameter")
+
+
+def test_in_place_change_of_the_input_before_backward_raises():
+    m = rt.GRU(3, 4)
+    x = torch.randn(5, 2, 3)
+    w = torch.ones(3, requires_grad=True)
+    inp = x * w
+    out, _ = m(inp)
+    inp.mul_(2)  # rnncore's backward would read the changed values
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
 

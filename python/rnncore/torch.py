@@ -116,14 +116,12 @@ def _transposed(t: torch.Tensor) -> torch.Tensor:
     return t.t().contiguous()
 
 
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    """An array rnncore returned, as a tensor sharing its memory. The forward's output is a
-    read-only view of what the backward reads; the tensor is saved for backward, so autograd's
-    version counter catches any in-place change of it before the backward would read it."""
-    if not a.flags.writeable:
-        a = a.view()
-        a.flags.writeable = True
-    return torch.from_numpy(a)
+def _output(a: np.ndarray) -> torch.Tensor:
+    """The forward's output as a tensor the caller owns. When it is the read-only view of what
+    the backward reads (the last layer's ``hs`` of a one-direction stack) it is copied, so that
+    in-place use of it (``out += residual``) works as with torch's module; a bidirectional
+    stack's concatenated output is fresh already and is shared as it is."""
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
 class _Recurrent(torch.autograd.Function):
@@ -136,13 +134,14 @@ class _Recurrent(torch.autograd.Function):
             num_layers=spec.num_layers, bidirectional=spec.bidirectional, dropout=spec.dropout,
             training=spec.training, rng=spec.seed, batch_first=spec.batch_first, lengths=spec.lengths,
             activation=spec.activation)
-        output = _tensor(out)
         ctx.spec, ctx.cache = spec, cache
         ctx.set_materialize_grads(False)  # unused outputs' gradients arrive as None: no work for them
-        ctx.save_for_backward(x, h0, c0, output, *params)  # the arrays rnncore's cache reads
+        # rnncore's cache reads x, h0, c0 and the biases themselves: saved, autograd's version
+        # counters make an in-place change of any of them before backward an error (as torch's does)
+        ctx.save_for_backward(x, h0, c0, *params)
         if spec.mode == "lstm":
-            return output, torch.from_numpy(h_n), torch.from_numpy(c_n)
-        return output, torch.from_numpy(h_n)
+            return _output(out), torch.from_numpy(h_n), torch.from_numpy(c_n)
+        return _output(out), torch.from_numpy(h_n)
 
     @staticmethod
     @once_differentiable
