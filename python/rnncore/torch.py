@@ -9,8 +9,10 @@ as one :func:`rnncore.recurrent_forward` call and autograd's backward as one
 under ``rnncore.use_backend("numpy")``), through a ``torch.autograd.Function``. The input,
 states, biases and output gradients reach rnncore as views of the tensors' own memory when
 they are C-contiguous; the weight matrices are transposed into rnncore's row-vector layout
-(``wx = weight_ih.T``) once a call. Importing this module imports torch; ``import rnncore``
-never does.
+(``wx = weight_ih.T``) once a call, a ``PackedSequence`` is padded (rnncore's ``lengths`` then
+keep the padding out), and a one-direction stack's output is copied out of the buffer the
+backward reads, so the caller may change it in place as with torch's module. Importing this
+module imports torch; ``import rnncore`` never does.
 
 :func:`patch` turns every ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` inside an existing model into
 these classes in place (the modules, their Parameters, hooks and training mode stay the same
