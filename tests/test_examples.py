@@ -33,3 +33,21 @@ def test_sentiment_learns_negation(capsys):
     acc = _load("sentiment").main(steps=200)
     assert acc >= 0.95
     assert "negated sentences" in capsys.readouterr().out
+
+
+def test_torch_gru_example_trains_the_patched_model(capsys):
+    """examples/torch_gru.py: the patched model computes what the torch one did, and trains."""
+    torch = pytest.importorskip("torch")
+    import re
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # like rnncore's above: one thread, robust on a busy machine
+    try:
+        acc = _load("torch_gru").main(steps=200)
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert "model.gru is rnncore.torch.GRU" in out
+    diff = float(re.search(r"max \|logits after - before\| = (\S+)$", out, re.M).group(1))
+    assert diff < 1e-5
+    assert acc >= 0.95
