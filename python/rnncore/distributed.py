@@ -376,12 +376,14 @@ def abort_on_error(comm, *, prog: str = "rnncore", quiet=(), passthrough=()):
             raise
         r, n = _rank(comm), _size(comm)
         try:
-            if not isinstance(e, tuple(quiet)):
-                traceback.print_exc(file=sys.stderr)
+            # one write, then a moment for the launcher to pass it on before Abort kills the job
+            # (another rank's Abort may end this one at any moment: the report goes out whole)
+            tb = "" if isinstance(e, tuple(quiet)) else traceback.format_exc()
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            sys.stderr.write(f"{prog}: rank {r} of {n}: {type(e).__name__}{': ' + msg if msg else ''}; "
+            sys.stderr.write(f"{tb}{prog}: rank {r} of {n}: {type(e).__name__}{': ' + msg if msg else ''}; "
                              f"aborting all {n} ranks\n")
             sys.stderr.flush()
+            time.sleep(0.2)
         finally:
             comm.Abort(1)
             if _is_mpi4py(comm):
