@@ -314,7 +314,9 @@ def export_recurrent(mode, weights, path=None, *, num_layers=1, bidirectional=Fa
     direction first), ``h_n`` (and ``c_n``), like ``recurrent_forward``'s out, h_n, c_n.
     """
     op = "export_recurrent"
-    L, nd, _ = recurrent._check_config(op, mode, num_layers, bidirectional, 0.0, activation, reset_after)
+    L, nd, _, _ = recurrent._check_config(op, mode, num_layers, bidirectional, 0.0, activation, reset_after)
+    if mode not in _ONNX_GATES:  # a registered cell of one's own: ONNX has no operator for it
+        raise ValueError(f"{op}: ONNX has operators for the cells {tuple(_ONNX_GATES)} only, got mode={mode!r}")
     batch_first = _check_flag(op, "batch_first", batch_first)
     with_lengths = _check_flag(op, "lengths", lengths)
     with_state = _check_flag(op, "initial_state", initial_state)

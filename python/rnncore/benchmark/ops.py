@@ -45,11 +45,13 @@ import time
 
 import numpy as np
 
-from .. import _ops
+from .. import _ops, cells
 from .._version import __version__
-from ..threads import blas_info, get_num_threads, num_threads
+from ..interop import to_state_dict
+from ..threads import blas_info, get_num_threads, kernel_info, num_threads
 
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+#: the gate count of each cell with a native kernel (from the registry, :mod:`rnncore.cells`)
+GATES = {c: cells.flavours(c)[0].gates for c in cells.cells(native=True)}
 CELLS = tuple(GATES)
 IMPLS = ("native", "twin", "textbook", "torch", "ort")
 
@@ -85,7 +87,7 @@ class Problem:
         self.wx = rng.uniform(-s, s, (D, G * H)).astype(dtype)
         self.wh = rng.uniform(-s, s, (H, G * H)).astype(dtype)
         self.b_ih = rng.uniform(-s, s, (G * H,)).astype(dtype)
-        self.b_hh = None if cell == "rnn" else rng.uniform(-s, s, (G * H,)).astype(dtype)
+        self.b_hh = None if cells.flavours(cell)[0].fused_bias else rng.uniform(-s, s, (G * H,)).astype(dtype)
         self.dhs = rng.standard_normal((T, B, H)).astype(dtype)
 
     @property
@@ -94,22 +96,15 @@ class Problem:
 
 
 class _NativeOps:
-    """rnncore's functional ops on ``module`` (``rnncore`` itself, or ``rnncore.reference``)."""
+    """rnncore's op pair (:class:`rnncore._ops.Ops`: the active backend's, or the twin's)."""
 
-    def __init__(self, module, p):
-        self.p, self.m = p, module
-        self.fwd_op = getattr(module, f"{p.cell}_forward")
-        self.bwd_op = getattr(module, f"{p.cell}_backward")
+    def __init__(self, ops, p):
+        self.p, self.ops = p, ops
         self.out = None
 
     def _forward(self):
         p = self.p
-        if p.cell == "rnn":
-            hs, _, cache = self.fwd_op(p.x, p.wx, p.wh, p.b_ih)
-        elif p.cell == "lstm":
-            hs, _, _, cache = self.fwd_op(p.x, p.wx, p.wh, p.b_ih, p.b_hh)
-        else:
-            hs, _, cache = self.fwd_op(p.x, p.wx, p.wh, p.b_ih, p.b_hh)
+        hs, _, _, cache = self.ops.forward(p.cell, p.x, p.wx, p.wh, p.b_ih, p.b_hh)
         return hs, cache
 
     def forward(self):
@@ -117,13 +112,13 @@ class _NativeOps:
 
     def forward_backward(self):
         hs, cache = self._forward()
-        grads = self.bwd_op(self.p.dhs, cache)
+        grads = self.ops.backward(cache, self.p.dhs)
         self.out = (hs, grads)
 
     def result(self):
         hs, g = self.out
         r = {"hs": hs, "dx": g[0], "dwx": g[1], "dwh": g[2], "db_ih": g[3]}
-        if self.p.cell != "rnn":
+        if g[4] is not None:
             r["db_hh"] = g[4]
         return r
 
@@ -133,7 +128,7 @@ class _NativeOps:
 
 class _Native(_NativeOps):
     def __init__(self, p):
-        super().__init__(_ops, p)
+        super().__init__(_ops.ACTIVE, p)
 
     def threads(self, n):
         return num_threads(n)
@@ -143,7 +138,7 @@ class _Twin(_NativeOps):
     def __init__(self, p):
         from .. import reference
 
-        super().__init__(reference, p)
+        super().__init__(reference.OPS, p)
 
     def threads(self, n):
         return _numpy_threads(n)
@@ -189,18 +184,10 @@ class _Torch:
         self.torch, self.p = torch, p
         tdt = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[p.dtype]
         D, H = p.D, p.H
-        if p.cell == "rnn":
-            mod = torch.nn.RNN(D, H, nonlinearity="tanh", dtype=tdt)
-        elif p.cell == "lstm":
-            mod = torch.nn.LSTM(D, H, dtype=tdt)
-        else:
-            mod = torch.nn.GRU(D, H, dtype=tdt)
+        mod = getattr(torch.nn, p.cell.upper())(D, H, dtype=tdt)  # nn.RNN (tanh), nn.LSTM, nn.GRU
         b_hh = p.b_hh if p.b_hh is not None else np.zeros_like(p.b_ih)  # rnn: one bias, b_hh = 0
-        with torch.no_grad():
-            mod.weight_ih_l0.copy_(torch.from_numpy(np.ascontiguousarray(p.wx.T)))
-            mod.weight_hh_l0.copy_(torch.from_numpy(np.ascontiguousarray(p.wh.T)))
-            mod.bias_ih_l0.copy_(torch.from_numpy(p.b_ih))
-            mod.bias_hh_l0.copy_(torch.from_numpy(b_hh))
+        sd = to_state_dict(p.cell, [(p.wx, p.wh, p.b_ih, b_hh)])
+        mod.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
         self.mod = mod
         self.x = torch.from_numpy(p.x.copy()).requires_grad_(True)
         self.dout = torch.from_numpy(p.dhs)
@@ -226,7 +213,7 @@ class _Torch:
         r = {"hs": self.out.detach().numpy(), "dx": self.x.grad.numpy(),
              "dwx": m.weight_ih_l0.grad.numpy().T, "dwh": m.weight_hh_l0.grad.numpy().T,
              "db_ih": m.bias_ih_l0.grad.numpy()}
-        if self.p.cell != "rnn":
+        if self.p.b_hh is not None:
             r["db_hh"] = m.bias_hh_l0.grad.numpy()
         return r
 
@@ -418,7 +405,7 @@ def environment(want_torch, want_ort=False):
     except RuntimeError as e:
         env["rnncore_blas"] = {"error": str(e)}
     try:
-        k = rnncore.kernel_info()
+        k = kernel_info()
         env["rnncore_kernels"] = {key: k.get(key) for key in ("isa", "supported", "vector_bytes", "build", "isa_flags")}
     except RuntimeError as e:  # not built, or RNNCORE_ISA names a variant this CPU cannot run
         env["rnncore_kernels"] = {"error": str(e)}
