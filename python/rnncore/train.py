@@ -35,9 +35,10 @@ from typing import Optional
 
 import numpy as np
 
+from . import cells
 from . import data as _data
 from . import distributed as _dist
-from .models import CELLS, LanguageModel
+from .models import LanguageModel
 from .optim import OPTIMIZERS, clip_grads
 
 __all__ = ["TrainConfig", "train", "checkpoint_path", "metrics_path"]
@@ -80,8 +81,8 @@ class TrainConfig:
     def validate(self):
         if self.level not in ("char", "word"):
             raise ValueError(f"level must be 'char' or 'word', got {self.level!r}")
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
+        if self.cell not in cells.cells():
+            raise ValueError(f"cell must be one of {sorted(cells.cells())}, got {self.cell!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
         for name in ("hidden", "layers", "seq_len", "batch", "eval_every", "sample_every", "max_vocab"):
