@@ -33,21 +33,24 @@ def make_params(cell, D, H, dtype, rng, scale=None):
     return wx, wh, b_ih, b_hh
 
 
-def make_case(cell, T, B, D, H, dtype, seed, batch_first):
-    """One op call's data, drawn in this order from ``default_rng(seed)``: x (x's layout),
-    params (:func:`make_params`), h0, c0 (None without a cell state), dhs, dh_n, dc_n, and
-    lens (B,) ints in [1, T] with lens[0] = T."""
+def make_case(cell, T, B, D, H, dtype, seed, batch_first=False, *, with_h0=True, lengths=True):
+    """One op call's data, drawn in this order from ``default_rng(seed)`` (a seed or a
+    Generator): x (x's layout), params (:func:`make_params`), h0 and c0 (None without
+    ``with_h0``; c0 None without a cell state), dhs, dh_n, dc_n, and lens (B,) ints in [1, T]
+    with lens[0] = T (None without ``lengths``)."""
     rng = np.random.default_rng(seed)
     cs = _spec(cell).has_cell_state
     x = rng.standard_normal((B, T, D) if batch_first else (T, B, D)).astype(dtype)
     params = make_params(cell, D, H, dtype, rng)
-    h0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)
-    c0 = (0.5 * rng.standard_normal((B, H))).astype(dtype) if cs else None
+    h0 = (0.5 * rng.standard_normal((B, H))).astype(dtype) if with_h0 else None
+    c0 = (0.5 * rng.standard_normal((B, H))).astype(dtype) if (with_h0 and cs) else None
     dhs = rng.standard_normal((B, T, H) if batch_first else (T, B, H)).astype(dtype)
     dh_n = rng.standard_normal((B, H)).astype(dtype)
     dc_n = rng.standard_normal((B, H)).astype(dtype) if cs else None
-    lens = rng.integers(1, T + 1, size=B)
-    lens[0] = T
+    lens = None
+    if lengths:
+        lens = rng.integers(1, T + 1, size=B)
+        lens[0] = T
     return x, params, h0, c0, dhs, dh_n, dc_n, lens
 
 

@@ -10,24 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnncore
-from helpers import CELLS, GATES, TOL, assert_close, make_params, run_backward, run_forward
+from helpers import CELLS, GATES, TOL, assert_close, make_case, make_params, run_backward, run_forward
 
 CELL_IDS = [c[0] for c in CELLS]
 DTYPES = [np.float32, np.float64]
 
 
-def _inputs(cell, T, B, D, H, dtype, rng, *, batch_first=False, with_h0=True, lengths=None):
-    """x, params, h0, c0, dhs, dh_n, dc_n for one call (c0/dc_n only for LSTM)."""
-    shape = (B, T, D) if batch_first else (T, B, D)
-    x = rng.standard_normal(shape).astype(dtype)
-    params = make_params(cell, D, H, dtype, rng)
-    h0 = rng.standard_normal((B, H)).astype(dtype) * 0.5 if with_h0 else None
-    c0 = rng.standard_normal((B, H)).astype(dtype) * 0.5 if (with_h0 and cell == "lstm") else None
-    hshape = (B, T, H) if batch_first else (T, B, H)
-    dhs = rng.standard_normal(hshape).astype(dtype)
-    dh_n = rng.standard_normal((B, H)).astype(dtype)
-    dc_n = rng.standard_normal((B, H)).astype(dtype) if cell == "lstm" else None
-    return x, params, h0, c0, dhs, dh_n, dc_n
+def _inputs(cell, T, B, D, H, dtype, rng, *, batch_first=False, with_h0=True):
+    """x, params, h0, c0, dhs, dh_n, dc_n for one call: :func:`helpers.make_case` without lengths."""
+    return make_case(cell, T, B, D, H, dtype, rng, batch_first, with_h0=with_h0, lengths=False)[:7]
 
 
 def _lengths(mode, T, B, rng):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,7 +35,11 @@ def _suffix(layer, d):
     return f"_l{layer}" + ("_reverse" if d else "")
 
 
-def to_state_dict(mode, weights, num_layers=1, bidirectional=False, prefix=""):
+Weights = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def to_state_dict(mode: str, weights: Sequence[Weights], num_layers: int = 1, bidirectional: bool = False,
+                  prefix: str = "") -> Dict[str, np.ndarray]:
     """``weights`` (as for :func:`rnncore.recurrent_forward`) -> dict of PyTorch names.
 
     Returns ``{prefix + "weight_ih_l0": wx.T, prefix + "weight_hh_l0": wh.T,
@@ -77,7 +82,8 @@ def to_state_dict(mode, weights, num_layers=1, bidirectional=False, prefix=""):
     return sd
 
 
-def from_state_dict(state_dict, mode=None, prefix="", dtype=None):
+def from_state_dict(state_dict: Mapping, mode: Optional[str] = None, prefix: str = "", dtype=None
+                    ) -> Tuple[str, List[Weights], int, bool]:
     """PyTorch-named weights -> ``(mode, weights, num_layers, bidirectional)``.
 
     ``state_dict`` maps names to arrays (numpy arrays, or anything ``np.asarray`` takes, such
@@ -184,7 +190,7 @@ def from_state_dict(state_dict, mode=None, prefix="", dtype=None):
     return mode, weights, num_layers, bidirectional
 
 
-def save_npz(path, mode, weights, num_layers=1, bidirectional=False):
+def save_npz(path, mode: str, weights: Sequence[Weights], num_layers: int = 1, bidirectional: bool = False) -> None:
     """Write ``weights`` to ``path`` (``.npz``) under PyTorch's names (see
     :func:`to_state_dict`), plus a small JSON metadata entry (mode, num_layers,
     bidirectional). Read it back with :func:`load_npz`; ``np.load`` also reads it.
@@ -208,7 +214,7 @@ def read_npz(path, what: str) -> dict:
         raise ValueError(f"{path} is not a readable .npz {what} ({type(e).__name__}: {e})") from None
 
 
-def load_npz(path, dtype=None):
+def load_npz(path, dtype=None) -> Tuple[str, List[Weights], int, bool]:
     """Read a file written by :func:`save_npz` (or any ``.npz`` of PyTorch-named recurrent
     weights) -> ``(mode, weights, num_layers, bidirectional)``. No pickles are loaded."""
     op = "load_npz"

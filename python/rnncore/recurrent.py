@@ -24,7 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -215,16 +215,22 @@ def _check_state(op, name, s, shape, dtype):
 
 # -- the public API -------------------------------------------------------------------------
 
-def recurrent_forward(mode, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False, dropout=0.0,
-                      training=False, rng=None, batch_first=False, lengths=None, activation="tanh",
-                      reset_after=True):
+#: one layer/direction's weights: (wx, wh, b_ih, b_hh)
+Weights = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def recurrent_forward(mode: str, x: np.ndarray, weights: Sequence[Weights], h0: Optional[np.ndarray] = None,
+                      c0: Optional[np.ndarray] = None, *, num_layers: int = 1, bidirectional: bool = False,
+                      dropout: float = 0.0, training: bool = False, rng=None, batch_first: bool = False,
+                      lengths: Optional[np.ndarray] = None, activation: str = "tanh", reset_after: bool = True
+                      ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], RecurrentCache]:
     """A multi-layer, optionally bidirectional RNN / LSTM / GRU over a whole sequence.
 
     The functional counterpart of ``torch.nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``.
 
     Parameters
     ----------
-    mode : "rnn", "lstm" or "gru".
+    mode : the cell: "rnn", "lstm", "gru", or any other registered in :mod:`rnncore.cells`.
     x : (T, B, D) array, or (B, T, D) with ``batch_first``; float32 or float64, C-contiguous.
     weights : list of ``num_layers * num_dirs`` tuples ``(wx, wh, b_ih, b_hh)`` in PyTorch's
         order (index ``layer * num_dirs + direction``), all of x's dtype: wx (D_l, G*H),
@@ -314,7 +320,9 @@ def recurrent_forward(mode, x, weights, h0=None, c0=None, *, num_layers=1, bidir
     return layer_in, h_n, c_n, cache
 
 
-def recurrent_backward(dout, cache, dh_n=None, dc_n=None):
+def recurrent_backward(dout: Optional[np.ndarray], cache: RecurrentCache, dh_n: Optional[np.ndarray] = None,
+                       dc_n: Optional[np.ndarray] = None
+                       ) -> Tuple[np.ndarray, List[Weights], np.ndarray, Optional[np.ndarray]]:
     """Backpropagation through time for :func:`recurrent_forward`.
 
     Parameters
@@ -383,7 +391,8 @@ def recurrent_backward(dout, cache, dh_n=None, dc_n=None):
             return dx, dweights, dh0, dc0
 
 
-def init_weights(mode, input_size, hidden_size, num_layers=1, bidirectional=False, dtype=np.float32, rng=None):
+def init_weights(mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 dtype=np.float32, rng=None) -> List[Weights]:
     """Weights for :func:`recurrent_forward`, initialised like PyTorch's.
 
     Every weight and bias is drawn from ``uniform(-1/sqrt(H), 1/sqrt(H))``. Returns a list of

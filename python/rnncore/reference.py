@@ -111,17 +111,17 @@ def gru_step_forward(xw_t, h_prev, c_prev, inp):
     hw = h_prev @ inp.wh + b_hh
     r = sigmoid(xa[:, :H] + hw[:, :H])
     z = sigmoid(xa[:, H:2 * H] + hw[:, H:2 * H])
-    hn = hw[:, 2 * H:]
-    n = np.tanh(xa[:, 2 * H:] + r * hn)
+    hw_n = hw[:, 2 * H:]  # h_{t-1} @ W_hn + b_hn
+    n = np.tanh(xa[:, 2 * H:] + r * hw_n)
     h = (1 - z) * n + z * h_prev
-    return h, None, np.concatenate([r, z, n, hn], axis=1)
+    return h, None, np.concatenate([r, z, n, hw_n], axis=1)
 
 
 def gru_step_backward(dh, dc, h_prev, c_prev, h, c, gates, inp):
     H = inp.H
-    r, z, n, hn = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+    r, z, n, hw_n = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
     dn = dh * (1 - z) * (1 - n * n)
-    dr = dn * hn * r * (1 - r)
+    dr = dn * hw_n * r * (1 - r)
     dz = dh * (h_prev - n) * z * (1 - z)
     dgx = np.concatenate([dr, dz, dn], axis=1)
     dgh = np.concatenate([dr, dz, dn * r], axis=1)
@@ -275,23 +275,23 @@ _, _, rnn_forward, rnn_backward, lstm_forward, lstm_backward, gru_forward, gru_b
 
 # -- the output layer: softmax + cross-entropy by rows (twin of csrc/softmax.h) -------------
 
-def softmax_xent_forward(x, t, ignore):
+def softmax_xent_forward(x, t, ignore_index):
     """x (N, V), t (N,) int64 -> probs (N, V) = softmax by rows, row_loss (N,) float64
-    = -log probs[n, t[n]] (0 where t[n] == ignore)."""
+    = -log probs[n, t[n]] (0 where t[n] == ignore_index)."""
     m = x.max(axis=1, keepdims=True)
     e = np.exp(x - m)
     s = e.sum(axis=1, keepdims=True)
     probs = e / s
-    valid = t != ignore
+    valid = t != ignore_index
     rows = np.arange(len(t))
     logp = (x[rows, np.where(valid, t, 0)] - m[:, 0]).astype(np.float64) - np.log(s[:, 0].astype(np.float64))
     return probs, np.where(valid, -logp, 0.0)
 
 
-def softmax_xent_backward(probs, t, ignore, scale, out=None):
-    """scale * (probs - onehot(t)) (N, V), zero rows where t == ignore; written into `out` if given."""
+def softmax_xent_backward(probs, t, ignore_index, scale, out=None):
+    """scale * (probs - onehot(t)) (N, V), zero rows where t == ignore_index; written into `out` if given."""
     dx = np.multiply(probs, probs.dtype.type(scale), out=out)
-    valid = t != ignore
+    valid = t != ignore_index
     rows = np.arange(len(t))[valid]
     dx[rows, t[valid]] -= probs.dtype.type(scale)
     dx[~valid] = 0

@@ -310,10 +310,10 @@ class _Parallel:
         in the allreduce)."""
         if self.flat is None:
             self.flat = _dist.FlatGradients(model, scalars=2)
-        ignore = model.loss_layer.ignore_index
+        ignore_index = model.loss_layer.ignore_index
         xl, tl = xs[self.lo:self.hi], ts[self.lo:self.hi]
-        n_all = int(np.count_nonzero(ts != ignore))
-        n_mine = int(np.count_nonzero(tl != ignore))
+        n_all = int(np.count_nonzero(ts != ignore_index))
+        n_mine = int(np.count_nonzero(tl != ignore_index))
         loss = model.loss(xl, tl)
         model.backward(n_mine / n_all if n_all else 0.0)
         t = time.perf_counter()
