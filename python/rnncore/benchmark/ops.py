@@ -584,6 +584,17 @@ def _table_row(row, impls, forward=False):
 
 # -- running the grid ----------------------------------------------------------------------------
 
+def _set_up(name, p, say):
+    """(the implementation ``name`` on ``p``, None), or (None, its "n/a" / "error" record)."""
+    try:
+        return FACTORIES[name](p), None
+    except _NotApplicable:
+        return None, {"status": "n/a"}
+    except Exception as e:  # an implementation that cannot be set up here: report, carry on
+        say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H}: setting up: {type(e).__name__}: {e}", err=True)
+        return None, {"status": "error", "note": f"{type(e).__name__}: {e}"}
+
+
 def _bench_impl(name, p, threads, ref, cfg, best_rate, say):
     """One implementation at one point: set up, warm-up + check, time. Returns (record, outputs)."""
     if cfg.get("forward"):
@@ -595,13 +606,9 @@ def _bench_impl(name, p, threads, ref, cfg, best_rate, say):
     if key in best_rate and best_rate[key] * flops > limit:
         est = best_rate[key] * flops
         return {"status": "skipped", "note": f"estimated {est:.3g}s per fwd+bwd > --max-seconds"}, None
-    try:
-        impl = FACTORIES[name](p)
-    except _NotApplicable:
-        return {"status": "n/a"}, None
-    except Exception as e:  # an implementation that cannot be set up here: report, carry on
-        say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H}: setting up: {type(e).__name__}: {e}", err=True)
-        return {"status": "error", "note": f"{type(e).__name__}: {e}"}, None
+    impl, failed = _set_up(name, p, say)
+    if impl is None:
+        return failed, None
     try:
         with impl.threads(threads):
             t0 = time.perf_counter()
@@ -647,13 +654,9 @@ def _bench_forward(name, p, threads, ref, cfg, best_rate, say):
     limit = float("inf") if name == "native" else cfg["max_seconds"]
     if key in best_rate and best_rate[key] * flops > limit:
         return {"status": "skipped", "note": "estimated forward time > --max-seconds"}, None
-    try:
-        impl = FACTORIES[name](p)
-    except _NotApplicable:
-        return {"status": "n/a"}, None
-    except Exception as e:  # an implementation that cannot be set up here: report, carry on
-        say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H}: setting up: {type(e).__name__}: {e}", err=True)
-        return {"status": "error", "note": f"{type(e).__name__}: {e}"}, None
+    impl, failed = _set_up(name, p, say)
+    if impl is None:
+        return failed, None
     try:
         fwd = getattr(impl, "infer", impl.forward)
         with impl.threads(threads):
