@@ -85,6 +85,16 @@ class CellSpec:
 
 _SPECS: Dict[str, CellSpec] = {}  # by kernel name
 _CELLS: Dict[str, Tuple[CellSpec, ...]] = {}  # by cell: its flavours, in registration order
+_NAMES: Tuple[str, ...] = ()  # the cells, as cells() returns them (kept: the layers ask at every call)
+_KEYWORDS: Dict[str, Tuple[str, ...]] = {}  # by cell: its flavour keywords
+
+
+def _changed() -> None:
+    global _NAMES
+    _NAMES = tuple(_CELLS)
+    _KEYWORDS.clear()
+    for c, specs in _CELLS.items():
+        _KEYWORDS[c] = tuple(dict.fromkeys(s.flavour[0] for s in specs if s.flavour is not None))
 
 
 def register(spec: CellSpec) -> CellSpec:
@@ -95,6 +105,7 @@ def register(spec: CellSpec) -> CellSpec:
         raise ValueError(f"register: a cell named {spec.name!r} is already registered")
     _SPECS[spec.name] = spec
     _CELLS[spec.cell] = _CELLS.get(spec.cell, ()) + (spec,)
+    _changed()
     return spec
 
 
@@ -106,6 +117,7 @@ def unregister(name: str) -> None:
         _CELLS[spec.cell] = rest
     else:
         del _CELLS[spec.cell]
+    _changed()
 
 
 def get(name: str) -> CellSpec:
@@ -116,8 +128,9 @@ def get(name: str) -> CellSpec:
 def cells(native: Optional[bool] = None) -> Tuple[str, ...]:
     """The cells users can name, in registration order; ``native=True`` only those the C++
     core implements (every flavour), ``False`` only the twin-only ones."""
-    return tuple(c for c, specs in _CELLS.items()
-                 if native is None or all(s.native for s in specs) == native)
+    if native is None:
+        return _NAMES
+    return tuple(c for c, specs in _CELLS.items() if all(s.native for s in specs) == native)
 
 
 def flavours(cell: str) -> Tuple[CellSpec, ...]:
@@ -139,4 +152,4 @@ def resolve(cell: str, **choices) -> CellSpec:
 
 def flavour_keywords(cell: str) -> Tuple[str, ...]:
     """The keywords that choose among ``cell``'s flavours (("reset_after",) for "gru")."""
-    return tuple(dict.fromkeys(s.flavour[0] for s in _CELLS.get(cell, ()) if s.flavour is not None))
+    return _KEYWORDS.get(cell, ())
