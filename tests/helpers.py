@@ -19,6 +19,16 @@ def _spec(cell):
     return cells.flavours(cell)[0]
 
 
+def has_cell_state(cell):
+    """The cell carries c (c0, c_n, dc_n, dc0): "lstm"."""
+    return _spec(cell).has_cell_state
+
+
+def fused_bias(cell):
+    """The cell's op takes one bias (b_hh None): "rnn"."""
+    return _spec(cell).fused_bias
+
+
 def make_params(cell, D, H, dtype, rng, scale=None):
     """Random weights for ``cell`` ("rnn", "lstm", "gru"): ``(wx, wh, b_ih, b_hh)``.
 

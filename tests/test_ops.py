@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnncore
-from helpers import CELLS, GATES, TOL, assert_close, make_case, make_params, run_backward, run_forward
+from helpers import (CELLS, GATES, TOL, assert_close, fused_bias, has_cell_state, make_case, make_params,
+                     run_backward, run_forward)
 
 CELL_IDS = [c[0] for c in CELLS]
 DTYPES = [np.float32, np.float64]
@@ -83,7 +84,7 @@ def test_native_matches_reference(cid, cell, kw, shape, dtype, batch_first, with
     assert g_nat["dwx"].shape == params[0].shape and g_nat["dwh"].shape == params[1].shape
     assert g_nat["db_ih"].shape == (GATES[cell] * H,)
     assert g_nat["dh0"].shape == (B, H)  # even without h0
-    if cell == "lstm":
+    if has_cell_state(cell):
         assert g_nat["dc0"].shape == (B, H) and o_nat["c_n"].shape == (B, H)
 
 
@@ -117,7 +118,7 @@ def test_dhs_none_and_dh_n_none(cid, cell, kw, dtype):
 
 
 @pytest.mark.parametrize("impl", ["native", "reference"])
-@pytest.mark.parametrize("cid,cell,kw", [c for c in CELLS if c[1] != "rnn"], ids=[c[0] for c in CELLS[3:]])
+@pytest.mark.parametrize("cid,cell,kw", [c for c in CELLS if not fused_bias(c[1])], ids=[c[0] for c in CELLS[3:]])
 def test_b_hh_none_is_zero_bias(cid, cell, kw, impl):
     """b_hh=None acts like zeros (and db_hh comes back None), on both implementations."""
     rng = np.random.default_rng(29)
@@ -309,7 +310,7 @@ def test_past_length_is_zero_and_ignored(cid, cell, kw, dtype, batch_first):
         assert_close(ob["h_n"][0], outs["h_n"][b], k, "h_n")
         assert_close(gb["dx"], g["dx"][sl], k, "dx")
         assert_close(gb["dh0"][0], g["dh0"][b], k, "dh0")
-        if cell == "lstm":
+        if has_cell_state(cell):
             assert_close(ob["c_n"][0], outs["c_n"][b], k, "c_n")
             assert_close(gb["dc0"][0], g["dc0"][b], k, "dc0")
         for n in tot:
@@ -470,7 +471,7 @@ def test_batch_first_dwh_keeps_float32_precision(cid, cell, kw, scale):
 # -- the caches past a sequence's length ---------------------------------------------------------
 
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
-@pytest.mark.parametrize("cid,cell,kw", [c for c in CELLS if c[1] != "rnn"], ids=[c[0] for c in CELLS[3:]])
+@pytest.mark.parametrize("cid,cell,kw", [c for c in CELLS if not fused_bias(c[1])], ids=[c[0] for c in CELLS[3:]])
 def test_caches_defined_past_the_length_and_interchangeable(cid, cell, kw, batch_first):
     """Past a sequence's length every block of the cache (hs, gates, cs) is zero on both
     backends: the two caches hold the same numbers everywhere, and each backend's backward run

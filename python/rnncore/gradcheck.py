@@ -8,11 +8,12 @@ central differences of a scalar loss, in float64:
 - a layer: the loss is ``sum(obj.forward(*inputs) * R)`` for a fixed random R, and the
   gradients come from ``obj.backward(R)``; a float first input is checked too (``"input"``).
 
-It returns ``{parameter name: max relative error}``. :func:`numeric_gradient` is the central
-difference itself, for any scalar function of an array (the tests' finite differences). The relative error of an entry is
+It returns ``{parameter name: max relative error}``. The relative error of an entry is
 ``|analytic - numeric| / max(|analytic|, |numeric|, floor)`` with floor ``1e-3`` times the
 largest analytic entry of that parameter (so entries near zero do not dominate). Stateful
 layers are reset before every evaluation; dropout must be off (or seeded per call).
+:func:`numeric_gradient` is the central difference itself, for any scalar function of an
+array (what the tests' finite differences use).
 """
 from __future__ import annotations
 

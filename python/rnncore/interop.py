@@ -93,9 +93,10 @@ def from_state_dict(state_dict: Mapping, mode: Optional[str] = None, prefix: str
     an optional ``_reverse``). Without ``mode`` the cell is inferred from the gate count (G*H
     rows of ``weight_hh`` over its H columns: 1 "rnn", 4 "lstm", 3 "gru") where exactly one
     registered cell (:mod:`rnncore.cells`) has it, and a ValueError asks for ``mode=`` where
-    several do; ``mode``, if given, must have that gate count. The number of layers, the directions and the hidden size come from the names and
-    shapes. A module built with ``bias=False`` (no bias entries at all) gets zero biases.
-    ``dtype`` converts (float32/float64); by default the arrays keep their floating dtype.
+    several do; ``mode``, if given, must have that gate count. The number of layers, the
+    directions and the hidden size come from the names and shapes. A module built with
+    ``bias=False`` (no bias entries at all) gets zero biases. ``dtype`` converts
+    (float32/float64); by default the arrays keep their floating dtype.
 
     Returns the inferred ``mode`` and ``weights`` as for :func:`rnncore.recurrent_forward`.
     """
