@@ -584,6 +584,24 @@ def _table_row(row, impls, forward=False):
 
 # -- running the grid ----------------------------------------------------------------------------
 
+def _warm_up(run, result, rec, key, flops, limit, best_rate, check):
+    """The first ``run()`` (warm-up, and the run that is checked): records its time in ``rec``
+    and ``best_rate``, checks ``result(out)``; past ``limit`` seconds the record says so (and
+    the caller stops there). -> (seconds, result)."""
+    t0 = time.perf_counter()
+    out = run()
+    warm = time.perf_counter() - t0
+    rec["warmup"] = warm
+    best_rate[key] = min(best_rate.get(key, float("inf")), warm / flops)
+    res = result(out)
+    check(res)
+    if warm > limit:
+        rec["note"] = f"warm-up took {warm:.3g}s > --max-seconds"
+        if rec["status"] == "ok":
+            rec["status"] = "skipped"
+    return warm, res
+
+
 def _set_up(name, p, say):
     """(the implementation ``name`` on ``p``, None), or (None, its "n/a" / "error" record)."""
     try:
@@ -611,17 +629,9 @@ def _bench_impl(name, p, threads, ref, cfg, best_rate, say):
         return failed, None
     try:
         with impl.threads(threads):
-            t0 = time.perf_counter()
-            impl.forward_backward()  # warm-up, and the run that is checked
-            warm = time.perf_counter() - t0
-            rec["warmup"] = warm
-            best_rate[key] = min(best_rate.get(key, float("inf")), warm / flops)
-            res = impl.result()
-            _check(rec, name, p, threads, res, ref, cfg, say)
+            warm, res = _warm_up(impl.forward_backward, lambda _: impl.result(), rec, key, flops, limit, best_rate,
+                                 lambda res: _check(rec, name, p, threads, res, ref, cfg, say))
             if warm > limit:
-                rec["note"] = f"warm-up took {warm:.3g}s > --max-seconds"
-                if rec["status"] == "ok":
-                    rec["status"] = "skipped"
                 return rec, res
             budget = max(cfg["max_seconds"], 2 * warm) / 2
             fb = _time_runs(impl.forward_backward, budget, cfg["min_time"], 3, cfg["repeat"])
@@ -660,17 +670,9 @@ def _bench_forward(name, p, threads, ref, cfg, best_rate, say):
     try:
         fwd = getattr(impl, "infer", impl.forward)
         with impl.threads(threads):
-            t0 = time.perf_counter()
-            hs = fwd()  # warm-up, and the run that is checked
-            warm = time.perf_counter() - t0
-            rec["warmup"] = warm
-            best_rate[key] = min(best_rate.get(key, float("inf")), warm / flops)
-            res = {"hs": np.array(hs)}
-            _check(rec, name, p, threads, res, ref, cfg, say)
+            warm, res = _warm_up(fwd, lambda hs: {"hs": np.array(hs)}, rec, key, flops, limit, best_rate,
+                                 lambda res: _check(rec, name, p, threads, res, ref, cfg, say))
             if warm > limit:
-                rec["note"] = f"warm-up took {warm:.3g}s > --max-seconds"
-                if rec["status"] == "ok":
-                    rec["status"] = "skipped"
                 return rec, res
             fw = _time_runs(fwd, max(cfg["max_seconds"], 2 * warm) / 2, cfg["min_time"], 3, cfg["repeat"])
         rec["fwd"] = _stats(fw)
