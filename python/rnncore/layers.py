@@ -53,7 +53,8 @@ class Embedding:
     their gradients. ``backward`` returns None (ids have no gradient).
     """
 
-    def __init__(self, num_embeddings=None, embedding_dim=None, *, weight=None, dtype=np.float32, rng=None):
+    def __init__(self, num_embeddings: Optional[int] = None, embedding_dim: Optional[int] = None, *,
+                 weight: Optional[np.ndarray] = None, dtype=np.float32, rng=None):
         if weight is None:
             if num_embeddings is None or embedding_dim is None:
                 raise ValueError("Embedding: give num_embeddings and embedding_dim, or weight=")
@@ -149,7 +150,8 @@ class Recurrent:
         self.h = None if h is None else np.ascontiguousarray(h, dtype=self.dtype)
         self.c = None if c is None else np.ascontiguousarray(c, dtype=self.dtype)
 
-    def forward(self, xs, lengths=None, h0=None, c0=None):
+    def forward(self, xs: np.ndarray, lengths: Optional[np.ndarray] = None, h0: Optional[np.ndarray] = None,
+                c0: Optional[np.ndarray] = None) -> np.ndarray:
         """xs (N, T, D) (or (T, N, D) if not batch_first) -> outputs (N, T, num_dirs * H),
         read-only where they are what the backward reads (one direction): copy to modify.
 
@@ -177,7 +179,8 @@ class Recurrent:
             self.h, self.c = h_n, c_n
         return out
 
-    def backward(self, dout, dh_n=None, dc_n=None):
+    def backward(self, dout: np.ndarray, dh_n: Optional[np.ndarray] = None,
+                 dc_n: Optional[np.ndarray] = None) -> np.ndarray:
         """dout (the outputs' shape) -> dxs; writes the weight gradients into ``grads`` and
         the initial state's gradients into ``dh`` / ``dc``."""
         dout = np.ascontiguousarray(dout, dtype=self.dtype)
@@ -265,8 +268,9 @@ class Linear:
     N(0, 1/D) and zeros b; or pass ``W=``, ``b=`` (used as given, not copied).
     """
 
-    def __init__(self, in_features=None, out_features=None, *, W=None, b=None, bias=True, dtype=np.float32,
-                 rng=None):
+    def __init__(self, in_features: Optional[int] = None, out_features: Optional[int] = None, *,
+                 W: Optional[np.ndarray] = None, b: Optional[np.ndarray] = None, bias: bool = True,
+                 dtype=np.float32, rng=None):
         if W is None:
             if in_features is None or out_features is None:
                 raise ValueError("Linear: give in_features and out_features, or W=")
