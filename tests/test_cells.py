@@ -168,3 +168,15 @@ def test_a_registered_cell_is_a_language_model_choice(mgu):
     xs = np.arange(12).reshape(2, 6) % 7
     errs = gradcheck(model, xs, (xs + 1) % 7, eps=1e-5, max_checks=24)  # as test_models' LSTM check
     assert max(errs.values()) < 1e-4, errs
+
+
+def test_the_native_cell_table_matches_the_registry():
+    """Every native spec is a row of the C++ cell table (csrc/cells.h traits) with the same
+    gates, cache blocks and cell state, and the table has no other cell."""
+    from rnncore._native import core
+
+    if core is None or not hasattr(core, "cells"):
+        pytest.skip("this build has no cell table (_core.cells)")
+    table = {c["name"]: (c["gates"], c["cache_blocks"], bool(c["has_c"])) for c in core.cells()}
+    specs = [s for c in cells.cells() for s in cells.flavours(c) if s.native]
+    assert table == {s.name: (s.gates, s.cache_gates, s.has_cell_state) for s in specs}

@@ -158,18 +158,22 @@ def gru_reset_before_step_backward(dh, dc, h_prev, c_prev, h, c, gates, inp):
 
 # -- the built-in cells: one spec each (rnncore.cells), the step functions above ----------
 
-_ELMAN_ACTIVATIONS = tuple(ACTIVATIONS)
-register(CellSpec("rnn", gates=1, cache_gates=0, has_cell_state=False, biases=("b",),
-                  step_forward=rnn_step_forward, step_backward=rnn_step_backward, native=True,
-                  activations=_ELMAN_ACTIVATIONS))
-register(CellSpec("lstm", gates=4, cache_gates=4, has_cell_state=True, biases=("b_ih", "b_hh"),
-                  step_forward=lstm_step_forward, step_backward=lstm_step_backward, native=True))
-register(CellSpec("gru", gates=3, cache_gates=4, has_cell_state=False, biases=("b_ih", "b_hh"),
-                  step_forward=gru_step_forward, step_backward=gru_step_backward, native=True,
-                  flavour=("reset_after", True)))
-register(CellSpec("gru_reset_before", gates=3, cache_gates=4, has_cell_state=False, biases=("b_ih", "b_hh"),
-                  step_forward=gru_reset_before_step_forward, step_backward=gru_reset_before_step_backward,
-                  native=True, cell="gru", flavour=("reset_after", False)))
+BUILTIN = tuple(register(spec) for spec in (
+    CellSpec("rnn", gates=1, cache_gates=0, has_cell_state=False, biases=("b",),
+             step_forward=rnn_step_forward, step_backward=rnn_step_backward, native=True,
+             activations=tuple(ACTIVATIONS)),
+    CellSpec("lstm", gates=4, cache_gates=4, has_cell_state=True, biases=("b_ih", "b_hh"),
+             step_forward=lstm_step_forward, step_backward=lstm_step_backward, native=True),
+    CellSpec("gru", gates=3, cache_gates=4, has_cell_state=False, biases=("b_ih", "b_hh"),
+             step_forward=gru_step_forward, step_backward=gru_step_backward, native=True,
+             flavour=("reset_after", True)),
+    CellSpec("gru_reset_before", gates=3, cache_gates=4, has_cell_state=False, biases=("b_ih", "b_hh"),
+             step_forward=gru_reset_before_step_forward, step_backward=gru_reset_before_step_backward,
+             native=True, cell="gru", flavour=("reset_after", False)),
+))
+#: the built-in kernels' step functions by name, (forward, backward): the specs above, as the
+#: C++ cell table lists them (the driver reads ``inp.spec``)
+STEPS = {spec.name: (spec.step_forward, spec.step_backward) for spec in BUILTIN}
 
 
 # -- the driver ---------------------------------------------------------------------------
