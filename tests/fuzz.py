@@ -19,9 +19,9 @@ import sys
 import numpy as np
 
 import rnncore
-from rnncore import dense
+from helpers import GATES
+from rnncore import cells, dense
 
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 TOL = {np.dtype(np.float32): 2e-4, np.dtype(np.float64): 1e-9}
 
 
@@ -30,19 +30,21 @@ def _valid_recurrent(rng, cell):
     T, B, D, H = (int(rng.integers(1, n)) for n in (7, 6, 6, 9))
     bf = bool(rng.random() < 0.5)
     G = GATES[cell]
+    spec = cells.flavours(cell)[0]
     r = lambda *s: (rng.standard_normal(s) * 0.5).astype(dt)  # noqa: E731
     kw = {"x": r(*((B, T, D) if bf else (T, B, D))), "wx": r(D, G * H), "wh": r(H, G * H)}
-    if cell == "rnn":
-        kw["b"] = r(H)
-        kw["activation"] = str(rng.choice(["tanh", "relu", "sigmoid"]))
+    if spec.fused_bias:
+        kw[spec.biases[0]] = r(H)
     else:
-        kw["b_ih"], kw["b_hh"] = r(G * H), r(G * H)
+        kw[spec.biases[0]], kw[spec.biases[1]] = r(G * H), r(G * H)
+    if len(spec.activations) > 1:
+        kw["activation"] = str(rng.choice(spec.activations))
     if rng.random() < 0.5:
         kw["h0"] = r(B, H)
-    if cell == "lstm" and rng.random() < 0.5:
+    if spec.has_cell_state and rng.random() < 0.5:
         kw["c0"] = r(B, H)
-    if cell == "gru":
-        kw["reset_after"] = bool(rng.random() < 0.5)
+    for keyword in cells.flavour_keywords(cell):
+        kw[keyword] = bool(rng.random() < 0.5)
     kw["batch_first"] = bf
     if rng.random() < 0.5:
         kw["lengths"] = rng.integers(1, T + 1, B)
@@ -201,7 +203,7 @@ def run(calls, seed):
             _layer_call(rng, failures)
             counts["layers"] = counts.get("layers", 0) + 1
             continue
-        cell = str(rng.choice(["rnn", "lstm", "gru"]))
+        cell = str(rng.choice(list(GATES)))
         kw = _valid_recurrent(rng, cell)
         if kind < 0.4:
             try:

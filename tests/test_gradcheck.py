@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import CELLS, assert_close, make_params, run_backward, run_forward
+from rnncore.gradcheck import numeric_gradient
+
+from helpers import CELLS, assert_close, fused_bias, has_cell_state, make_params, run_backward, run_forward
 
 T, B, D, H = 4, 2, 3, 3
 EPS = 1e-6
@@ -44,7 +46,7 @@ def _setup(cid, cell, variant):
         if not keep_b_hh:
             b_hh = None
         h0 = rng.standard_normal((B, H)) * 0.5 if with_h0 else None
-        c0 = rng.standard_normal((B, H)) * 0.5 if (with_h0 and cell == "lstm") else None
+        c0 = rng.standard_normal((B, H)) * 0.5 if (with_h0 and has_cell_state(cell)) else None
         if cid != "rnn-relu":
             break
         margin, live = _preactivation_margin(x, wx, wh, b_ih, h0, batch_first)
@@ -54,7 +56,7 @@ def _setup(cid, cell, variant):
         pytest.fail("no seed keeps the relu pre-activations away from 0")
     R = rng.standard_normal((B, T, H) if batch_first else (T, B, H))
     S = rng.standard_normal((B, H))
-    U = rng.standard_normal((B, H)) if cell == "lstm" else None
+    U = rng.standard_normal((B, H)) if has_cell_state(cell) else None
     return dict(x=x, wx=wx, wh=wh, b_ih=b_ih, b_hh=b_hh, h0=h0, c0=c0), R, S, U
 
 
@@ -67,24 +69,14 @@ def _loss(impl, cell, kw, a, R, S, U):
 
 
 def _numeric(impl, cell, kw, a, name, R, S, U):
-    arr = a[name]
-    g = np.zeros_like(arr)
-    for idx in np.ndindex(arr.shape):
-        old = arr[idx]
-        arr[idx] = old + EPS
-        lp = _loss(impl, cell, kw, a, R, S, U)
-        arr[idx] = old - EPS
-        lm = _loss(impl, cell, kw, a, R, S, U)
-        arr[idx] = old
-        g[idx] = (lp - lm) / (2 * EPS)
-    return g
+    return numeric_gradient(lambda: _loss(impl, cell, kw, a, R, S, U), a[name], EPS)
 
 
 GRAD_OF = {"dx": "x", "dwx": "wx", "dwh": "wh", "db_ih": "b_ih", "db_hh": "b_hh", "dh0": "h0", "dc0": "c0"}
 
 
 CASES = [pytest.param(cid, cell, kw, v, id=f"{cid}-{v}") for cid, cell, kw in CELLS for v in VARIANTS
-         if cell != "rnn" or VARIANTS[v][3]]  # the Elman op has a single bias
+         if not fused_bias(cell) or VARIANTS[v][3]]  # the Elman op has a single bias
 
 
 @pytest.mark.parametrize("cid,cell,kw,variant", CASES)
@@ -99,7 +91,7 @@ def test_gradients_match_finite_differences(impl, cid, cell, kw, variant):
     # h0 = None behaves as zeros; differentiate there explicitly
     if a["h0"] is None:
         a["h0"] = np.zeros((B, H))
-        if cell == "lstm":
+        if has_cell_state(cell):
             a["c0"] = np.zeros((B, H))
     checked = []
     for gname, pname in GRAD_OF.items():
@@ -111,5 +103,5 @@ def test_gradients_match_finite_differences(impl, cid, cell, kw, variant):
         assert_close(grads[gname], num, K, gname)
         checked.append(gname)
     expected = {"dx", "dwx", "dwh", "db_ih", "dh0"} | ({"db_hh"} if a["b_hh"] is not None else set()) \
-        | ({"dc0"} if cell == "lstm" else set())
+        | ({"dc0"} if has_cell_state(cell) else set())
     assert set(checked) == expected

@@ -15,7 +15,7 @@ import rnncore
 from rnncore import dense, losses
 from rnncore.optim import Adam
 
-from helpers import CELLS, TOL, assert_close, make_params, run_backward, run_forward
+from helpers import CELLS, TOL, assert_close, make_case, run_backward, run_forward
 
 ALL_ISAS = ["avx512", "avx2", "generic"]
 SUPPORTED = rnncore.kernel_info()["supported"]
@@ -39,20 +39,6 @@ def isa(request):
     rnncore.set_isa(None)
 
 
-def _case(cell, T, B, D, H, dtype, seed, batch_first):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((B, T, D) if batch_first else (T, B, D)).astype(dtype)
-    params = make_params(cell, D, H, dtype, rng)
-    h0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)
-    c0 = (0.5 * rng.standard_normal((B, H))).astype(dtype) if cell == "lstm" else None
-    dhs = rng.standard_normal((B, T, H) if batch_first else (T, B, H)).astype(dtype)
-    dh_n = rng.standard_normal((B, H)).astype(dtype)
-    dc_n = rng.standard_normal((B, H)).astype(dtype) if cell == "lstm" else None
-    lens = rng.integers(1, T + 1, size=B)
-    lens[0] = T
-    return x, params, h0, c0, dhs, dh_n, dc_n, lens
-
-
 def _run(impl, cell, kw, case, batch_first):
     x, params, h0, c0, dhs, dh_n, dc_n, lens = case
     outs, cache = run_forward(impl, cell, x, params, h0, c0, lengths=lens, batch_first=batch_first, **kw)
@@ -74,7 +60,7 @@ BATCHES = [1, 8, 33, 260]
 def test_variant_matches_twin(isa, cid, cell, kw, dtype, batch_first, B):
     assert (B <= rnncore.kernel_info()["small_batch_max"]) == (B != 260)
     T, D, H = 5, 7, 37
-    case = _case(cell, T, B, D, H, dtype, zlib.crc32(repr((cid, B, batch_first)).encode()), batch_first)
+    case = make_case(cell, T, B, D, H, dtype, zlib.crc32(repr((cid, B, batch_first)).encode()), batch_first)
     nat = _run("native", cell, kw, case, batch_first)
     ref = _run("reference", cell, kw, case, batch_first)
     assert nat.keys() == ref.keys()
@@ -89,7 +75,7 @@ def test_variant_matches_twin(isa, cid, cell, kw, dtype, batch_first, B):
                          ids=["rnn", "lstm", "gru", "gru-reset-before"])
 def test_variant_same_bits_for_any_thread_count(isa, cid, cell, kw, dtype, B):
     """H 150: the step GEMM's columns and the hidden units split over the team."""
-    case = _case(cell, 4, B, 9, 150, dtype, 7, False)
+    case = make_case(cell, 4, B, 9, 150, dtype, 7, False)
     runs = []
     for n in (1, 2, 3):
         with rnncore.num_threads(n):
@@ -159,7 +145,7 @@ def test_variants_are_different_code(rng):
     width (16, 32 or 64 bytes): each variant rounds differently somewhere. (A sanitizer build
     leaves those reductions scalar, so there only the FMA difference shows.)"""
     logits = rng.standard_normal((64, 4099)).astype(np.float32)
-    case = _case("lstm", 6, 8, 16, 64, np.float32, 3, False)
+    case = make_case("lstm", 6, 8, 16, 64, np.float32, 3, False)
     results = {}
     for isa in SUPPORTED:
         with rnncore.use_isa(isa):
@@ -282,6 +268,12 @@ def test_a_cpu_without_some_variants(hide, runs):
     assert r.returncode != 0 and "RuntimeError: RNNCORE_ISA='avx512': this CPU cannot run the avx512 kernels" in r.stderr
 
 
+def _this_rnncore_path():
+    """PYTHONPATH for a child in another folder that imports this rnncore (not an installed one)."""
+    return os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(rnncore.__file__))),
+                            *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+
+
 @pytest.mark.skipif("RNNCORE_TEST_HIDE_ISA" in os.environ, reason="already inside the emulated CPU")
 def test_this_file_on_an_avx2_only_cpu():
     """This test file itself on an emulated AVX2-only CPU: the avx512 cases skip with their
@@ -289,7 +281,8 @@ def test_this_file_on_an_avx2_only_cpu():
     here = os.path.dirname(os.path.abspath(__file__))
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "-x",
                         os.path.join(here, "test_isa.py"), "-k", "not a_cpu_without and not avx2_only_cpu and (twin or reports or rejects)"],
-                       env={**os.environ, "RNNCORE_TEST_HIDE_ISA": "avx512"}, capture_output=True, text=True,
+                       env={**os.environ, "RNNCORE_TEST_HIDE_ISA": "avx512", "PYTHONPATH": _this_rnncore_path()},
+                       capture_output=True, text=True,
                        timeout=600, cwd=here)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert "this CPU cannot run the avx512 kernels (it runs avx2, generic)" in r.stdout

@@ -10,24 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnncore
-from helpers import CELLS, GATES, TOL, assert_close, make_params, run_backward, run_forward
+from helpers import (CELLS, GATES, TOL, assert_close, fused_bias, has_cell_state, make_case, make_params,
+                     run_backward, run_forward)
 
 CELL_IDS = [c[0] for c in CELLS]
 DTYPES = [np.float32, np.float64]
 
 
-def _inputs(cell, T, B, D, H, dtype, rng, *, batch_first=False, with_h0=True, lengths=None):
-    """x, params, h0, c0, dhs, dh_n, dc_n for one call (c0/dc_n only for LSTM)."""
-    shape = (B, T, D) if batch_first else (T, B, D)
-    x = rng.standard_normal(shape).astype(dtype)
-    params = make_params(cell, D, H, dtype, rng)
-    h0 = rng.standard_normal((B, H)).astype(dtype) * 0.5 if with_h0 else None
-    c0 = rng.standard_normal((B, H)).astype(dtype) * 0.5 if (with_h0 and cell == "lstm") else None
-    hshape = (B, T, H) if batch_first else (T, B, H)
-    dhs = rng.standard_normal(hshape).astype(dtype)
-    dh_n = rng.standard_normal((B, H)).astype(dtype)
-    dc_n = rng.standard_normal((B, H)).astype(dtype) if cell == "lstm" else None
-    return x, params, h0, c0, dhs, dh_n, dc_n
+def _inputs(cell, T, B, D, H, dtype, rng, *, batch_first=False, with_h0=True):
+    """x, params, h0, c0, dhs, dh_n, dc_n for one call: :func:`helpers.make_case` without lengths."""
+    return make_case(cell, T, B, D, H, dtype, rng, batch_first, with_h0=with_h0, lengths=False)[:7]
 
 
 def _lengths(mode, T, B, rng):
@@ -92,7 +84,7 @@ def test_native_matches_reference(cid, cell, kw, shape, dtype, batch_first, with
     assert g_nat["dwx"].shape == params[0].shape and g_nat["dwh"].shape == params[1].shape
     assert g_nat["db_ih"].shape == (GATES[cell] * H,)
     assert g_nat["dh0"].shape == (B, H)  # even without h0
-    if cell == "lstm":
+    if has_cell_state(cell):
         assert g_nat["dc0"].shape == (B, H) and o_nat["c_n"].shape == (B, H)
 
 
@@ -126,7 +118,7 @@ def test_dhs_none_and_dh_n_none(cid, cell, kw, dtype):
 
 
 @pytest.mark.parametrize("impl", ["native", "reference"])
-@pytest.mark.parametrize("cid,cell,kw", [c for c in CELLS if c[1] != "rnn"], ids=[c[0] for c in CELLS[3:]])
+@pytest.mark.parametrize("cid,cell,kw", [c for c in CELLS if not fused_bias(c[1])], ids=[c[0] for c in CELLS[3:]])
 def test_b_hh_none_is_zero_bias(cid, cell, kw, impl):
     """b_hh=None acts like zeros (and db_hh comes back None), on both implementations."""
     rng = np.random.default_rng(29)
@@ -318,7 +310,7 @@ def test_past_length_is_zero_and_ignored(cid, cell, kw, dtype, batch_first):
         assert_close(ob["h_n"][0], outs["h_n"][b], k, "h_n")
         assert_close(gb["dx"], g["dx"][sl], k, "dx")
         assert_close(gb["dh0"][0], g["dh0"][b], k, "dh0")
-        if cell == "lstm":
+        if has_cell_state(cell):
             assert_close(ob["c_n"][0], outs["c_n"][b], k, "c_n")
             assert_close(gb["dc0"][0], g["dc0"][b], k, "dc0")
         for n in tot:
@@ -479,7 +471,7 @@ def test_batch_first_dwh_keeps_float32_precision(cid, cell, kw, scale):
 # -- the caches past a sequence's length ---------------------------------------------------------
 
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
-@pytest.mark.parametrize("cid,cell,kw", [c for c in CELLS if c[1] != "rnn"], ids=[c[0] for c in CELLS[3:]])
+@pytest.mark.parametrize("cid,cell,kw", [c for c in CELLS if not fused_bias(c[1])], ids=[c[0] for c in CELLS[3:]])
 def test_caches_defined_past_the_length_and_interchangeable(cid, cell, kw, batch_first):
     """Past a sequence's length every block of the cache (hs, gates, cs) is zero on both
     backends: the two caches hold the same numbers everywhere, and each backend's backward run

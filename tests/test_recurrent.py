@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import rnncore
+from rnncore.gradcheck import numeric_gradient
 from helpers import TOL, assert_close
 
 # (id, mode, cell keyword arguments)
@@ -173,19 +174,8 @@ def test_gradients_match_finite_differences(mid, mode, kw):
     for k in range(len(w)):
         for j, name in enumerate(("wx", "wh", "b_ih", "b_hh")):
             checks.append((f"{name}[{k}]", w[k][j], dw[k][j]))
-    eps = 1e-6
     for name, arr, grad in checks:
-        num = np.zeros_like(arr)
-        it = np.nditer(arr, flags=["multi_index"])
-        for _ in it:
-            i = it.multi_index
-            old = arr[i]
-            arr[i] = old + eps
-            lp = loss()
-            arr[i] = old - eps
-            lm = loss()
-            arr[i] = old
-            num[i] = (lp - lm) / (2 * eps)
+        num = numeric_gradient(loss, arr, 1e-6)
         np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-7, err_msg=name)
 
 

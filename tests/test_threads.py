@@ -12,7 +12,8 @@ import pytest
 import threadpoolctl
 
 import rnncore
-from helpers import CELLS, make_params, run_backward, run_forward
+from helpers import CELLS, run_backward, run_forward
+from helpers import make_case as _case
 
 CELL_IDS = [c[0] for c in CELLS]
 
@@ -29,21 +30,6 @@ def _package_dir():
     import rnncore._core
 
     return os.path.dirname(os.path.realpath(rnncore._core.__file__))
-
-
-def _case(cell, T, B, D, H, dtype, seed, lengths=True):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((T, B, D)).astype(dtype)
-    params = make_params(cell, D, H, dtype, rng)
-    h0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)
-    c0 = (0.5 * rng.standard_normal((B, H))).astype(dtype) if cell == "lstm" else None
-    dhs = rng.standard_normal((T, B, H)).astype(dtype)
-    dh_n = rng.standard_normal((B, H)).astype(dtype)
-    dc_n = rng.standard_normal((B, H)).astype(dtype) if cell == "lstm" else None
-    lens = rng.integers(1, T + 1, size=B) if lengths else None
-    if lengths:
-        lens[0] = T
-    return x, params, h0, c0, dhs, dh_n, dc_n, lens
 
 
 def _run(cell, kw, case):

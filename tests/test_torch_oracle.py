@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import TOL, assert_close, make_params, run_backward, run_forward
+import rnncore
+from helpers import TOL, assert_close, make_case, run_backward, run_forward
 
 torch = pytest.importorskip("torch")
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
@@ -27,25 +28,10 @@ TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 def _torch_module(make, cell, D, H, batch_first, dtype, params):
     wx, wh, b_ih, b_hh = params
     m = make(D, H, batch_first).to(TORCH_DTYPE[dtype])
-    with torch.no_grad():
-        m.weight_ih_l0.copy_(torch.from_numpy(wx.T.copy()))
-        m.weight_hh_l0.copy_(torch.from_numpy(wh.T.copy()))
-        m.bias_ih_l0.copy_(torch.from_numpy(b_ih))
-        # the Elman op's single bias is torch's bias_ih with a zero bias_hh
-        m.bias_hh_l0.copy_(torch.zeros_like(m.bias_hh_l0) if b_hh is None else torch.from_numpy(b_hh))
+    # the Elman op's single bias is torch's bias_ih with a zero bias_hh
+    sd = rnncore.to_state_dict(cell, [(wx, wh, b_ih, np.zeros_like(b_ih) if b_hh is None else b_hh)])
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
     return m
-
-
-def _case(cell, T, B, D, H, dtype, batch_first, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((B, T, D) if batch_first else (T, B, D)).astype(dtype)
-    params = make_params(cell, D, H, dtype, rng)
-    h0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)
-    c0 = (0.5 * rng.standard_normal((B, H))).astype(dtype) if cell == "lstm" else None
-    R = rng.standard_normal((B, T, H) if batch_first else (T, B, H)).astype(dtype)
-    S = rng.standard_normal((B, H)).astype(dtype)
-    U = rng.standard_normal((B, H)).astype(dtype) if cell == "lstm" else None
-    return x, params, h0, c0, R, S, U
 
 
 def _torch_run(module, cell, x, h0, c0, R, S, U, lengths=None, batch_first=False):
@@ -106,7 +92,7 @@ def _ours(impl, cell, kw, x, params, h0, c0, R, S, U, **fkw):
 @pytest.mark.parametrize("cid,cell,kw,make", TORCH_CELLS, ids=IDS)
 def test_matches_torch(cid, cell, kw, make, batch_first, dtype, impl):
     T, B, D, H = 7, 3, 4, 5
-    x, params, h0, c0, R, S, U = _case(cell, T, B, D, H, dtype, batch_first, seed=len(cid) + 3 * batch_first)
+    x, params, h0, c0, R, S, U, _ = make_case(cell, T, B, D, H, dtype, len(cid) + 3 * batch_first, batch_first)
     module = _torch_module(make, cell, D, H, batch_first, dtype, params)
     theirs = _torch_run(module, cell, x, h0, c0, R, S, U)
     ours = _ours(impl, cell, kw, x, params, h0, c0, R, S, U, batch_first=batch_first)
@@ -119,7 +105,7 @@ def test_matches_torch(cid, cell, kw, make, batch_first, dtype, impl):
 def test_variable_lengths_match_packed_sequence(cid, cell, kw, make, batch_first, impl):
     T, B, D, H = 6, 5, 3, 4
     dtype = np.float64
-    x, params, h0, c0, R, S, U = _case(cell, T, B, D, H, dtype, batch_first, seed=100 + len(cid))
+    x, params, h0, c0, R, S, U, _ = make_case(cell, T, B, D, H, dtype, 100 + len(cid), batch_first)
     lengths = np.array([3, 6, 1, 4, 6])  # unsorted, with 1 and T
     module = _torch_module(make, cell, D, H, batch_first, dtype, params)
     theirs = _torch_run(module, cell, x, h0, c0, R, S, U, lengths=lengths, batch_first=batch_first)
@@ -135,7 +121,7 @@ def test_variable_lengths_match_packed_sequence(cid, cell, kw, make, batch_first
 @pytest.mark.parametrize("cid,cell,kw,make", TORCH_CELLS, ids=IDS)
 def test_long_sequence_matches_torch(cid, cell, kw, make):
     T, B, D, H = 1000, 2, 3, 4
-    x, params, h0, c0, R, S, U = _case(cell, T, B, D, H, np.float64, False, seed=1000)
+    x, params, h0, c0, R, S, U, _ = make_case(cell, T, B, D, H, np.float64, 1000, False)
     module = _torch_module(make, cell, D, H, False, np.float64, params)
     theirs = _torch_run(module, cell, x, h0, c0, R, S, U)
     ours = _ours("native", cell, kw, x, params, h0, c0, R, S, U)

@@ -4,7 +4,9 @@ Functional ops (NumPy arrays in and out) for the Elman RNN, LSTM and GRU: a forw
 all time steps and its backpropagation through time, in C++ (thread team + BLAS) with a
 NumPy twin in :mod:`rnncore.reference`. Pick the implementation with :func:`set_backend`.
 
-The library's modules load with the package (``rnncore.layers``, ``rnncore.time_layers``,
+The cells are registered in :mod:`rnncore.cells` (one spec each: the built-in Elman RNN, LSTM
+and GRU, and any of one's own). The library's modules load with the package
+(``rnncore.cells``, ``rnncore.layers``, ``rnncore.time_layers``,
 ``rnncore.optim``, ``rnncore.models``, ``rnncore.data``, ``rnncore.gradcheck``); the
 applications and the optional integrations load when imported: ``rnncore.train``,
 ``rnncore.cli``, ``rnncore.benchmark``, ``rnncore.textbook``, and ``rnncore.torch``,
@@ -12,7 +14,7 @@ applications and the optional integrations load when imported: ``rnncore.train``
 """
 from __future__ import annotations
 
-from . import data, gradcheck, layers, models, optim, reference, time_layers
+from . import cells, data, gradcheck, layers, models, optim, reference, time_layers
 from ._backend import get_backend, set_backend, use_backend
 from ._cache import Cache
 from ._ops import gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_backward, rnn_forward
@@ -29,5 +31,5 @@ __all__ = [
     "softmax_cross_entropy", "softmax_cross_entropy_backward",
     "set_backend", "get_backend", "use_backend", "get_num_threads", "set_num_threads", "num_threads",
     "blas_info", "kernel_info", "set_isa", "use_isa", "reference", "Cache", "__version__",
-    "layers", "time_layers", "optim", "models", "data", "gradcheck",
+    "cells", "layers", "time_layers", "optim", "models", "data", "gradcheck",
 ]

@@ -13,9 +13,8 @@ from typing import Optional
 
 import numpy as np
 
-#: weight blocks per cell (columns of wx / wh are G * H)
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-ACTIVATIONS = ("tanh", "relu", "sigmoid")
+from . import cells
+from .cells import CellSpec
 
 
 @dataclass
@@ -23,7 +22,7 @@ class Inputs:
     """Validated inputs of one recurrent call; sizes T, B, D, H; G weight blocks."""
 
     op: str
-    cell: str  # "rnn", "lstm", "gru" or "gru_reset_before"
+    cell: str  # the kernel's name, cells.CellSpec.name: "rnn", "lstm", "gru", "gru_reset_before", ...
     x: np.ndarray
     wx: np.ndarray
     wh: np.ndarray
@@ -39,6 +38,7 @@ class Inputs:
     D: int
     H: int
     G: int
+    spec: CellSpec  # the registry's entry of ``cell``
 
 
 def _layout(batch_first: bool) -> str:
@@ -111,21 +111,22 @@ def check_sequence(op: str, x, batch_first) -> tuple:
     return T, B, D
 
 
-def recurrent_inputs(op, cell, x, wx, wh, b_ih, b_hh, h0, c0, lengths, batch_first, activation) -> Inputs:
-    """Validate the arguments of a forward call; returns them with the sizes."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"{op}: activation must be one of {ACTIVATIONS}, got {activation!r}")
+def recurrent_inputs(op, spec: CellSpec, x, wx, wh, b_ih, b_hh, h0, c0, lengths, batch_first,
+                     activation) -> Inputs:
+    """Validate the arguments of a forward call of the cell ``spec``; returns them with the sizes."""
+    if activation not in spec.activations:
+        raise ValueError(f"{op}: activation must be one of {spec.activations}, got {activation!r}")
     T, B, D = check_sequence(op, x, batch_first)
     dt = x.dtype
-    G = GATES["gru" if cell.startswith("gru") else cell]
-    gh = "H" if G == 1 else f"{G}*H"
+    G = spec.gates
+    gh = spec.gate_legend
     check_array(op, "wx", wx, dt, ndim=2)
     if wx.shape[0] != D or wx.shape[1] % G or wx.shape[1] == 0:
         raise ValueError(f"{op}: wx must have shape (D, {gh}) with D = {D} from x, got {wx.shape}")
     H = wx.shape[1] // G
     check_array(op, "wh", wh, dt, ndim=2)
     check_shape(op, "wh", wh, (H, G * H), f"(H, {gh})")
-    names = ("b",) if cell == "rnn" else ("b_ih", "b_hh")
+    names = spec.biases
     check_array(op, names[0], b_ih, dt, ndim=1)
     check_shape(op, names[0], b_ih, (G * H,), f"({gh},)")
     if b_hh is not None:
@@ -136,11 +137,12 @@ def recurrent_inputs(op, cell, x, wx, wh, b_ih, b_hh, h0, c0, lengths, batch_fir
             check_array(op, name, s, dt, ndim=2)
             check_shape(op, name, s, (B, H), "(B, H)")
     lengths = check_lengths(op, lengths, T, B)
-    check_sizes(op, cell, T, B, D, H, G, dt)
+    _check_sizes(op, spec, T, B, D, H, dt)
     for name, a in (("wx", wx), ("wh", wh), (names[0], b_ih), (names[-1], b_hh), ("h0", h0), ("c0", c0), ("x", x)):
         if a is not None:
             check_finite(op, name, a)
-    return Inputs(op, cell, x, wx, wh, b_ih, b_hh, h0, c0, lengths, bool(batch_first), activation, T, B, D, H, G)
+    return Inputs(op, spec.name, x, wx, wh, b_ih, b_hh, h0, c0, lengths, bool(batch_first), activation,
+                  T, B, D, H, G, spec)
 
 
 #: the 32-bit BLAS and the native kernels index a matrix's rows, columns and leading dimension
@@ -158,18 +160,25 @@ def _memory_bytes() -> Optional[int]:
 
 def check_sizes(op, cell, T, B, D, H, G, dtype) -> None:
     """Sizes the kernels can index, and outputs the machine can hold, before anything is
-    allocated: T*B rows and G*H, 4*H, D columns within 32-bit indices; the forward's outputs and
-    cache (hs, gates, cell states) within the physical memory."""
+    allocated (see :func:`_check_sizes`); ``cell`` a kernel name, G its gate count."""
+    spec = cells.get(cell)
+    assert spec.gates == G, (cell, G)
+    _check_sizes(op, spec, T, B, D, H, dtype)
+
+
+def _check_sizes(op, spec: CellSpec, T, B, D, H, dtype) -> None:
+    """T*B rows and the G*H, cache-gate and D columns within 32-bit indices; the forward's
+    outputs and cache (hs, gates, cell states) within the physical memory."""
     rows = T * B
-    widest = max(D, 4 * H if cell != "rnn" else G * H)
+    widest = max(D, spec.gates * H, spec.cache_gates * H)
     if rows > INDEX_LIMIT or widest > INDEX_LIMIT or rows * widest > 2**62:
         raise ValueError(f"{op}: T*B = {T}*{B} = {rows} rows of up to {widest} columns do not fit the "
                          f"32-bit indices of the BLAS (at most {INDEX_LIMIT} rows and columns)")
-    blocks = 1 + (0 if cell == "rnn" else 4) + (1 if cell == "lstm" else 0)  # hs, gates, cs
+    blocks = 1 + spec.cache_gates + int(spec.has_cell_state)  # hs, gates, cs
     need = rows * H * blocks * np.dtype(dtype).itemsize
     have = _memory_bytes()
     if have and need > have:
-        raise ValueError(f"{op}: the outputs and cache of T={T}, B={B}, H={H} ({cell}, {np.dtype(dtype)}) "
+        raise ValueError(f"{op}: the outputs and cache of T={T}, B={B}, H={H} ({spec.name}, {np.dtype(dtype)}) "
                          f"need {need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB")
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import cells
+
 __all__ = ["main"]
 
 
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "character-level LSTM on the Python standard library's own sources.")
     t.add_argument("--corpus", metavar="PATH", help="UTF-8 text file or folder (default: the stdlib .py sources)")
     t.add_argument("--level", choices=("char", "word"), default=d.level, help="tokens (default %(default)s)")
-    t.add_argument("--cell", choices=("rnn", "lstm", "gru"), default=d.cell, help="recurrent cell (default %(default)s)")
+    t.add_argument("--cell", choices=cells.cells(), default=d.cell, help="recurrent cell (default %(default)s)")
     t.add_argument("--hidden", type=_positive_int, default=d.hidden, help="hidden units (default %(default)s)")
     t.add_argument("--embed", type=_positive_int, default=None, help="embedding size (default min(hidden, 64))")
     t.add_argument("--layers", type=_positive_int, default=d.layers, help="stacked layers (default %(default)s)")

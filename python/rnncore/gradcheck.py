@@ -12,12 +12,35 @@ It returns ``{parameter name: max relative error}``. The relative error of an en
 ``|analytic - numeric| / max(|analytic|, |numeric|, floor)`` with floor ``1e-3`` times the
 largest analytic entry of that parameter (so entries near zero do not dominate). Stateful
 layers are reset before every evaluation; dropout must be off (or seeded per call).
+:func:`numeric_gradient` is the central difference itself, for any scalar function of an
+array (what the tests' finite differences use).
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["gradcheck"]
+__all__ = ["gradcheck", "numeric_gradient"]
+
+
+def numeric_gradient(f, arr: np.ndarray, eps: float = 1e-6, index=None) -> np.ndarray:
+    """Central differences ``(f() at arr_i + eps  -  f() at arr_i - eps) / (2 eps)`` of the
+    scalar ``f()`` with respect to the entries of ``arr``, which is changed in place (each
+    entry restored after its two calls). ``index``: flat indices to probe (default: every
+    entry, the result then has arr's shape); float64 values."""
+    flat = arr.reshape(-1)
+    if not np.shares_memory(flat, arr):
+        raise ValueError("numeric_gradient: arr must be contiguous (it is perturbed in place)")
+    idx = range(flat.size) if index is None else index
+    out = np.empty(len(idx))
+    for k, i in enumerate(idx):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        out[k] = (fp - fm) / (2 * eps)
+    return out.reshape(arr.shape) if index is None else out
 
 
 def _rel_err(a, n):
@@ -65,15 +88,7 @@ def gradcheck(obj, *inputs, eps: float = 1e-6, max_checks: int = 64, seed: int =
     for name, arr, grad in targets:
         flat = arr.reshape(-1)
         idx = np.arange(flat.size) if flat.size <= max_checks else rng.choice(flat.size, max_checks, replace=False)
-        numeric = np.empty(len(idx))
-        for k, i in enumerate(idx):
-            old = flat[i]
-            flat[i] = old + eps
-            fp, _ = run()
-            flat[i] = old - eps
-            fm, _ = run()
-            flat[i] = old
-            numeric[k] = (fp - fm) / (2 * eps)
+        numeric = numeric_gradient(lambda: run()[0], arr, eps, idx)
         result[name] = _rel_err(grad.reshape(-1)[idx], numeric)
     if hasattr(obj, "reset_state"):
         obj.reset_state()

@@ -17,15 +17,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._checks import GATES
+from . import cells
 
 __all__ = ["to_state_dict", "from_state_dict", "save_npz", "load_npz"]
 
-_MODES = ("rnn", "lstm", "gru")
-_MODE_OF_GATES = {g: m for m, g in GATES.items()}
 _KEY = re.compile(r"^(weight|bias)_(ih|hh)_l(\d+)(_reverse)?$")
 #: name of the metadata entry in files written by :func:`save_npz`
 META_KEY = "__rnncore__"
@@ -36,7 +35,11 @@ def _suffix(layer, d):
     return f"_l{layer}" + ("_reverse" if d else "")
 
 
-def to_state_dict(mode, weights, num_layers=1, bidirectional=False, prefix=""):
+Weights = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def to_state_dict(mode: str, weights: Sequence[Weights], num_layers: int = 1, bidirectional: bool = False,
+                  prefix: str = "") -> Dict[str, np.ndarray]:
     """``weights`` (as for :func:`rnncore.recurrent_forward`) -> dict of PyTorch names.
 
     Returns ``{prefix + "weight_ih_l0": wx.T, prefix + "weight_hh_l0": wh.T,
@@ -45,8 +48,8 @@ def to_state_dict(mode, weights, num_layers=1, bidirectional=False, prefix=""):
     ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``.
     """
     op = "to_state_dict"
-    if mode not in _MODES:
-        raise ValueError(f"{op}: mode must be one of {_MODES}, got {mode!r}")
+    if mode not in cells.cells():
+        raise ValueError(f"{op}: mode must be one of {cells.cells()}, got {mode!r}")
     if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
         raise ValueError(f"{op}: num_layers must be an integer >= 1, got {num_layers!r}")
     nd = 2 if bidirectional else 1
@@ -55,7 +58,7 @@ def to_state_dict(mode, weights, num_layers=1, bidirectional=False, prefix=""):
         got = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
         raise ValueError(f"{op}: weights must be a list of num_layers * num_dirs = {n} (wx, wh, b_ih, b_hh) "
                          f"tuples, got {got}")
-    G = GATES[mode]
+    G = cells.flavours(mode)[0].gates
     sd = {}
     for k, w in enumerate(weights):
         layer, d = divmod(k, nd)
@@ -79,24 +82,27 @@ def to_state_dict(mode, weights, num_layers=1, bidirectional=False, prefix=""):
     return sd
 
 
-def from_state_dict(state_dict, mode=None, prefix="", dtype=None):
+def from_state_dict(state_dict: Mapping, mode: Optional[str] = None, prefix: str = "", dtype=None
+                    ) -> Tuple[str, List[Weights], int, bool]:
     """PyTorch-named weights -> ``(mode, weights, num_layers, bidirectional)``.
 
     ``state_dict`` maps names to arrays (numpy arrays, or anything ``np.asarray`` takes, such
     as CPU tensors without grad). Only keys starting with ``prefix`` are read (so a whole
     model's state dict works with ``prefix="rnn."``); below the prefix every key must be one
     of ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (each with
-    an optional ``_reverse``). The cell is inferred from the gate count (G*H rows of
-    ``weight_hh`` over its H columns: 1 "rnn", 4 "lstm", 3 "gru"); ``mode``, if given, must
-    agree. The number of layers, the directions and the hidden size come from the names and
-    shapes. A module built with ``bias=False`` (no bias entries at all) gets zero biases.
-    ``dtype`` converts (float32/float64); by default the arrays keep their floating dtype.
+    an optional ``_reverse``). Without ``mode`` the cell is inferred from the gate count (G*H
+    rows of ``weight_hh`` over its H columns: 1 "rnn", 4 "lstm", 3 "gru") where exactly one
+    registered cell (:mod:`rnncore.cells`) has it, and a ValueError asks for ``mode=`` where
+    several do; ``mode``, if given, must have that gate count. The number of layers, the
+    directions and the hidden size come from the names and shapes. A module built with
+    ``bias=False`` (no bias entries at all) gets zero biases. ``dtype`` converts
+    (float32/float64); by default the arrays keep their floating dtype.
 
     Returns the inferred ``mode`` and ``weights`` as for :func:`rnncore.recurrent_forward`.
     """
     op = "from_state_dict"
-    if mode is not None and mode not in _MODES:
-        raise ValueError(f"{op}: mode must be None or one of {_MODES}, got {mode!r}")
+    if mode is not None and mode not in cells.cells():
+        raise ValueError(f"{op}: mode must be None or one of {cells.cells()}, got {mode!r}")
     if not hasattr(state_dict, "items"):
         raise TypeError(f"{op}: state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}")
     if dtype is not None:
@@ -143,13 +149,19 @@ def from_state_dict(state_dict, mode=None, prefix="", dtype=None):
         raise ValueError(f"{op}: {key0!r} must have shape (G*H, H), got {whh0.shape}")
     H = whh0.shape[1]
     G = whh0.shape[0] // H
-    inferred = _MODE_OF_GATES.get(G)
-    if inferred is None:
-        raise ValueError(f"{op}: {key0!r} has shape {whh0.shape}: {G} gate blocks of H = {H}; expected 1 (rnn), "
-                         f"4 (lstm) or 3 (gru)")
-    if mode is not None and mode != inferred:
-        raise ValueError(f"{op}: mode={mode!r} but the weights are of a {inferred!r} ({G} gate blocks in {key0!r} "
-                         f"of shape {whh0.shape})")
+    fits = [c for c in cells.cells() if cells.flavours(c)[0].gates == G]
+    if not fits:
+        expected = [f"{cells.flavours(c)[0].gates} ({c})" for c in cells.cells()]
+        raise ValueError(f"{op}: {key0!r} has shape {whh0.shape}: {G} gate blocks of H = {H}; expected "
+                         f"{', '.join(expected[:-1])} or {expected[-1]}")
+    if mode is None:
+        if len(fits) > 1:  # the gate count names no cell: only the caller can
+            raise ValueError(f"{op}: {key0!r} has {G} gate blocks, which fits the cells {tuple(fits)}; pass "
+                             f"mode= to say which")
+        mode = fits[0]
+    elif mode not in fits:
+        raise ValueError(f"{op}: mode={mode!r} but the weights are of a {'/'.join(fits)!r} ({G} gate blocks in "
+                         f"{key0!r} of shape {whh0.shape})")
     key_ih0, wih0 = get(0, 0, "weight", "ih")
     if wih0.ndim != 2 or wih0.shape[0] != G * H or wih0.shape[1] < 1:
         raise ValueError(f"{op}: {key_ih0!r} must have shape (G*H, D) = ({G * H}, D), got {wih0.shape}")
@@ -176,10 +188,10 @@ def from_state_dict(state_dict, mode=None, prefix="", dtype=None):
             wih, whh, bih, bhh = arrays
             weights.append((np.ascontiguousarray(wih.T), np.ascontiguousarray(whh.T),
                             np.array(bih, copy=True), np.array(bhh, copy=True)))
-    return inferred, weights, num_layers, bidirectional
+    return mode, weights, num_layers, bidirectional
 
 
-def save_npz(path, mode, weights, num_layers=1, bidirectional=False):
+def save_npz(path, mode: str, weights: Sequence[Weights], num_layers: int = 1, bidirectional: bool = False) -> None:
     """Write ``weights`` to ``path`` (``.npz``) under PyTorch's names (see
     :func:`to_state_dict`), plus a small JSON metadata entry (mode, num_layers,
     bidirectional). Read it back with :func:`load_npz`; ``np.load`` also reads it.
@@ -203,7 +215,7 @@ def read_npz(path, what: str) -> dict:
         raise ValueError(f"{path} is not a readable .npz {what} ({type(e).__name__}: {e})") from None
 
 
-def load_npz(path, dtype=None):
+def load_npz(path, dtype=None) -> Tuple[str, List[Weights], int, bool]:
     """Read a file written by :func:`save_npz` (or any ``.npz`` of PyTorch-named recurrent
     weights) -> ``(mode, weights, num_layers, bidirectional)``. No pickles are loaded."""
     op = "load_npz"

@@ -9,7 +9,8 @@ batch-first, (N, T, ...), unless a layer says otherwise.
 - :class:`Embedding` ids (N, T) -> vectors (N, T, D).
 - :class:`RNN`, :class:`LSTM`, :class:`GRU` stacked, optionally bidirectional recurrent
   layers over :func:`rnncore.recurrent_forward` (native C++ or the NumPy twin), with
-  PyTorch's weight layout (``state_dict``), truncated BPTT (``stateful``) and ``lengths``.
+  PyTorch's weight layout (``state_dict``), truncated BPTT (``stateful``) and ``lengths``;
+  :class:`Recurrent` the same for any cell of :mod:`rnncore.cells` (``cell="..."``).
 - :class:`Linear` time-distributed affine map over the last axis.
 - :class:`SoftmaxCrossEntropy` mean cross-entropy over all positions, with ``ignore_index``.
 - :class:`LastStep` many-to-one: the state at each sequence's last valid step.
@@ -20,12 +21,14 @@ Legend: N batch, T time, D input features, H hidden units, V vocabulary / classe
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import numpy as np
 
-from . import dense
+from . import cells, dense, interop, recurrent
 from .losses import softmax_cross_entropy, softmax_cross_entropy_backward
 
-__all__ = ["Embedding", "RNN", "LSTM", "GRU", "Linear", "SoftmaxCrossEntropy", "LastStep", "Dropout",
+__all__ = ["Embedding", "Recurrent", "RNN", "LSTM", "GRU", "Linear", "SoftmaxCrossEntropy", "LastStep", "Dropout",
            "Sequential"]
 
 
@@ -50,7 +53,8 @@ class Embedding:
     their gradients. ``backward`` returns None (ids have no gradient).
     """
 
-    def __init__(self, num_embeddings=None, embedding_dim=None, *, weight=None, dtype=np.float32, rng=None):
+    def __init__(self, num_embeddings: Optional[int] = None, embedding_dim: Optional[int] = None, *,
+                 weight: Optional[np.ndarray] = None, dtype=np.float32, rng=None):
         if weight is None:
             if num_embeddings is None or embedding_dim is None:
                 raise ValueError("Embedding: give num_embeddings and embedding_dim, or weight=")
@@ -77,16 +81,22 @@ class Embedding:
         return None
 
 
-class _Recurrent:
-    """A stack of recurrent layers (one class per cell below); see :class:`LSTM`."""
+class Recurrent:
+    """A stack of recurrent layers of any registered cell (:mod:`rnncore.cells`): arguments
+    as :class:`LSTM`, plus ``cell=`` (its name) and the cell's keywords (``activation=``,
+    ``reset_after=`` ...). :class:`RNN`, :class:`LSTM` and :class:`GRU` fix the cell."""
 
-    mode = ""
+    #: the cell's name (:mod:`rnncore.cells`); the subclasses set it
+    cell = ""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
-                 stateful=False, batch_first=True, *, dtype=np.float32, rng=None, weights=None,
-                 **cell_kw):
-        from . import recurrent
-
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 dropout: float = 0.0, stateful: bool = False, batch_first: bool = True, *,
+                 cell: Optional[str] = None, dtype=np.float32, rng=None,
+                 weights: Optional[Sequence[tuple]] = None, **cell_kw):
+        if cell is not None:
+            self.cell = cell
+        if self.cell not in cells.cells():
+            raise ValueError(f"{type(self).__name__}: cell must be one of {cells.cells()}, got {self.cell!r}")
         if int(input_size) < 1 or int(hidden_size) < 1 or int(num_layers) < 1:
             raise ValueError(f"{type(self).__name__}: input_size, hidden_size and num_layers must be >= 1")
         for flag, value in (("bidirectional", bidirectional), ("stateful", stateful), ("batch_first", batch_first)):
@@ -100,7 +110,7 @@ class _Recurrent:
         self.cell_kw = cell_kw
         self.rng = _rng(rng)
         if weights is None:
-            weights = recurrent.init_weights(self.mode, self.input_size, self.hidden_size, self.num_layers,
+            weights = recurrent.init_weights(self.cell, self.input_size, self.hidden_size, self.num_layers,
                                              self.bidirectional, dtype=dtype, rng=self.rng)
         self.weights = [tuple(w) for w in weights]
         if len(self.weights) != self.num_layers * self.num_dirs:
@@ -119,6 +129,11 @@ class _Recurrent:
         self.cache = None
 
     @property
+    def mode(self) -> str:
+        """The cell's name (``recurrent_forward``'s word for it)."""
+        return self.cell
+
+    @property
     def num_dirs(self) -> int:
         return 2 if self.bidirectional else 1
 
@@ -135,7 +150,8 @@ class _Recurrent:
         self.h = None if h is None else np.ascontiguousarray(h, dtype=self.dtype)
         self.c = None if c is None else np.ascontiguousarray(c, dtype=self.dtype)
 
-    def forward(self, xs, lengths=None, h0=None, c0=None):
+    def forward(self, xs: np.ndarray, lengths: Optional[np.ndarray] = None, h0: Optional[np.ndarray] = None,
+                c0: Optional[np.ndarray] = None) -> np.ndarray:
         """xs (N, T, D) (or (T, N, D) if not batch_first) -> outputs (N, T, num_dirs * H),
         read-only where they are what the backward reads (one direction): copy to modify.
 
@@ -144,8 +160,6 @@ class _Recurrent:
         carried state for this call. With ``stateful`` the final state is kept for the next
         call; the gradient stops at the chunk boundary (truncated BPTT).
         """
-        from . import recurrent
-
         if not isinstance(xs, np.ndarray):
             raise TypeError(f"{type(self).__name__}.forward: xs must be a numpy.ndarray")
         xs = np.ascontiguousarray(xs)
@@ -156,7 +170,8 @@ class _Recurrent:
                                  f"but xs has {N}; call reset_state() before changing the batch size")
             h0, c0 = self.h, (self.c if c0 is None else c0)
         out, h_n, c_n, self.cache = recurrent.recurrent_forward(
-            self.mode, xs, self.weights, h0, c0 if self.mode == "lstm" else None, num_layers=self.num_layers,
+            self.cell, xs, self.weights, h0, c0 if cells.flavours(self.cell)[0].has_cell_state else None,
+            num_layers=self.num_layers,
             bidirectional=self.bidirectional, dropout=self.dropout, training=self.training, rng=self.rng,
             batch_first=self.batch_first, lengths=lengths, **self.cell_kw)
         self.h_n, self.c_n = h_n, c_n
@@ -164,11 +179,10 @@ class _Recurrent:
             self.h, self.c = h_n, c_n
         return out
 
-    def backward(self, dout, dh_n=None, dc_n=None):
+    def backward(self, dout: np.ndarray, dh_n: Optional[np.ndarray] = None,
+                 dc_n: Optional[np.ndarray] = None) -> np.ndarray:
         """dout (the outputs' shape) -> dxs; writes the weight gradients into ``grads`` and
         the initial state's gradients into ``dh`` / ``dc``."""
-        from . import recurrent
-
         dout = np.ascontiguousarray(dout, dtype=self.dtype)
         dx, dweights, self.dh, self.dc = recurrent.recurrent_backward(dout, self.cache, dh_n, dc_n)
         i = 0
@@ -181,16 +195,12 @@ class _Recurrent:
     def state_dict(self, prefix: str = "") -> dict:
         """The weights under PyTorch's names (``weight_ih_l0`` = wx.T, ...), as for
         ``torch.nn.{RNN,LSTM,GRU}.state_dict()``."""
-        from . import interop
-
-        return interop.to_state_dict(self.mode, self.weights, num_layers=self.num_layers,
+        return interop.to_state_dict(self.cell, self.weights, num_layers=self.num_layers,
                                      bidirectional=self.bidirectional, prefix=prefix)
 
     def load_state_dict(self, sd: dict, prefix: str = "") -> None:
         """Copy weights in PyTorch's names and layout into this layer (in place)."""
-        from . import interop
-
-        mode, weights, num_layers, bidirectional = interop.from_state_dict(sd, mode=self.mode, prefix=prefix,
+        _, weights, num_layers, bidirectional = interop.from_state_dict(sd, mode=self.cell, prefix=prefix,
                                                                            dtype=self.dtype)
         if (num_layers, bidirectional) != (self.num_layers, self.bidirectional):
             raise ValueError(f"{type(self).__name__}.load_state_dict: state has num_layers={num_layers}, "
@@ -206,19 +216,20 @@ class _Recurrent:
                 f"bidirectional={self.bidirectional}, stateful={self.stateful})")
 
 
-class RNN(_Recurrent):
+class RNN(Recurrent):
     """Elman RNN stack: ``h_t = f(x_t W_x + h_{t-1} W_h + b_ih + b_hh)``, f = ``activation``
     ("tanh", "relu", "sigmoid"). Arguments as :class:`LSTM`."""
 
-    mode = "rnn"
+    cell = "rnn"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
-                 stateful=False, batch_first=True, *, activation="tanh", dtype=np.float32, rng=None, weights=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 dropout: float = 0.0, stateful: bool = False, batch_first: bool = True, *,
+                 activation: str = "tanh", dtype=np.float32, rng=None, weights: Optional[Sequence[tuple]] = None):
         super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout, stateful, batch_first,
                          dtype=dtype, rng=rng, weights=weights, activation=activation)
 
 
-class LSTM(_Recurrent):
+class LSTM(Recurrent):
     """LSTM stack with PyTorch's equations, gate order (i, f, g, o) and weights.
 
     ``LSTM(input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
@@ -228,22 +239,24 @@ class LSTM(_Recurrent):
     ``training``. The carried state is ``h``, ``c`` (num_layers * num_dirs, N, H).
     """
 
-    mode = "lstm"
+    cell = "lstm"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
-                 stateful=False, batch_first=True, *, dtype=np.float32, rng=None, weights=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 dropout: float = 0.0, stateful: bool = False, batch_first: bool = True, *,
+                 dtype=np.float32, rng=None, weights: Optional[Sequence[tuple]] = None):
         super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout, stateful, batch_first,
                          dtype=dtype, rng=rng, weights=weights)
 
 
-class GRU(_Recurrent):
+class GRU(Recurrent):
     """GRU stack with PyTorch's equations and gate order (r, z, n); ``reset_after=False``
     gives the textbook/Keras flavour. Arguments as :class:`LSTM`."""
 
-    mode = "gru"
+    cell = "gru"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
-                 stateful=False, batch_first=True, *, reset_after=True, dtype=np.float32, rng=None, weights=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 dropout: float = 0.0, stateful: bool = False, batch_first: bool = True, *,
+                 reset_after: bool = True, dtype=np.float32, rng=None, weights: Optional[Sequence[tuple]] = None):
         super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout, stateful, batch_first,
                          dtype=dtype, rng=rng, weights=weights, reset_after=reset_after)
 
@@ -255,8 +268,9 @@ class Linear:
     N(0, 1/D) and zeros b; or pass ``W=``, ``b=`` (used as given, not copied).
     """
 
-    def __init__(self, in_features=None, out_features=None, *, W=None, b=None, bias=True, dtype=np.float32,
-                 rng=None):
+    def __init__(self, in_features: Optional[int] = None, out_features: Optional[int] = None, *,
+                 W: Optional[np.ndarray] = None, b: Optional[np.ndarray] = None, bias: bool = True,
+                 dtype=np.float32, rng=None):
         if W is None:
             if in_features is None or out_features is None:
                 raise ValueError("Linear: give in_features and out_features, or W=")

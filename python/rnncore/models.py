@@ -11,14 +11,27 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 import numpy as np
 
-from .layers import GRU, LSTM, RNN, Dropout, Embedding, Linear, SoftmaxCrossEntropy
+from . import cells
+from .layers import GRU, LSTM, RNN, Dropout, Embedding, Linear, Recurrent, SoftmaxCrossEntropy
 
-__all__ = ["LanguageModel", "CELLS"]
+__all__ = ["LanguageModel", "CELLS", "recurrent_layer"]
 
-CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+#: the layer class of each cell that has its own (any other registered cell is a
+#: :class:`rnncore.layers.Recurrent` with ``cell=``)
+CELLS = {cls.cell: cls for cls in (RNN, LSTM, GRU)}
+
+
+def recurrent_layer(cell: str, *args, **kw) -> Recurrent:
+    """The stacked layer of ``cell`` (a name from :mod:`rnncore.cells`): ``LSTM(*args, **kw)``
+    for "lstm", ``Recurrent(*args, cell=cell, **kw)`` for a cell without its own class."""
+    if cell not in cells.cells():
+        raise ValueError(f"cell must be one of {sorted(cells.cells())}, got {cell!r}")
+    cls = CELLS.get(cell)
+    return cls(*args, **kw) if cls is not None else Recurrent(*args, cell=cell, **kw)
 
 
 class LanguageModel:
@@ -29,10 +42,10 @@ class LanguageModel:
     BPTT); call ``reset_state()`` at a new text. xs, ts are (N, T) ids; scores (N, T, V).
     """
 
-    def __init__(self, vocab_size, hidden_size=256, *, embed_size=None, num_layers=1, cell="lstm", dropout=0.0,
-                 dtype=np.float32, seed=0):
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
+    def __init__(self, vocab_size: int, hidden_size: int = 256, *, embed_size: Optional[int] = None,
+                 num_layers: int = 1, cell: str = "lstm", dropout: float = 0.0, dtype=np.float32, seed: int = 0):
+        if cell not in cells.cells():
+            raise ValueError(f"cell must be one of {sorted(cells.cells())}, got {cell!r}")
         V, H = int(vocab_size), int(hidden_size)
         D = int(embed_size) if embed_size else min(H, 64)
         if V < 1 or H < 1 or D < 1 or int(num_layers) < 1:
@@ -42,8 +55,8 @@ class LanguageModel:
         ss = np.random.SeedSequence(int(seed))
         r_embed, r_rnn, r_lin, r_drop = (np.random.default_rng(s) for s in ss.spawn(4))
         self.embed = Embedding(V, D, dtype=dtype, rng=r_embed)
-        self.rnn = CELLS[cell](D, H, int(num_layers), dropout=float(dropout), stateful=True, batch_first=True,
-                               dtype=dtype, rng=r_rnn)
+        self.rnn = recurrent_layer(cell, D, H, int(num_layers), dropout=float(dropout), stateful=True,
+                                   batch_first=True, dtype=dtype, rng=r_rnn)
         self.drop = Dropout(float(dropout), rng=r_drop)
         self.linear = Linear(H, V, dtype=dtype, rng=r_lin)
         self.loss_layer = SoftmaxCrossEntropy()

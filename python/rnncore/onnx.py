@@ -314,7 +314,9 @@ def export_recurrent(mode, weights, path=None, *, num_layers=1, bidirectional=Fa
     direction first), ``h_n`` (and ``c_n``), like ``recurrent_forward``'s out, h_n, c_n.
     """
     op = "export_recurrent"
-    L, nd, _ = recurrent._check_config(op, mode, num_layers, bidirectional, 0.0, activation, reset_after)
+    L, nd, _, _ = recurrent._check_config(op, mode, num_layers, bidirectional, 0.0, activation, reset_after)
+    if mode not in _ONNX_GATES:  # a registered cell of one's own: ONNX has no operator for it
+        raise ValueError(f"{op}: ONNX has operators for the cells {tuple(_ONNX_GATES)} only, got mode={mode!r}")
     batch_first = _check_flag(op, "batch_first", batch_first)
     with_lengths = _check_flag(op, "lengths", lengths)
     with_state = _check_flag(op, "initial_state", initial_state)
@@ -349,11 +351,11 @@ def export_layer(layer, path=None, *, lengths=False, initial_state=False, dtype=
     for ``path``, ``lengths``, ``initial_state``, ``dtype`` and the graph's inputs and
     outputs. A stateful layer's carried state is not part of the graph: feed it as ``h0``
     (``c0``) with ``initial_state=True``. Dropout is left out (evaluation mode)."""
-    from .layers import _Recurrent
+    from .layers import Recurrent
 
-    if not isinstance(layer, _Recurrent):
+    if not isinstance(layer, Recurrent):
         raise TypeError(f"export_layer: layer must be an rnncore.layers.RNN, LSTM or GRU, got {type(layer).__name__}")
-    return export_recurrent(layer.mode, layer.weights, path, num_layers=layer.num_layers,
+    return export_recurrent(layer.cell, layer.weights, path, num_layers=layer.num_layers,
                             bidirectional=layer.bidirectional, batch_first=layer.batch_first, lengths=lengths,
                             initial_state=initial_state, dtype=dtype, **layer.cell_kw)
 
@@ -394,12 +396,12 @@ def export_model(model, path=None, *, lengths=False, state=False, dtype=None):
 
     g.input("tokens", g.onnx.TensorProto.INT64, [_BATCH, _TIME])
     seq_lens = _lengths_input(g, with_lengths)
-    h0, c0 = _state_inputs(g, rnn.mode, rows, H) if with_state else (None, None)
+    h0, c0 = _state_inputs(g, rnn.cell, rows, H) if with_state else (None, None)
     g.output("scores", g.elem, [_BATCH, _TIME, V])
-    final_states = _state_outputs(g, rnn.mode, rows, H) if with_state else None
+    final_states = _state_outputs(g, rnn.cell, rows, H) if with_state else None
     tokens_tm = g.node("Transpose", ["tokens"], perm=[1, 0])
     x = g.node("Gather", [g.const("embedding", E.astype(g.dtype)), tokens_tm], axis=0)  # [T, B, D]
-    y = _stack(g, rnn.mode, rnn.weights, rnn.num_layers, rnn.num_dirs, H, x, seq_lens, h0, c0,
+    y = _stack(g, rnn.cell, rnn.weights, rnn.num_layers, rnn.num_dirs, H, x, seq_lens, h0, c0,
                activation=rnn.cell_kw.get("activation", "tanh"), reset_after=rnn.cell_kw.get("reset_after", True),
                final_states=final_states)
     hs = _merge_directions(g, y, rnn.num_dirs, H, batch_first=True)  # [B, T, H]

@@ -24,16 +24,16 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._checks import GATES, check_array, check_lengths, check_sequence, grad_input
-from ._ops import OPS
+from . import _ops, cells
+from ._checks import check_array, check_lengths, check_sequence, grad_input
 
 __all__ = ["recurrent_forward", "recurrent_backward", "init_weights", "RecurrentCache", "MODES"]
 
-#: the recurrent cells of :func:`recurrent_forward`
+#: the built-in cells; :func:`recurrent_forward` takes every cell of :mod:`rnncore.cells`
 MODES = ("rnn", "lstm", "gru")
 
 
@@ -47,7 +47,7 @@ class RecurrentCache:
     arrays are referenced, not copied: do not modify them before the backward.
     """
 
-    mode: str
+    cell: str  # the cell's name (the ``mode`` of recurrent_forward)
     num_layers: int
     num_dirs: int
     hidden_size: int
@@ -60,9 +60,14 @@ class RecurrentCache:
     caches: list = field(default_factory=list)
     masks: List[Optional[np.ndarray]] = field(default_factory=list)
 
+    @property
+    def mode(self) -> str:
+        """The cell's name (the former field name)."""
+        return self.cell
+
     def __repr__(self) -> str:
         layout = "batch_first" if self.batch_first else "time_major"
-        return (f"RecurrentCache({self.mode}, num_layers={self.num_layers}, num_dirs={self.num_dirs}, "
+        return (f"RecurrentCache({self.cell}, num_layers={self.num_layers}, num_dirs={self.num_dirs}, "
                 f"H={self.hidden_size}, x={self.x_shape}, {layout}, {self.dtype})")
 
 
@@ -133,9 +138,15 @@ def _reverse_index(lengths, T):
     return np.where(t < lens, lens - 1 - t, t)
 
 
+def _only(has) -> str:
+    """ "mode='lstm'" (or "mode='a' or mode='b'"): the cells whose specs satisfy ``has``."""
+    return " or ".join(f"mode={c!r}" for c in cells.cells() if any(has(s) for s in cells.flavours(c)))
+
+
 def _check_config(op, mode, num_layers, bidirectional, dropout, activation, reset_after):
-    if mode not in MODES:
-        raise ValueError(f"{op}: mode must be one of {MODES}, got {mode!r}")
+    """Validate the configuration; returns (num_layers, num_dirs, dropout, the cell's spec)."""
+    if mode not in cells.cells():
+        raise ValueError(f"{op}: mode must be one of {cells.cells()}, got {mode!r}")
     if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
         raise ValueError(f"{op}: num_layers must be an integer >= 1, got {num_layers!r}")
     if not isinstance(bidirectional, (bool, np.bool_)):
@@ -146,15 +157,16 @@ def _check_config(op, mode, num_layers, bidirectional, dropout, activation, rese
         raise TypeError(f"{op}: dropout must be a number in [0, 1), got {dropout!r}") from None
     if not 0.0 <= p < 1.0:
         raise ValueError(f"{op}: dropout must be in [0, 1), got {dropout!r}")
-    if mode != "rnn" and activation != "tanh":
-        raise ValueError(f"{op}: activation applies to mode='rnn' only (LSTM and GRU use fixed gate "
-                         f"activations), got activation={activation!r} with mode={mode!r}")
+    spec = cells.resolve(mode, reset_after=reset_after)
+    if len(spec.activations) == 1 and activation != spec.activations[0]:
+        raise ValueError(f"{op}: activation applies to {_only(lambda s: len(s.activations) > 1)} only (LSTM and "
+                         f"GRU use fixed gate activations), got activation={activation!r} with mode={mode!r}")
     if not isinstance(reset_after, (bool, np.bool_)):
         raise TypeError(f"{op}: reset_after must be a bool, got {type(reset_after).__name__}")
-    if mode != "gru" and reset_after is not True:
-        raise ValueError(f"{op}: reset_after applies to mode='gru' only, got reset_after={reset_after!r} "
-                         f"with mode={mode!r}")
-    return int(num_layers), (2 if bidirectional else 1), p
+    if "reset_after" not in cells.flavour_keywords(mode) and reset_after is not True:
+        raise ValueError(f"{op}: reset_after applies to {_only(lambda s: s.flavour is not None)} only, got "
+                         f"reset_after={reset_after!r} with mode={mode!r}")
+    return int(num_layers), (2 if bidirectional else 1), p, spec
 
 
 def _check_weights(op, mode, weights, num_layers, num_dirs, D, dtype):
@@ -165,8 +177,9 @@ def _check_weights(op, mode, weights, num_layers, num_dirs, D, dtype):
     if len(weights) != n:
         raise ValueError(f"{op}: weights must hold num_layers * num_dirs = {num_layers} * {num_dirs} = {n} "
                          f"(wx, wh, b_ih, b_hh) tuples (index layer * num_dirs + direction), got {len(weights)}")
-    G = GATES[mode]
-    gh = "H" if G == 1 else f"{G}*H"
+    spec = cells.flavours(mode)[0]
+    G = spec.gates
+    gh = spec.gate_legend
     H = None
     for k, w in enumerate(weights):
         layer, d = divmod(k, num_dirs)
@@ -202,16 +215,22 @@ def _check_state(op, name, s, shape, dtype):
 
 # -- the public API -------------------------------------------------------------------------
 
-def recurrent_forward(mode, x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False, dropout=0.0,
-                      training=False, rng=None, batch_first=False, lengths=None, activation="tanh",
-                      reset_after=True):
+#: one layer/direction's weights: (wx, wh, b_ih, b_hh)
+Weights = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def recurrent_forward(mode: str, x: np.ndarray, weights: Sequence[Weights], h0: Optional[np.ndarray] = None,
+                      c0: Optional[np.ndarray] = None, *, num_layers: int = 1, bidirectional: bool = False,
+                      dropout: float = 0.0, training: bool = False, rng=None, batch_first: bool = False,
+                      lengths: Optional[np.ndarray] = None, activation: str = "tanh", reset_after: bool = True
+                      ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], RecurrentCache]:
     """A multi-layer, optionally bidirectional RNN / LSTM / GRU over a whole sequence.
 
     The functional counterpart of ``torch.nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``.
 
     Parameters
     ----------
-    mode : "rnn", "lstm" or "gru".
+    mode : the cell: "rnn", "lstm", "gru", or any other registered in :mod:`rnncore.cells`.
     x : (T, B, D) array, or (B, T, D) with ``batch_first``; float32 or float64, C-contiguous.
     weights : list of ``num_layers * num_dirs`` tuples ``(wx, wh, b_ih, b_hh)`` in PyTorch's
         order (index ``layer * num_dirs + direction``), all of x's dtype: wx (D_l, G*H),
@@ -244,15 +263,15 @@ def recurrent_forward(mode, x, weights, h0=None, c0=None, *, num_layers=1, bidir
     cache : :class:`RecurrentCache` for :func:`recurrent_backward`.
     """
     op = "recurrent_forward"
-    L, nd, p = _check_config(op, mode, num_layers, bidirectional, dropout, activation, reset_after)
+    L, nd, p, spec = _check_config(op, mode, num_layers, bidirectional, dropout, activation, reset_after)
     T, B, D = check_sequence(op, x, batch_first)
     batch_first = bool(batch_first)
     dt = x.dtype
     H = _check_weights(op, mode, weights, L, nd, D, dt)
     state_shape = (L * nd, B, H)
     h0 = _check_state(op, "h0", h0, state_shape, dt)
-    if c0 is not None and mode != "lstm":
-        raise ValueError(f"{op}: c0 is for mode='lstm' only, got mode={mode!r}")
+    if c0 is not None and not spec.has_cell_state:
+        raise ValueError(f"{op}: c0 is for {_only(lambda s: s.has_cell_state)} only, got mode={mode!r}")
     c0 = _check_state(op, "c0", c0, state_shape, dt)
     lengths = check_lengths(op, lengths, T, B)
     rev_index = None if lengths is None else _reverse_index(lengths, T)
@@ -260,10 +279,10 @@ def recurrent_forward(mode, x, weights, h0=None, c0=None, *, num_layers=1, bidir
     if use_dropout:
         rng = np.random.default_rng(rng)
 
-    fwd, _ = OPS[mode]
     cache = RecurrentCache(mode, L, nd, H, batch_first, dt, x.shape, None, lengths, rev_index)
     h_n = np.empty(state_shape, dt)
-    c_n = np.empty(state_shape, dt) if mode == "lstm" else None
+    c_n = np.empty(state_shape, dt) if spec.has_cell_state else None
+    kw = {"activation": activation} if len(spec.activations) > 1 else {}
     layer_in = x
     for layer in range(L):
 
@@ -272,14 +291,10 @@ def recurrent_forward(mode, x, weights, h0=None, c0=None, *, num_layers=1, bidir
             wx, wh, b_ih, b_hh = weights[k]
             xin = layer_in if d == 0 else _reverse(layer_in, batch_first, rev_index)
             h0k = None if h0 is None else h0[k]
-            kw = dict(batch_first=batch_first, lengths=lengths)
-            ck = None
-            if mode == "rnn":
-                hs, hk, c = fwd(xin, wx, wh, b_ih + b_hh, h0k, activation=activation, **kw)
-            elif mode == "lstm":
-                hs, hk, ck, c = fwd(xin, wx, wh, b_ih, b_hh, h0k, None if c0 is None else c0[k], **kw)
-            else:
-                hs, hk, c = fwd(xin, wx, wh, b_ih, b_hh, h0k, reset_after=reset_after, **kw)
+            if spec.fused_bias:  # the op takes one bias
+                b_ih, b_hh = b_ih + b_hh, None
+            hs, hk, ck, c = _ops.forward(spec.name, xin, wx, wh, b_ih, b_hh, h0k, None if c0 is None else c0[k],
+                                         batch_first=batch_first, lengths=lengths, **kw)
             return (hs if d == 0 else _reverse(hs, batch_first, rev_index)), hk, ck, c
 
         results = [direction(0)] if nd == 1 else _side_by_side(lambda: direction(0), lambda: direction(1))
@@ -305,7 +320,9 @@ def recurrent_forward(mode, x, weights, h0=None, c0=None, *, num_layers=1, bidir
     return layer_in, h_n, c_n, cache
 
 
-def recurrent_backward(dout, cache, dh_n=None, dc_n=None):
+def recurrent_backward(dout: Optional[np.ndarray], cache: RecurrentCache, dh_n: Optional[np.ndarray] = None,
+                       dc_n: Optional[np.ndarray] = None
+                       ) -> Tuple[np.ndarray, List[Weights], np.ndarray, Optional[np.ndarray]]:
     """Backpropagation through time for :func:`recurrent_forward`.
 
     Parameters
@@ -327,20 +344,21 @@ def recurrent_backward(dout, cache, dh_n=None, dc_n=None):
     if not isinstance(cache, RecurrentCache):
         raise TypeError(f"{op}: cache must be the RecurrentCache returned by recurrent_forward, "
                         f"got {type(cache).__name__}")
-    mode, L, nd, H, bf, dt = cache.mode, cache.num_layers, cache.num_dirs, cache.hidden_size, cache.batch_first, \
+    mode, L, nd, H, bf, dt = cache.cell, cache.num_layers, cache.num_dirs, cache.hidden_size, cache.batch_first, \
         cache.dtype
     B = cache.x_shape[0 if bf else 1]
     state_shape = (L * nd, B, H)
     dout = grad_input(op, "dout", dout, cache.out_shape, "the shape of out", dt)
     dh_n = grad_input(op, "dh_n", dh_n, state_shape, "(num_layers * num_dirs, B, H)", dt)
-    if dc_n is not None and mode != "lstm":
-        raise ValueError(f"{op}: dc_n is for mode='lstm' only, got a cache of mode={mode!r}")
+    spec = cells.flavours(mode)[0]
+    if dc_n is not None and not spec.has_cell_state:
+        raise ValueError(f"{op}: dc_n is for {_only(lambda s: s.has_cell_state)} only, got a cache of "
+                         f"mode={mode!r}")
     dc_n = grad_input(op, "dc_n", dc_n, state_shape, "(num_layers * num_dirs, B, H)", dt)
 
-    _, bwd = OPS[mode]
     dweights = [None] * (L * nd)
     dh0 = np.empty(state_shape, dt)
-    dc0 = np.empty(state_shape, dt) if mode == "lstm" else None
+    dc0 = np.empty(state_shape, dt) if spec.has_cell_state else None
     dlayer = dout
     for layer in reversed(range(L)):
 
@@ -352,17 +370,9 @@ def recurrent_backward(dout, cache, dh_n=None, dc_n=None):
                 if d == 1:
                     dhs = _reverse(dhs, bf, cache.rev_index)
             dhk = None if dh_n is None else dh_n[k]
-            dc0k = None
-            if mode == "rnn":
-                dxk, dwx, dwh, db, dh0k = bwd(dhs, cache.caches[k], dhk)
-                dw = (dwx, dwh, db, db.copy())
-            elif mode == "lstm":
-                dxk, dwx, dwh, db_ih, db_hh, dh0k, dc0k = bwd(dhs, cache.caches[k], dhk,
-                                                              None if dc_n is None else dc_n[k])
-                dw = (dwx, dwh, db_ih, db_hh)
-            else:
-                dxk, dwx, dwh, db_ih, db_hh, dh0k = bwd(dhs, cache.caches[k], dhk)
-                dw = (dwx, dwh, db_ih, db_hh)
+            dxk, dwx, dwh, db_ih, db_hh, dh0k, dc0k = _ops.backward(
+                cache.caches[k], dhs, dhk, None if dc_n is None else dc_n[k])
+            dw = (dwx, dwh, db_ih, db_ih.copy() if spec.fused_bias else db_hh)
             return (dxk if d == 0 else _reverse(dxk, bf, cache.rev_index)), dw, dh0k, dc0k
 
         results = [direction(0)] if nd == 1 else _side_by_side(lambda: direction(0), lambda: direction(1))
@@ -381,7 +391,8 @@ def recurrent_backward(dout, cache, dh_n=None, dc_n=None):
             return dx, dweights, dh0, dc0
 
 
-def init_weights(mode, input_size, hidden_size, num_layers=1, bidirectional=False, dtype=np.float32, rng=None):
+def init_weights(mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 dtype=np.float32, rng=None) -> List[Weights]:
     """Weights for :func:`recurrent_forward`, initialised like PyTorch's.
 
     Every weight and bias is drawn from ``uniform(-1/sqrt(H), 1/sqrt(H))``. Returns a list of
@@ -390,7 +401,7 @@ def init_weights(mode, input_size, hidden_size, num_layers=1, bidirectional=Fals
     ``np.random.default_rng()``).
     """
     op = "init_weights"
-    L, nd, _ = _check_config(op, mode, num_layers, bidirectional, 0.0, "tanh", True)
+    L, nd, _, spec = _check_config(op, mode, num_layers, bidirectional, 0.0, "tanh", True)
     for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{op}: {name} must be an integer >= 1, got {v!r}")
@@ -398,7 +409,7 @@ def init_weights(mode, input_size, hidden_size, num_layers=1, bidirectional=Fals
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype}")
     rng = np.random.default_rng(rng)
-    H, G = int(hidden_size), GATES[mode]
+    H, G = int(hidden_size), spec.gates
     s = 1.0 / np.sqrt(H)
     weights = []
     for layer in range(L):

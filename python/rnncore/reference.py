@@ -15,12 +15,26 @@ Notation (row vectors): x_t (B, D), h_t (B, H), wx (D, G*H), wh (H, G*H).
             h_t = (1 - z) * n + z * h_{t-1}
 Past a sequence's length its outputs are zero, and so is every block of the cache (gates, cs),
 on both backends; its state stops changing.
+
+Each cell is registered here, beside its step functions, as a :class:`rnncore.cells.CellSpec`
+(gates, cache blocks, cell state, bias names, activations); the driver takes the step functions
+from the spec, so a cell of one's own is one ``rnncore.cells.register`` call (twin only, or
+with a C++ traits struct as well).
+
+Where the order of operations differs from the C++ kernels (csrc/driver.h, csrc/cells.h), so
+the two agree to rounding rather than to the bit: the kernels sum the two biases once a call
+(``b_ih + b_hh``, the GRU's b_hn kept apart where it sits inside ``r * (...)``) and add that
+sum in each step's fused elementwise pass, where the steps below add the biases as written;
+and the kernels compute ``dwh`` as one GEMM over all steps after the backward loop, where it
+accumulates step by step here. The equations, the gate order and what the cache holds are
+the same.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ._ops import make_ops
+from .cells import CellSpec, register
 
 
 __all__ = [
@@ -97,17 +111,17 @@ def gru_step_forward(xw_t, h_prev, c_prev, inp):
     hw = h_prev @ inp.wh + b_hh
     r = sigmoid(xa[:, :H] + hw[:, :H])
     z = sigmoid(xa[:, H:2 * H] + hw[:, H:2 * H])
-    hn = hw[:, 2 * H:]
-    n = np.tanh(xa[:, 2 * H:] + r * hn)
+    hw_n = hw[:, 2 * H:]  # h_{t-1} @ W_hn + b_hn
+    n = np.tanh(xa[:, 2 * H:] + r * hw_n)
     h = (1 - z) * n + z * h_prev
-    return h, None, np.concatenate([r, z, n, hn], axis=1)
+    return h, None, np.concatenate([r, z, n, hw_n], axis=1)
 
 
 def gru_step_backward(dh, dc, h_prev, c_prev, h, c, gates, inp):
     H = inp.H
-    r, z, n, hn = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+    r, z, n, hw_n = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
     dn = dh * (1 - z) * (1 - n * n)
-    dr = dn * hn * r * (1 - r)
+    dr = dn * hw_n * r * (1 - r)
     dz = dh * (h_prev - n) * z * (1 - z)
     dgx = np.concatenate([dr, dz, dn], axis=1)
     dgh = np.concatenate([dr, dz, dn * r], axis=1)
@@ -142,12 +156,24 @@ def gru_reset_before_step_backward(dh, dc, h_prev, c_prev, h, c, gates, inp):
     return da, da, dh_prev, None, dwh
 
 
-STEPS = {
-    "rnn": (rnn_step_forward, rnn_step_backward),
-    "lstm": (lstm_step_forward, lstm_step_backward),
-    "gru": (gru_step_forward, gru_step_backward),
-    "gru_reset_before": (gru_reset_before_step_forward, gru_reset_before_step_backward),
-}
+# -- the built-in cells: one spec each (rnncore.cells), the step functions above ----------
+
+BUILTIN = tuple(register(spec) for spec in (
+    CellSpec("rnn", gates=1, cache_gates=0, has_cell_state=False, biases=("b",),
+             step_forward=rnn_step_forward, step_backward=rnn_step_backward, native=True,
+             activations=tuple(ACTIVATIONS)),
+    CellSpec("lstm", gates=4, cache_gates=4, has_cell_state=True, biases=("b_ih", "b_hh"),
+             step_forward=lstm_step_forward, step_backward=lstm_step_backward, native=True),
+    CellSpec("gru", gates=3, cache_gates=4, has_cell_state=False, biases=("b_ih", "b_hh"),
+             step_forward=gru_step_forward, step_backward=gru_step_backward, native=True,
+             flavour=("reset_after", True)),
+    CellSpec("gru_reset_before", gates=3, cache_gates=4, has_cell_state=False, biases=("b_ih", "b_hh"),
+             step_forward=gru_reset_before_step_forward, step_backward=gru_reset_before_step_backward,
+             native=True, cell="gru", flavour=("reset_after", False)),
+))
+#: the built-in kernels' step functions by name, (forward, backward): the specs above, as the
+#: C++ cell table lists them (the driver reads ``inp.spec``)
+STEPS = {spec.name: (spec.step_forward, spec.step_backward) for spec in BUILTIN}
 
 
 # -- the driver ---------------------------------------------------------------------------
@@ -168,7 +194,8 @@ def _valid_mask(inp):
 
 def forward(inp):
     """All steps of one layer -> (hs, h_n, c_n, gates, cs); hs, gates, cs in x's layout."""
-    step, _ = STEPS[inp.cell]
+    spec = inp.spec
+    step = spec.step_forward
     T, B, H = inp.T, inp.B, inp.H
     dt = inp.x.dtype
     x = _time_major(inp.x, inp.batch_first)
@@ -177,8 +204,8 @@ def forward(inp):
     h = inp.h0 if inp.h0 is not None else np.zeros((B, H), dt)
     c = inp.c0 if inp.c0 is not None else np.zeros((B, H), dt)
     hs = np.zeros((T, B, H), dt)
-    gates = np.zeros((T, B, 4 * H), dt) if inp.cell != "rnn" else None
-    cs = np.zeros((T, B, H), dt) if inp.cell == "lstm" else None
+    gates = np.zeros((T, B, spec.cache_gates * H), dt) if spec.cache_gates else None
+    cs = np.zeros((T, B, H), dt) if spec.has_cell_state else None
     for t in range(T):
         h_new, c_new, g = step(xw[t], h, c, inp)
         hs[t] = np.where(valid[t], h_new, 0)
@@ -188,7 +215,7 @@ def forward(inp):
         if cs is not None:
             c = np.where(valid[t], c_new, c)
             cs[t] = np.where(valid[t], c, 0)
-    c_n = c if inp.cell == "lstm" else None
+    c_n = c if spec.has_cell_state else None
     bf = inp.batch_first
     return (_caller_layout(hs, bf), h, c_n, _caller_layout(gates, bf), _caller_layout(cs, bf))
 
@@ -196,7 +223,7 @@ def forward(inp):
 def backward(cache, dhs, dh_n, dc_n):
     """BPTT through all steps -> (dx, dwx, dwh, db_ih, db_hh, dh0, dc0)."""
     inp = cache.inputs
-    _, step_backward = STEPS[inp.cell]
+    step_backward = inp.spec.step_backward
     T, B, H = inp.T, inp.B, inp.H
     dt = inp.x.dtype
     bf = inp.batch_first
@@ -233,7 +260,7 @@ def backward(cache, dhs, dh_n, dc_n):
     dx = _caller_layout(dgx_all @ inp.wx.T, bf)
     db_ih = dgx_all.sum(axis=(0, 1))
     return (dx, dwx, dwh, db_ih, db_hh if inp.b_hh is not None else None, dh,
-            dc if inp.cell == "lstm" else None)
+            dc if inp.spec.has_cell_state else None)
 
 
 # -- public functions: the same signatures as rnncore's, always on the twin above ---------
@@ -245,29 +272,30 @@ class _Twin:
     backward = staticmethod(backward)
 
 
-(rnn_forward, rnn_backward, lstm_forward, lstm_backward, gru_forward, gru_backward) = make_ops(
-    lambda: _Twin, __name__)
+#: the op pair of every cell and the six public functions, always on the twin
+OPS = make_ops(lambda: _Twin, __name__)
+_, _, rnn_forward, rnn_backward, lstm_forward, lstm_backward, gru_forward, gru_backward = OPS
 
 
 # -- the output layer: softmax + cross-entropy by rows (twin of csrc/softmax.h) -------------
 
-def softmax_xent_forward(x, t, ignore):
+def softmax_xent_forward(x, t, ignore_index):
     """x (N, V), t (N,) int64 -> probs (N, V) = softmax by rows, row_loss (N,) float64
-    = -log probs[n, t[n]] (0 where t[n] == ignore)."""
+    = -log probs[n, t[n]] (0 where t[n] == ignore_index)."""
     m = x.max(axis=1, keepdims=True)
     e = np.exp(x - m)
     s = e.sum(axis=1, keepdims=True)
     probs = e / s
-    valid = t != ignore
+    valid = t != ignore_index
     rows = np.arange(len(t))
     logp = (x[rows, np.where(valid, t, 0)] - m[:, 0]).astype(np.float64) - np.log(s[:, 0].astype(np.float64))
     return probs, np.where(valid, -logp, 0.0)
 
 
-def softmax_xent_backward(probs, t, ignore, scale, out=None):
-    """scale * (probs - onehot(t)) (N, V), zero rows where t == ignore; written into `out` if given."""
+def softmax_xent_backward(probs, t, ignore_index, scale, out=None):
+    """scale * (probs - onehot(t)) (N, V), zero rows where t == ignore_index; written into `out` if given."""
     dx = np.multiply(probs, probs.dtype.type(scale), out=out)
-    valid = t != ignore
+    valid = t != ignore_index
     rows = np.arange(len(t))[valid]
     dx[rows, t[valid]] -= probs.dtype.type(scale)
     dx[~valid] = 0

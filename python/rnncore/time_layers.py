@@ -545,24 +545,11 @@ class TimeEmbedding:
         return None
 
 
-class TimeAffine:
-    """``x (N, T, D) @ W (D, M) + b`` -> (N, T, M). W may be a transposed view (weight tying)."""
+class TimeAffine(Affine):
+    """``x (N, T, D) @ W (D, M) + b`` -> (N, T, M). W may be a transposed view (weight tying).
 
-    def __init__(self, W, b):
-        self.params = [W, b]
-        self.grads = [np.zeros_like(W), np.zeros_like(b)]
-        self.x = None
-
-    def forward(self, x):
-        W, b = self.params
-        self.x = x
-        return dense.affine_forward(x, W, b)  # on rnncore's threads; a tied W.T needs no copy
-
-    def backward(self, dout):
-        W, b = self.params
-        dW, db = self.grads
-        dx, _, _ = dense.affine_backward(dout, self.x, W, dW=dW, db=db)
-        return dx
+    The book's per-step :class:`Affine` over every step at once: rnncore's dense ops take any
+    leading shape (on rnncore's threads; a tied W.T needs no copy)."""
 
 
 class TimeSoftmaxWithLoss:

@@ -35,9 +35,10 @@ from typing import Optional
 
 import numpy as np
 
+from . import cells
 from . import data as _data
 from . import distributed as _dist
-from .models import CELLS, LanguageModel
+from .models import LanguageModel
 from .optim import OPTIMIZERS, clip_grads
 
 __all__ = ["TrainConfig", "train", "checkpoint_path", "metrics_path"]
@@ -80,8 +81,8 @@ class TrainConfig:
     def validate(self):
         if self.level not in ("char", "word"):
             raise ValueError(f"level must be 'char' or 'word', got {self.level!r}")
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
+        if self.cell not in cells.cells():
+            raise ValueError(f"cell must be one of {sorted(cells.cells())}, got {self.cell!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
         for name in ("hidden", "layers", "seq_len", "batch", "eval_every", "sample_every", "max_vocab"):
@@ -309,10 +310,10 @@ class _Parallel:
         in the allreduce)."""
         if self.flat is None:
             self.flat = _dist.FlatGradients(model, scalars=2)
-        ignore = model.loss_layer.ignore_index
+        ignore_index = model.loss_layer.ignore_index
         xl, tl = xs[self.lo:self.hi], ts[self.lo:self.hi]
-        n_all = int(np.count_nonzero(ts != ignore))
-        n_mine = int(np.count_nonzero(tl != ignore))
+        n_all = int(np.count_nonzero(ts != ignore_index))
+        n_mine = int(np.count_nonzero(tl != ignore_index))
         loss = model.loss(xl, tl)
         model.backward(n_mine / n_all if n_all else 0.0)
         t = time.perf_counter()

@@ -45,11 +45,13 @@ import time
 
 import numpy as np
 
-from .. import _ops
+from .. import _ops, cells
 from .._version import __version__
+from ..interop import to_state_dict
 from ..threads import blas_info, get_num_threads, kernel_info, num_threads
 
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+#: the gate count of each cell with a native kernel (from the registry, :mod:`rnncore.cells`)
+GATES = {c: cells.flavours(c)[0].gates for c in cells.cells(native=True)}
 CELLS = tuple(GATES)
 IMPLS = ("native", "twin", "textbook", "torch", "ort")
 
@@ -85,7 +87,7 @@ class Problem:
         self.wx = rng.uniform(-s, s, (D, G * H)).astype(dtype)
         self.wh = rng.uniform(-s, s, (H, G * H)).astype(dtype)
         self.b_ih = rng.uniform(-s, s, (G * H,)).astype(dtype)
-        self.b_hh = None if cell == "rnn" else rng.uniform(-s, s, (G * H,)).astype(dtype)
+        self.b_hh = None if cells.flavours(cell)[0].fused_bias else rng.uniform(-s, s, (G * H,)).astype(dtype)
         self.dhs = rng.standard_normal((T, B, H)).astype(dtype)
 
     @property
@@ -94,22 +96,15 @@ class Problem:
 
 
 class _NativeOps:
-    """rnncore's functional ops on ``module`` (``rnncore`` itself, or ``rnncore.reference``)."""
+    """rnncore's op pair (:class:`rnncore._ops.Ops`: the active backend's, or the twin's)."""
 
-    def __init__(self, module, p):
-        self.p, self.m = p, module
-        self.fwd_op = getattr(module, f"{p.cell}_forward")
-        self.bwd_op = getattr(module, f"{p.cell}_backward")
+    def __init__(self, ops, p):
+        self.p, self.ops = p, ops
         self.out = None
 
     def _forward(self):
         p = self.p
-        if p.cell == "rnn":
-            hs, _, cache = self.fwd_op(p.x, p.wx, p.wh, p.b_ih)
-        elif p.cell == "lstm":
-            hs, _, _, cache = self.fwd_op(p.x, p.wx, p.wh, p.b_ih, p.b_hh)
-        else:
-            hs, _, cache = self.fwd_op(p.x, p.wx, p.wh, p.b_ih, p.b_hh)
+        hs, _, _, cache = self.ops.forward(p.cell, p.x, p.wx, p.wh, p.b_ih, p.b_hh)
         return hs, cache
 
     def forward(self):
@@ -117,13 +112,13 @@ class _NativeOps:
 
     def forward_backward(self):
         hs, cache = self._forward()
-        grads = self.bwd_op(self.p.dhs, cache)
+        grads = self.ops.backward(cache, self.p.dhs)
         self.out = (hs, grads)
 
     def result(self):
         hs, g = self.out
         r = {"hs": hs, "dx": g[0], "dwx": g[1], "dwh": g[2], "db_ih": g[3]}
-        if self.p.cell != "rnn":
+        if g[4] is not None:
             r["db_hh"] = g[4]
         return r
 
@@ -133,7 +128,7 @@ class _NativeOps:
 
 class _Native(_NativeOps):
     def __init__(self, p):
-        super().__init__(_ops, p)
+        super().__init__(_ops.ACTIVE, p)
 
     def threads(self, n):
         return num_threads(n)
@@ -143,7 +138,7 @@ class _Twin(_NativeOps):
     def __init__(self, p):
         from .. import reference
 
-        super().__init__(reference, p)
+        super().__init__(reference.OPS, p)
 
     def threads(self, n):
         return _numpy_threads(n)
@@ -189,18 +184,10 @@ class _Torch:
         self.torch, self.p = torch, p
         tdt = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[p.dtype]
         D, H = p.D, p.H
-        if p.cell == "rnn":
-            mod = torch.nn.RNN(D, H, nonlinearity="tanh", dtype=tdt)
-        elif p.cell == "lstm":
-            mod = torch.nn.LSTM(D, H, dtype=tdt)
-        else:
-            mod = torch.nn.GRU(D, H, dtype=tdt)
+        mod = getattr(torch.nn, p.cell.upper())(D, H, dtype=tdt)  # nn.RNN (tanh), nn.LSTM, nn.GRU
         b_hh = p.b_hh if p.b_hh is not None else np.zeros_like(p.b_ih)  # rnn: one bias, b_hh = 0
-        with torch.no_grad():
-            mod.weight_ih_l0.copy_(torch.from_numpy(np.ascontiguousarray(p.wx.T)))
-            mod.weight_hh_l0.copy_(torch.from_numpy(np.ascontiguousarray(p.wh.T)))
-            mod.bias_ih_l0.copy_(torch.from_numpy(p.b_ih))
-            mod.bias_hh_l0.copy_(torch.from_numpy(b_hh))
+        sd = to_state_dict(p.cell, [(p.wx, p.wh, p.b_ih, b_hh)])
+        mod.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
         self.mod = mod
         self.x = torch.from_numpy(p.x.copy()).requires_grad_(True)
         self.dout = torch.from_numpy(p.dhs)
@@ -226,7 +213,7 @@ class _Torch:
         r = {"hs": self.out.detach().numpy(), "dx": self.x.grad.numpy(),
              "dwx": m.weight_ih_l0.grad.numpy().T, "dwh": m.weight_hh_l0.grad.numpy().T,
              "db_ih": m.bias_ih_l0.grad.numpy()}
-        if self.p.cell != "rnn":
+        if self.p.b_hh is not None:
             r["db_hh"] = m.bias_hh_l0.grad.numpy()
         return r
 
@@ -597,6 +584,35 @@ def _table_row(row, impls, forward=False):
 
 # -- running the grid ----------------------------------------------------------------------------
 
+def _warm_up(run, result, rec, key, flops, limit, best_rate, check):
+    """The first ``run()`` (warm-up, and the run that is checked): records its time in ``rec``
+    and ``best_rate``, checks ``result(out)``; past ``limit`` seconds the record says so (and
+    the caller stops there). -> (seconds, result)."""
+    t0 = time.perf_counter()
+    out = run()
+    warm = time.perf_counter() - t0
+    rec["warmup"] = warm
+    best_rate[key] = min(best_rate.get(key, float("inf")), warm / flops)
+    res = result(out)
+    check(res)
+    if warm > limit:
+        rec["note"] = f"warm-up took {warm:.3g}s > --max-seconds"
+        if rec["status"] == "ok":
+            rec["status"] = "skipped"
+    return warm, res
+
+
+def _set_up(name, p, say):
+    """(the implementation ``name`` on ``p``, None), or (None, its "n/a" / "error" record)."""
+    try:
+        return FACTORIES[name](p), None
+    except _NotApplicable:
+        return None, {"status": "n/a"}
+    except Exception as e:  # an implementation that cannot be set up here: report, carry on
+        say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H}: setting up: {type(e).__name__}: {e}", err=True)
+        return None, {"status": "error", "note": f"{type(e).__name__}: {e}"}
+
+
 def _bench_impl(name, p, threads, ref, cfg, best_rate, say):
     """One implementation at one point: set up, warm-up + check, time. Returns (record, outputs)."""
     if cfg.get("forward"):
@@ -608,26 +624,14 @@ def _bench_impl(name, p, threads, ref, cfg, best_rate, say):
     if key in best_rate and best_rate[key] * flops > limit:
         est = best_rate[key] * flops
         return {"status": "skipped", "note": f"estimated {est:.3g}s per fwd+bwd > --max-seconds"}, None
-    try:
-        impl = FACTORIES[name](p)
-    except _NotApplicable:
-        return {"status": "n/a"}, None
-    except Exception as e:  # an implementation that cannot be set up here: report, carry on
-        say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H}: setting up: {type(e).__name__}: {e}", err=True)
-        return {"status": "error", "note": f"{type(e).__name__}: {e}"}, None
+    impl, failed = _set_up(name, p, say)
+    if impl is None:
+        return failed, None
     try:
         with impl.threads(threads):
-            t0 = time.perf_counter()
-            impl.forward_backward()  # warm-up, and the run that is checked
-            warm = time.perf_counter() - t0
-            rec["warmup"] = warm
-            best_rate[key] = min(best_rate.get(key, float("inf")), warm / flops)
-            res = impl.result()
-            _check(rec, name, p, threads, res, ref, cfg, say)
+            warm, res = _warm_up(impl.forward_backward, lambda _: impl.result(), rec, key, flops, limit, best_rate,
+                                 lambda res: _check(rec, name, p, threads, res, ref, cfg, say))
             if warm > limit:
-                rec["note"] = f"warm-up took {warm:.3g}s > --max-seconds"
-                if rec["status"] == "ok":
-                    rec["status"] = "skipped"
                 return rec, res
             budget = max(cfg["max_seconds"], 2 * warm) / 2
             fb = _time_runs(impl.forward_backward, budget, cfg["min_time"], 3, cfg["repeat"])
@@ -660,27 +664,15 @@ def _bench_forward(name, p, threads, ref, cfg, best_rate, say):
     limit = float("inf") if name == "native" else cfg["max_seconds"]
     if key in best_rate and best_rate[key] * flops > limit:
         return {"status": "skipped", "note": "estimated forward time > --max-seconds"}, None
-    try:
-        impl = FACTORIES[name](p)
-    except _NotApplicable:
-        return {"status": "n/a"}, None
-    except Exception as e:  # an implementation that cannot be set up here: report, carry on
-        say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H}: setting up: {type(e).__name__}: {e}", err=True)
-        return {"status": "error", "note": f"{type(e).__name__}: {e}"}, None
+    impl, failed = _set_up(name, p, say)
+    if impl is None:
+        return failed, None
     try:
         fwd = getattr(impl, "infer", impl.forward)
         with impl.threads(threads):
-            t0 = time.perf_counter()
-            hs = fwd()  # warm-up, and the run that is checked
-            warm = time.perf_counter() - t0
-            rec["warmup"] = warm
-            best_rate[key] = min(best_rate.get(key, float("inf")), warm / flops)
-            res = {"hs": np.array(hs)}
-            _check(rec, name, p, threads, res, ref, cfg, say)
+            warm, res = _warm_up(fwd, lambda hs: {"hs": np.array(hs)}, rec, key, flops, limit, best_rate,
+                                 lambda res: _check(rec, name, p, threads, res, ref, cfg, say))
             if warm > limit:
-                rec["note"] = f"warm-up took {warm:.3g}s > --max-seconds"
-                if rec["status"] == "ok":
-                    rec["status"] = "skipped"
                 return rec, res
             fw = _time_runs(fwd, max(cfg["max_seconds"], 2 * warm) / 2, cfg["min_time"], 3, cfg["repeat"])
         rec["fwd"] = _stats(fw)

@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from .. import cells
+
 #: the default model of ``rnncore train``
 V, B, T, H, E = 96, 32, 64, 256, 64
 #: the book's settings: (vocab, wordvec, hidden, batch, time) per model
@@ -261,7 +263,7 @@ def run(cells=("lstm", "gru"), steps=20, rounds=3, threads=2, torch=True, textbo
 
 def build_parser():
     ap = argparse.ArgumentParser(prog="rnncore bench --train-step", description=__doc__.splitlines()[0])
-    ap.add_argument("--cells", nargs="+", choices=("rnn", "lstm", "gru"), default=["lstm", "gru"])
+    ap.add_argument("--cells", nargs="+", choices=cells.cells(native=True), default=["lstm", "gru"])
     ap.add_argument("--steps", type=int, default=20, help="timed steps a process (default 20)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of processes (default 3)")
     ap.add_argument("--threads", type=int, default=2, help="threads of each side (default 2)")
