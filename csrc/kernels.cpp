@@ -23,27 +23,32 @@ RNNCORE_NS_BEGIN
 
 namespace {
 
-template <typename T>
-void forward_entry(CellId cell, const RecurrentArgs<T>& a) {
+template <typename T, typename Cell>
+void forward_entry(const RecurrentArgs<T>& a) {
   Problem<T> p(a);
-  switch (cell) {
-    case kElman: forward<T, ElmanCell>(p); break;
-    case kLSTM: forward<T, LSTMCell>(p); break;
-    case kGRU: forward<T, GRUCell>(p); break;
-    case kGRUResetBefore: forward<T, GRUResetBeforeCell>(p); break;
-  }
+  forward<T, Cell>(p);
 }
 
-template <typename T>
-void backward_entry(CellId cell, const RecurrentArgs<T>& a) {
+template <typename T, typename Cell>
+void backward_entry(const RecurrentArgs<T>& a) {
   Problem<T> p(a);
-  switch (cell) {
-    case kElman: backward<T, ElmanCell>(p); break;
-    case kLSTM: backward<T, LSTMCell>(p); break;
-    case kGRU: backward<T, GRUCell>(p); break;
-    case kGRUResetBefore: backward<T, GRUResetBeforeCell>(p); break;
-  }
+  backward<T, Cell>(p);
 }
+
+// The cells, each from its traits alone (cells.h): adding a cell is adding it here.
+template <typename Cell>
+constexpr CellKernels cell_kernels() {
+  return CellKernels{Cell::name,
+                     Cell::G,
+                     Cell::GC,
+                     Cell::has_c,
+                     Cell::has_activation,
+                     {&forward_entry<float, Cell>, &backward_entry<float, Cell>},
+                     {&forward_entry<double, Cell>, &backward_entry<double, Cell>}};
+}
+
+constexpr CellKernels kCells[] = {cell_kernels<Elman>(), cell_kernels<Lstm>(), cell_kernels<Gru>(),
+                                  cell_kernels<GruResetBefore>()};
 
 template <typename T>
 void xent_forward_entry(const T* x, const int64_t* t, long N, long V, int64_t ignore, T* probs, double* loss) {
@@ -106,10 +111,9 @@ bool all_finite_entry(const T* d, long n) {
 
 template <typename T>
 constexpr Ops<T> ops() {
-  return Ops<T>{&forward_entry<T>,        &backward_entry<T>,       &xent_forward_entry<T>,
-                &xent_backward_entry<T>,  &affine_forward_entry<T>, &affine_backward_entry<T>,
-                &embedding_backward_entry<T>, &adam_entry<T>,       &sum_squares_entry<T>,
-                &all_finite_entry<T>};
+  return Ops<T>{&xent_forward_entry<T>,       &xent_backward_entry<T>, &affine_forward_entry<T>,
+                &affine_backward_entry<T>,    &embedding_backward_entry<T>, &adam_entry<T>,
+                &sum_squares_entry<T>,        &all_finite_entry<T>};
 }
 
 }  // namespace
@@ -123,7 +127,9 @@ const KernelTable& kernel_table() {
       kWideRegs ? "packed register-blocked GEMM, up to 12 rows x 2 vectors a block (32 vector registers)"
                 : "packed register-blocked GEMM, up to 6 rows x 2 vectors a block (16 vector registers)",
       ops<float>(),
-      ops<double>()};
+      ops<double>(),
+      kCells,
+      (int)(sizeof(kCells) / sizeof(kCells[0]))};
   return table;
 }
 
