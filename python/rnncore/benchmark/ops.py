@@ -47,7 +47,7 @@ import numpy as np
 
 from .. import _ops
 from .._version import __version__
-from ..threads import blas_info, get_num_threads, num_threads
+from ..threads import blas_info, get_num_threads, kernel_info, num_threads
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 CELLS = tuple(GATES)
@@ -418,7 +418,7 @@ def environment(want_torch, want_ort=False):
     except RuntimeError as e:
         env["rnncore_blas"] = {"error": str(e)}
     try:
-        k = rnncore.kernel_info()
+        k = kernel_info()
         env["rnncore_kernels"] = {key: k.get(key) for key in ("isa", "supported", "vector_bytes", "build", "isa_flags")}
     except RuntimeError as e:  # not built, or RNNCORE_ISA names a variant this CPU cannot run
         env["rnncore_kernels"] = {"error": str(e)}
