@@ -246,4 +246,9 @@ struct GruResetBefore : CellDefaults {
   }
 };
 
+// The cells the bindings offer (kernels.cpp builds their table from this list).
+template <typename... Cells>
+struct CellList {};
+using AllCells = CellList<Elman, Lstm, Gru, GruResetBefore>;
+
 RNNCORE_NS_END

@@ -20,7 +20,6 @@
 #include "memops.h"
 
 #include <algorithm>
-#include <type_traits>
 
 #include "blas.h"
 #include "cells.h"
@@ -88,27 +87,27 @@ struct StepContext {
   T* dh_rec = nullptr;  // (B, H) gradient reaching h_{t-1} through the recurrence
   T* dc_rec = nullptr;  // (B, H) gradient reaching c_{t-1}
 
-  const T* hprev(int t, long& ldh) const {
+  // h_{t-1} / c_{t-1} of every row: step t - 1 of the cached sequence, or the initial state
+  // (zeros without one) at t = 0, with its row stride.
+  const T* prev_of(const T* seq, const T* init, int t, long& ld) const {
     if (t > 0) {
-      ldh = p.ld(p.H);
-      return p.hs + p.off(t - 1, p.H);
+      ld = p.ld(p.H);
+      return seq + p.off(t - 1, p.H);
     }
-    ldh = p.H;
-    return p.h0 ? p.h0 : zeros;
+    ld = p.H;
+    return init ? init : zeros;
   }
-  const T* cprev(int t, long& ldc) const {
-    if (t > 0) {
-      ldc = p.ld(p.H);
-      return p.cs + p.off(t - 1, p.H);
-    }
-    ldc = p.H;
-    return p.c0 ? p.c0 : zeros;
-  }
+  const T* hprev(int t, long& ldh) const { return prev_of(p.hs, p.h0, t, ldh); }
+  const T* cprev(int t, long& ldc) const { return prev_of(p.cs, p.c0, t, ldc); }
 };
 
-// Row b of step t: every pointer the cell declares, addressed in the caller's layout.
-template <typename T, typename Cell>
-Row<T> row_of(const StepContext<T>& c, int t, int b) {
+// Per row and phase, so inlined whatever the compiler's estimate of its size.
+#define RNNCORE_INLINE inline __attribute__((always_inline))
+
+// Row b of step t: every pointer the cell declares, addressed in the caller's layout, for the
+// forward or (BWD) the backward step.
+template <typename T, typename Cell, bool BWD>
+RNNCORE_INLINE Row<T> row_of(const StepContext<T>& c, int t, int b) {
   const Problem<T>& p = c.p;
   const int H = p.H, GH = Cell::G * H;
   Row<T> r{};
@@ -125,8 +124,9 @@ Row<T> row_of(const StepContext<T>& c, int t, int b) {
     r.c = p.cs + p.off(t, H) + b * p.ld(H);
     r.cp = c.cprev(t, ldc) + b * ldc;
   }
-  if (c.scratch) r.s = c.scratch + (long)b * GH;
-  if (c.dG) {
+  if constexpr (!BWD) {
+    r.s = c.scratch + (long)b * GH;
+  } else {
     r.dg = c.dG + p.off(t, GH) + b * p.ld(GH);
     r.dgh = c.dGh + p.off(t, GH) + b * p.ld(GH);
     r.dh = c.dh + (long)b * H;
@@ -140,24 +140,9 @@ Row<T> row_of(const StepContext<T>& c, int t, int b) {
   return r;
 }
 
-// Calls f(std::integral_constant<int, ACT>) with the Elman activation of the call, or once
-// with kTanh (ignored) for the cells without one.
-template <typename Cell, typename F>
-void with_activation(int act, F&& f) {
-  if constexpr (Cell::has_activation) {
-    switch (act) {
-      case kTanh: f(std::integral_constant<int, kTanh>{}); break;
-      case kRelu: f(std::integral_constant<int, kRelu>{}); break;
-      default: f(std::integral_constant<int, kSigmoid>{}); break;
-    }
-  } else {
-    f(std::integral_constant<int, kTanh>{});
-  }
-}
-
 // One forward step on thread tid of nt: h_{t-1} -> h_t for every row.
 template <typename T, typename Cell, int ACT>
-void forward_step(const StepContext<T>& c, int t, int tid, int nt) {
+RNNCORE_INLINE void forward_step(const StepContext<T>& c, int t, int tid, int nt) {
   constexpr int G = Cell::G, R = Cell::R, GC = Cell::GC;
   constexpr bool extra = R < G;
   const Problem<T>& p = c.p;
@@ -180,7 +165,7 @@ void forward_step(const StepContext<T>& c, int t, int tid, int nt) {
   };
   if constexpr (extra) {
     for (int b = 0; b < p.B; ++b) {
-      const Row<T> r = row_of<T, Cell>(c, t, b);
+      const Row<T> r = row_of<T, Cell, false>(c, t, b);
       if (!padded(r, b)) Cell::template forward_pre<ACT>(r, j0, j1);
     }
     barrier();
@@ -189,7 +174,7 @@ void forward_step(const StepContext<T>& c, int t, int tid, int nt) {
     barrier();
   }
   for (int b = 0; b < p.B; ++b) {
-    const Row<T> r = row_of<T, Cell>(c, t, b);
+    const Row<T> r = row_of<T, Cell, false>(c, t, b);
     if (extra ? t >= p.len[b] : padded(r, b)) continue;
     Cell::template forward_row<ACT>(r, j0, j1);
     if (t == p.len[b] - 1) {  // the final states
@@ -203,7 +188,7 @@ void forward_step(const StepContext<T>& c, int t, int tid, int nt) {
 // dh_t (and dc_t) of row b: upstream gradient + recurrent gradient (+ dh_n / dc_n at the
 // sequence's last step).
 template <typename T, typename Cell>
-void gather_grads(const StepContext<T>& c, int t, int b, long j0, long j1) {
+RNNCORE_INLINE void gather_grads(const StepContext<T>& c, int t, int b, long j0, long j1) {
   const Problem<T>& p = c.p;
   const bool last = t == p.len[b] - 1;
   const T* up = p.dhs ? p.dhs + p.off(t, p.H) + b * p.ld(p.H) : c.zeros;
@@ -223,7 +208,7 @@ void gather_grads(const StepContext<T>& c, int t, int b, long j0, long j1) {
 
 // One backward step on thread tid of nt: dh_t -> dG_t and dh_{t-1} (into c.dh_rec).
 template <typename T, typename Cell, int ACT>
-void backward_step(const StepContext<T>& c, int t, int tid, int nt) {
+RNNCORE_INLINE void backward_step(const StepContext<T>& c, int t, int tid, int nt) {
   constexpr int G = Cell::G, R = Cell::R;
   constexpr bool extra = R < G;
   const Problem<T>& p = c.p;
@@ -231,7 +216,7 @@ void backward_step(const StepContext<T>& c, int t, int tid, int nt) {
   long j0, j1;
   unit_range(H, tid, nt, j0, j1);
   for (int b = 0; b < p.B; ++b) {
-    const Row<T> r = row_of<T, Cell>(c, t, b);
+    const Row<T> r = row_of<T, Cell, true>(c, t, b);
     if (t >= p.len[b]) {  // no gradient past the length
       zero_blocks(r.dg, G, H, j0, j1);
       if constexpr (Cell::split) zero_blocks(r.dgh, G, H, j0, j1);
@@ -248,11 +233,40 @@ void backward_step(const StepContext<T>& c, int t, int tid, int nt) {
               H);
     barrier();
     for (int b = 0; b < p.B; ++b)
-      if (t < p.len[b]) Cell::template backward_post<ACT>(row_of<T, Cell>(c, t, b), j0, j1);
+      if (t < p.len[b]) Cell::template backward_post<ACT>(row_of<T, Cell, true>(c, t, b), j0, j1);
     barrier();
   }
   step_gemm(tid, nt, p.B, H, c.dGh + p.off(t, GH), p.ld(GH), c.wrec.rows(0, R * H), T(Cell::direct_dh ? 1 : 0),
             c.dh_rec, H);
+}
+
+// The time loop on the step team: forward t = 0 .. T-1, or (BWD) backward t = T-1 .. 0.
+template <typename T, typename Cell, bool BWD, int ACT>
+void steps(const StepContext<T>& c) {
+  const Problem<T>& p = c.p;
+  parallel_region(step_threads(p.B, p.H, Cell::G), [&](int tid, int nt) {
+    for (int k = 0; k < p.T_; ++k) {
+      if constexpr (BWD)
+        backward_step<T, Cell, ACT>(c, p.T_ - 1 - k, tid, nt);
+      else
+        forward_step<T, Cell, ACT>(c, k, tid, nt);
+      barrier();
+    }
+  });
+}
+
+// The time loop for the call's Elman activation (a cell without one ignores ACT).
+template <typename T, typename Cell, bool BWD>
+void time_loop(const StepContext<T>& c) {
+  if constexpr (Cell::has_activation) {
+    switch (c.p.act) {
+      case kTanh: steps<T, Cell, BWD, kTanh>(c); break;
+      case kRelu: steps<T, Cell, BWD, kRelu>(c); break;
+      default: steps<T, Cell, BWD, kSigmoid>(c); break;
+    }
+  } else {
+    steps<T, Cell, BWD, kTanh>(c);
+  }
 }
 
 template <typename T, typename Cell>
@@ -293,14 +307,7 @@ void forward(Problem<T>& p) {
     });
   });
 
-  with_activation<Cell>(p.act, [&](auto act) {
-    parallel_region(step_threads(B, H, G), [&](int tid, int nt) {
-      for (int t = 0; t < p.T_; ++t) {
-        forward_step<T, Cell, decltype(act)::value>(ctx, t, tid, nt);
-        barrier();
-      }
-    });
-  });
+  time_loop<T, Cell, false>(ctx);
   Workspace<T>::release_all_large();
 }
 
@@ -410,14 +417,7 @@ void backward(Problem<T>& p) {
   fill(p.dh0, p.dh0 + nBH, T(0));
   if constexpr (has_c) fill(p.dc0, p.dc0 + nBH, T(0));
 
-  with_activation<Cell>(p.act, [&](auto act) {
-    parallel_region(step_threads(B, H, G), [&](int tid, int nt) {
-      for (int t = p.T_ - 1; t >= 0; --t) {
-        backward_step<T, Cell, decltype(act)::value>(ctx, t, tid, nt);
-        barrier();
-      }
-    });
-  });
+  time_loop<T, Cell, true>(ctx);
 
   const PrevStates<T> prev = previous_states(p, prev_buf);
   const T* dGh = ctx.dGh;
@@ -436,5 +436,7 @@ void backward(Problem<T>& p) {
   });
   Workspace<T>::release_all_large();
 }
+
+#undef RNNCORE_INLINE
 
 RNNCORE_NS_END

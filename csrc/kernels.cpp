@@ -35,7 +35,7 @@ void backward_entry(const RecurrentArgs<T>& a) {
   backward<T, Cell>(p);
 }
 
-// The cells, each from its traits alone (cells.h): adding a cell is adding it here.
+// A cell's entry in the table, from its traits alone (cells.h).
 template <typename Cell>
 constexpr CellKernels cell_kernels() {
   return CellKernels{Cell::name,
@@ -47,8 +47,16 @@ constexpr CellKernels cell_kernels() {
                      {&forward_entry<double, Cell>, &backward_entry<double, Cell>}};
 }
 
-constexpr CellKernels kCells[] = {cell_kernels<Elman>(), cell_kernels<Lstm>(), cell_kernels<Gru>(),
-                                  cell_kernels<GruResetBefore>()};
+template <typename List>
+struct CellTable;
+
+template <typename... Cells>
+struct CellTable<CellList<Cells...>> {
+  static constexpr CellKernels cells[] = {cell_kernels<Cells>()...};
+  static constexpr int size = sizeof...(Cells);
+};
+
+using Cells = CellTable<AllCells>;
 
 template <typename T>
 void xent_forward_entry(const T* x, const int64_t* t, long N, long V, int64_t ignore, T* probs, double* loss) {
@@ -128,8 +136,8 @@ const KernelTable& kernel_table() {
                 : "packed register-blocked GEMM, up to 6 rows x 2 vectors a block (16 vector registers)",
       ops<float>(),
       ops<double>(),
-      kCells,
-      (int)(sizeof(kCells) / sizeof(kCells[0]))};
+      Cells::cells,
+      Cells::size};
   return table;
 }
 
