@@ -48,7 +48,7 @@ struct Row {
   // backward (h, g, c, hp, cp as above, read only)
   const T* dh;   // total gradient reaching h_t: upstream + recurrent (+ dh_n)
   const T* dc;   // total gradient reaching c_t from the next step (+ dc_n), has_c
-  const T* dx2;  // (H) backward_post: dG[extra blocks] @ wh[:, extra blocks]^T
+  const T* dextra;  // (H) backward_post: dG[extra blocks] @ wh[:, extra blocks]^T
   T* dg;         // (G*H) gradient of the input-side pre-activations
   T* dgh;        // (G*H) of the hidden-side ones; == dg unless split
   T* dh_prev;    // (H) direct_dh: the direct-path gradient reaching h_{t-1}
@@ -234,8 +234,8 @@ struct GruResetBefore : CellDefaults {
   }
 
   template <int, typename T>
-  static void backward_post(const Row<T>& rw, long j0, long j1) {  // dx2 = d(r * h) = dn @ W_hn^T
-    const T *g = rw.g, *hpr = rw.hp, *drh = rw.dx2;
+  static void backward_post(const Row<T>& rw, long j0, long j1) {  // dextra = d(r * h) = dn @ W_hn^T
+    const T *g = rw.g, *hpr = rw.hp, *drh = rw.dextra;
     T *dg = rw.dg, *dhr = rw.dh_prev;
 #pragma omp simd
     for (long j = j0; j < j1; ++j) {

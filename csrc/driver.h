@@ -83,7 +83,7 @@ struct StepContext {
   T* dGh = nullptr;     // same for the hidden side when a cell splits them, else == dG
   T* dh = nullptr;      // (B, H) total gradient reaching h_t
   T* dc = nullptr;      // (B, H) total gradient reaching c_t (has_c)
-  T* dx2 = nullptr;     // (B, H) the backward extra GEMM's result (extra blocks)
+  T* dextra = nullptr;  // (B, H) the backward extra GEMM's result (extra blocks)
   T* dh_rec = nullptr;  // (B, H) gradient reaching h_{t-1} through the recurrence
   T* dc_rec = nullptr;  // (B, H) gradient reaching c_{t-1}
 
@@ -135,7 +135,7 @@ RNNCORE_INLINE Row<T> row_of(const StepContext<T>& c, int t, int b) {
       r.dc = c.dc + (long)b * H;
       r.dc_prev = c.dc_rec + (long)b * H;
     }
-    if constexpr (Cell::R < Cell::G) r.dx2 = c.dx2 + (long)b * H;
+    if constexpr (Cell::R < Cell::G) r.dextra = c.dextra + (long)b * H;
   }
   return r;
 }
@@ -228,9 +228,9 @@ RNNCORE_INLINE void backward_step(const StepContext<T>& c, int t, int tid, int n
     Cell::template backward_row<ACT>(r, j0, j1);
   }
   barrier();
-  if constexpr (extra) {  // dx2 = dG[:, R*H:] @ wh[:, R*H:]^T, then the cell's second pass
-    step_gemm(tid, nt, p.B, H, c.dG + p.off(t, GH) + (long)R * H, p.ld(GH), c.wrec.rows(R * H, GH), T(0), c.dx2,
-              H);
+  if constexpr (extra) {  // dextra = dG[:, R*H:] @ wh[:, R*H:]^T, then the cell's second pass
+    step_gemm(tid, nt, p.B, H, c.dG + p.off(t, GH) + (long)R * H, p.ld(GH), c.wrec.rows(R * H, GH), T(0),
+              c.dextra, H);
     barrier();
     for (int b = 0; b < p.B; ++b)
       if (t < p.len[b]) Cell::template backward_post<ACT>(row_of<T, Cell, true>(c, t, b), j0, j1);
@@ -389,7 +389,7 @@ void backward(Problem<T>& p) {
   const int B = p.B, H = p.H, D = p.D, GH = G * H;
   const long rows = p.rows();
   const size_t nG = (size_t)rows * GH, nBH = (size_t)B * H;
-  const size_t nvec = 2 + has_c + extra;  // dh, zeros, dc, dx2: (B, H) each
+  const size_t nvec = 2 + has_c + extra;  // dh, zeros, dc, dextra: (B, H) each
   // dG (and dGh) are written whole by the backward steps; only the zeros must be cleared
   Workspace<T>& ws = Workspace<T>::local(Workspace<T>::kBackward);
   T* dG = ws.get(nG * (split ? 2 : 1) + nvec * nBH + (p.batch_first ? (size_t)rows * H : 0));
@@ -411,7 +411,7 @@ void backward(Problem<T>& p) {
   ctx.dGh = split ? dG + nG : dG;
   ctx.dh = vec;
   if constexpr (has_c) ctx.dc = vec + 2 * nBH;
-  if constexpr (extra) ctx.dx2 = vec + (2 + has_c) * nBH;
+  if constexpr (extra) ctx.dextra = vec + (2 + has_c) * nBH;
   ctx.dh_rec = p.dh0;  // carried down the loop; after step 0 it is dh0
   ctx.dc_rec = p.dc0;
   fill(p.dh0, p.dh0 + nBH, T(0));
