@@ -24,6 +24,10 @@
 // final states (h_n, c_n captured at t == len[b] - 1), dh_n/dc_n (added into dh_t/dc_t), the
 // cache layout (gate stride GC*H) and the hidden-weight gradient of the extra blocks.
 //
+// Adding a cell: its struct here and its name in AllCells (the end of this file); the bindings'
+// table, the ops and the checks of the C++ side follow from the traits. (Python: its spec
+// entry and twin step functions.)
+//
 // Gate orders (PyTorch's): LSTM i, f, g, o; GRU r, z, n.
 #pragma once
 
