@@ -27,18 +27,17 @@ using namespace rnncore;
 
 namespace {
 
-using CellKind = CellId;
+// The cells: kernels.h's table, derived from the traits (cells.h). Their descriptions are the
+// same in every variant, so they are read from the generic one (plain data, whatever the CPU);
+// the ops come from the variant in use at the call.
+const KernelTable& cell_table() { return generic::kernel_table(); }
 
-CellKind cell_kind(const std::string& name) {
-  if (name == "rnn") return kElman;
-  if (name == "lstm") return kLSTM;
-  if (name == "gru") return kGRU;
-  if (name == "gru_reset_before") return kGRUResetBefore;
+int cell_index(const std::string& name) {
+  const KernelTable& k = cell_table();
+  for (int i = 0; i < k.num_cells; ++i)
+    if (name == k.cells[i].name) return i;
   throw std::invalid_argument("unknown cell '" + name + "'");
 }
-
-int gates_of(CellKind k) { return k == kElman ? 1 : (k == kLSTM ? 4 : 3); }
-int cache_gates_of(CellKind k) { return k == kElman ? 0 : 4; }
 
 int activation_id(const std::string& a) {  // activations.h's Activation
   if (a == "tanh") return 0;
@@ -95,6 +94,11 @@ struct Sizes {
   int T, B, D, H;
 };
 
+py::array as_array(const py::object& o, const char* name) {
+  if (!py::isinstance<py::array>(o)) throw std::invalid_argument(std::string(name) + " must be an array");
+  return py::reinterpret_borrow<py::array>(o);
+}
+
 Sizes sizes_of(const py::array& x, const py::array& wh, bool batch_first) {
   if (x.ndim() != 3 || wh.ndim() != 2) throw std::invalid_argument("x must be 3-D and wh 2-D");
   Sizes s;
@@ -117,94 +121,120 @@ std::vector<int> lengths_of(const py::object& o, int T, int B) {
   return len;
 }
 
-std::vector<py::ssize_t> seq_shape(const Sizes& s, bool batch_first, long F) {
-  if (batch_first) return {s.B, s.T, (py::ssize_t)F};
-  return {s.T, s.B, (py::ssize_t)F};
+// One recurrent call as Python describes it: rnncore._checks.Inputs (or any object with its
+// attributes cell, activation, batch_first, x, wx, wh, b_ih, b_hh, h0, c0, lengths), the
+// same description for forward and backward.
+struct Call {
+  int cell;  // index into the cell table
+  const CellKernels* desc;
+  int act;
+  bool batch_first;
+  py::object x, wx, wh, b_ih, b_hh, h0, c0, lengths;
+};
+
+Call describe(const py::object& in) {
+  Call c;
+  c.cell = cell_index(py::cast<std::string>(in.attr("cell")));
+  c.desc = &cell_table().cells[c.cell];
+  c.act = activation_id(py::cast<std::string>(in.attr("activation")));
+  c.batch_first = py::cast<bool>(in.attr("batch_first"));
+  c.x = in.attr("x");
+  c.wx = in.attr("wx");
+  c.wh = in.attr("wh");
+  c.b_ih = in.attr("b_ih");
+  c.b_hh = in.attr("b_hh");
+  c.h0 = in.attr("h0");
+  c.c0 = in.attr("c0");
+  c.lengths = in.attr("lengths");
+  return c;
 }
 
+// The kernels' view of a call's inputs, checked: sizes, lengths and the input arrays.
 template <typename T>
-void run_forward(CellKind k, const RecurrentArgs<T>& p) {
-  const Ops<T>& o = ops<T>();
-  py::gil_scoped_release release;
-  o.forward(k, p);
-}
-
-template <typename T>
-void run_backward(CellKind k, const RecurrentArgs<T>& p) {
-  const Ops<T>& o = ops<T>();
-  py::gil_scoped_release release;
-  o.backward(k, p);
-}
-
-template <typename T>
-py::tuple forward_t(CellKind k, const py::array& x, const py::array& wx, const py::array& wh,
-                    const py::object& bx, const py::object& bh, const py::object& h0,
-                    const py::object& c0, const py::object& lengths, bool batch_first, int act) {
-  Sizes s = sizes_of(x, wh, batch_first);
-  const long G = gates_of(k), GC = cache_gates_of(k), GH = G * s.H;
-  std::vector<int> len = lengths_of(lengths, s.T, s.B);
+struct Args {
+  Sizes s;
+  long G, GC, GH, nTB, nBH;
+  std::vector<int> len;
   RecurrentArgs<T> p;
-  p.T_ = s.T, p.B = s.B, p.D = s.D, p.H = s.H, p.batch_first = batch_first, p.act = act;
-  p.x = in_ptr<T>(x, (long)s.T * s.B * s.D, "x");
-  p.wx = in_ptr<T>(wx, s.D * GH, "wx");
-  p.wh = in_ptr<T>(wh, s.H * GH, "wh");
-  p.bx = in_ptr<T>(bx, GH, "b");
-  p.bh = in_ptr<T>(bh, GH, "b_hh", true);
-  p.h0 = in_ptr<T>(h0, (long)s.B * s.H, "h0", true);
-  p.c0 = in_ptr<T>(c0, (long)s.B * s.H, "c0", true);
-  p.len = len.data();
-  auto hs = new_array<T>(seq_shape(s, batch_first, s.H));
-  auto hn = new_array<T>({s.B, s.H});
+
+  explicit Args(const Call& c) {
+    s = sizes_of(as_array(c.x, "x"), as_array(c.wh, "wh"), c.batch_first);
+    G = c.desc->G, GC = c.desc->GC, GH = G * s.H;
+    nTB = (long)s.T * s.B, nBH = (long)s.B * s.H;
+    len = lengths_of(c.lengths, s.T, s.B);
+    p.T_ = s.T, p.B = s.B, p.D = s.D, p.H = s.H, p.batch_first = c.batch_first, p.act = c.act;
+    p.x = in_ptr<T>(c.x, nTB * s.D, "x");
+    p.wx = in_ptr<T>(c.wx, s.D * GH, "wx");
+    p.wh = in_ptr<T>(c.wh, s.H * GH, "wh");
+    p.bx = in_ptr<T>(c.b_ih, GH, "b");
+    p.bh = in_ptr<T>(c.b_hh, GH, "b_hh", true);
+    p.h0 = in_ptr<T>(c.h0, nBH, "h0", true);
+    p.c0 = in_ptr<T>(c.c0, nBH, "c0", true);
+    p.len = len.data();
+  }
+
+  // A new (T, B, F) or (B, T, F) array, in the call's layout.
+  py::array_t<T> seq(long F) const {
+    if (p.batch_first) return new_array<T>({s.B, s.T, (py::ssize_t)F});
+    return new_array<T>({s.T, s.B, (py::ssize_t)F});
+  }
+};
+
+// The cell's ops for dtype T in the variant in use (throws, with the GIL held, if RNNCORE_ISA
+// asks for a variant this CPU cannot run).
+template <typename T>
+const CellOps<T>& cell_ops(int cell);
+template <>
+const CellOps<float>& cell_ops<float>(int cell) { return kernels().cells[cell].f32; }
+template <>
+const CellOps<double>& cell_ops<double>(int cell) { return kernels().cells[cell].f64; }
+
+template <typename T>
+py::tuple forward_t(const Call& c) {
+  Args<T> a(c);
+  RecurrentArgs<T>& p = a.p;
+  auto hs = a.seq(a.s.H);
+  auto hn = new_array<T>({a.s.B, a.s.H});
   p.hs = hs.mutable_data();
   p.hn = hn.mutable_data();
   py::object cn = py::none(), gates = py::none(), cs = py::none();
-  if (GC) {
-    auto g = new_array<T>(seq_shape(s, batch_first, GC * s.H));
+  if (a.GC) {
+    auto g = a.seq(a.GC * a.s.H);
     p.gates = g.mutable_data();
     gates = g;
   }
-  if (k == kLSTM) {
-    auto a = new_array<T>({s.B, s.H});
-    auto c = new_array<T>(seq_shape(s, batch_first, s.H));
-    p.cn = a.mutable_data();
-    p.cs = c.mutable_data();
-    cn = a;
-    cs = c;
+  if (c.desc->has_c) {
+    auto n = new_array<T>({a.s.B, a.s.H});
+    auto s = a.seq(a.s.H);
+    p.cn = n.mutable_data();
+    p.cs = s.mutable_data();
+    cn = n;
+    cs = s;
   }
-  run_forward(k, p);
+  const CellOps<T>& o = cell_ops<T>(c.cell);
+  {
+    py::gil_scoped_release release;
+    o.forward(p);
+  }
   return py::make_tuple(hs, hn, cn, gates, cs);
 }
 
 template <typename T>
-py::tuple backward_t(CellKind k, int act, bool batch_first, const py::array& x, const py::array& wx,
-                     const py::array& wh, const py::object& bx, const py::object& bh,
-                     const py::object& h0, const py::object& c0, const py::object& lengths,
-                     const py::object& hs, const py::object& gates, const py::object& cs,
+py::tuple backward_t(const Call& c, const py::object& hs, const py::object& gates, const py::object& cs,
                      const py::object& dhs, const py::object& dhn, const py::object& dcn) {
-  Sizes s = sizes_of(x, wh, batch_first);
-  const long G = gates_of(k), GC = cache_gates_of(k), GH = G * s.H;
-  const long nTB = (long)s.T * s.B, nBH = (long)s.B * s.H;
-  std::vector<int> len = lengths_of(lengths, s.T, s.B);
-  RecurrentArgs<T> p;
-  p.T_ = s.T, p.B = s.B, p.D = s.D, p.H = s.H, p.batch_first = batch_first, p.act = act;
-  p.x = in_ptr<T>(x, nTB * s.D, "x");
-  p.wx = in_ptr<T>(wx, s.D * GH, "wx");
-  p.wh = in_ptr<T>(wh, s.H * GH, "wh");
-  p.bx = in_ptr<T>(bx, GH, "b");
-  p.bh = in_ptr<T>(bh, GH, "b_hh", true);
-  p.h0 = in_ptr<T>(h0, nBH, "h0", true);
-  p.c0 = in_ptr<T>(c0, nBH, "c0", true);
-  p.len = len.data();
-  p.hs = const_cast<T*>(in_ptr<T>(hs, nTB * s.H, "cache hs"));
-  if (GC) p.gates = const_cast<T*>(in_ptr<T>(gates, nTB * GC * s.H, "cache gates"));
-  if (k == kLSTM) p.cs = const_cast<T*>(in_ptr<T>(cs, nTB * s.H, "cache cs"));
-  p.dhs = in_ptr<T>(dhs, nTB * s.H, "dhs", true);
-  p.dhn = in_ptr<T>(dhn, nBH, "dh_n", true);
-  p.dcn = in_ptr<T>(dcn, nBH, "dc_n", true);
-  auto dx = new_array<T>(seq_shape(s, batch_first, s.D));
-  auto dwx = new_array<T>({s.D, GH});
-  auto dwh = new_array<T>({s.H, GH});
-  auto dbx = new_array<T>({GH});
+  Args<T> a(c);
+  RecurrentArgs<T>& p = a.p;
+  const Sizes& s = a.s;
+  p.hs = const_cast<T*>(in_ptr<T>(hs, a.nTB * s.H, "cache hs"));
+  if (a.GC) p.gates = const_cast<T*>(in_ptr<T>(gates, a.nTB * a.GC * s.H, "cache gates"));
+  if (c.desc->has_c) p.cs = const_cast<T*>(in_ptr<T>(cs, a.nTB * s.H, "cache cs"));
+  p.dhs = in_ptr<T>(dhs, a.nTB * s.H, "dhs", true);
+  p.dhn = in_ptr<T>(dhn, a.nBH, "dh_n", true);
+  p.dcn = in_ptr<T>(dcn, a.nBH, "dc_n", true);
+  auto dx = a.seq(s.D);
+  auto dwx = new_array<T>({s.D, (py::ssize_t)a.GH});
+  auto dwh = new_array<T>({s.H, (py::ssize_t)a.GH});
+  auto dbx = new_array<T>({(py::ssize_t)a.GH});
   auto dh0 = new_array<T>({s.B, s.H});
   p.dx = dx.mutable_data();
   p.dwx = dwx.mutable_data();
@@ -212,17 +242,21 @@ py::tuple backward_t(CellKind k, int act, bool batch_first, const py::array& x, 
   p.dbx = dbx.mutable_data();
   p.dh0 = dh0.mutable_data();
   py::object dbh = py::none(), dc0 = py::none();
-  if (!bh.is_none()) {
-    auto a = new_array<T>({GH});
-    p.dbh = a.mutable_data();
-    dbh = a;
+  if (p.bh) {
+    auto b = new_array<T>({(py::ssize_t)a.GH});
+    p.dbh = b.mutable_data();
+    dbh = b;
   }
-  if (k == kLSTM) {
-    auto a = new_array<T>({s.B, s.H});
-    p.dc0 = a.mutable_data();
-    dc0 = a;
+  if (c.desc->has_c) {
+    auto d = new_array<T>({s.B, s.H});
+    p.dc0 = d.mutable_data();
+    dc0 = d;
   }
-  run_backward(k, p);
+  const CellOps<T>& o = cell_ops<T>(c.cell);
+  {
+    py::gil_scoped_release release;
+    o.backward(p);
+  }
   return py::make_tuple(dx, dwx, dwh, dbx, dbh, dh0, dc0);
 }
 
@@ -380,34 +414,43 @@ PYBIND11_MODULE(_core, m) {
 
   m.def(
       "forward",
-      [](const std::string& cell, const py::array& x, const py::array& wx, const py::array& wh,
-         const py::object& bx, const py::object& bh, const py::object& h0, const py::object& c0,
-         const py::object& lengths, bool batch_first, const std::string& activation) {
-        CellKind k = cell_kind(cell);
-        int act = activation_id(activation);
-        if (is_double(x)) return forward_t<double>(k, x, wx, wh, bx, bh, h0, c0, lengths, batch_first, act);
-        return forward_t<float>(k, x, wx, wh, bx, bh, h0, c0, lengths, batch_first, act);
+      [](const py::object& inputs) {
+        const Call c = describe(inputs);
+        return is_double(c.x, "x") ? forward_t<double>(c) : forward_t<float>(c);
       },
-      py::arg("cell"), py::arg("x"), py::arg("wx"), py::arg("wh"), py::arg("b_ih"), py::arg("b_hh"),
-      py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("batch_first"), py::arg("activation"),
-      "Forward over all steps -> (hs, h_n, c_n | None, gates | None, cs | None).");
-
+      py::arg("inputs"),
+      "Forward over all steps of the call described by `inputs` (rnncore._checks.Inputs) -> "
+      "(hs, h_n, c_n | None, gates | None, cs | None).");
   m.def(
       "backward",
-      [](const std::string& cell, const std::string& activation, bool batch_first, const py::array& x,
-         const py::array& wx, const py::array& wh, const py::object& bx, const py::object& bh,
-         const py::object& h0, const py::object& c0, const py::object& lengths, const py::object& hs,
-         const py::object& gates, const py::object& cs, const py::object& dhs, const py::object& dhn,
-         const py::object& dcn) {
-        CellKind k = cell_kind(cell);
-        int act = activation_id(activation);
-        if (is_double(x))
-          return backward_t<double>(k, act, batch_first, x, wx, wh, bx, bh, h0, c0, lengths, hs, gates, cs,
-                                    dhs, dhn, dcn);
-        return backward_t<float>(k, act, batch_first, x, wx, wh, bx, bh, h0, c0, lengths, hs, gates, cs, dhs,
-                                 dhn, dcn);
+      [](const py::object& inputs, const py::object& hs, const py::object& gates, const py::object& cs,
+         const py::object& dhs, const py::object& dh_n, const py::object& dc_n) {
+        const Call c = describe(inputs);
+        return is_double(c.x, "x") ? backward_t<double>(c, hs, gates, cs, dhs, dh_n, dc_n)
+                                   : backward_t<float>(c, hs, gates, cs, dhs, dh_n, dc_n);
       },
-      "BPTT over all steps -> (dx, dwx, dwh, db_ih, db_hh | None, dh0, dc0 | None).");
+      py::arg("inputs"), py::arg("hs"), py::arg("gates"), py::arg("cs"), py::arg("dhs"), py::arg("dh_n"),
+      py::arg("dc_n"),
+      "BPTT over all steps of the call described by `inputs`, given forward's cache (hs, gates, cs) "
+      "-> (dx, dwx, dwh, db_ih, db_hh | None, dh0, dc0 | None).");
+  m.def(
+      "cells",
+      [] {
+        const KernelTable& k = cell_table();
+        py::list l;
+        for (int i = 0; i < k.num_cells; ++i) {
+          const CellKernels& c = k.cells[i];
+          py::dict d;
+          d["name"] = c.name;
+          d["gates"] = c.G;
+          d["cache_blocks"] = c.GC;
+          d["has_c"] = c.has_c;
+          d["has_activation"] = c.has_activation;
+          l.append(d);
+        }
+        return l;
+      },
+      "The native cells, from their traits (csrc/cells.h): name, gates, cache_blocks, has_c, has_activation.");
 
   m.def(
       "softmax_xent_forward",

@@ -23,27 +23,40 @@ RNNCORE_NS_BEGIN
 
 namespace {
 
-template <typename T>
-void forward_entry(CellId cell, const RecurrentArgs<T>& a) {
+template <typename T, typename Cell>
+void forward_entry(const RecurrentArgs<T>& a) {
   Problem<T> p(a);
-  switch (cell) {
-    case kElman: forward<T, ElmanCell>(p); break;
-    case kLSTM: forward<T, LSTMCell>(p); break;
-    case kGRU: forward<T, GRUCell>(p); break;
-    case kGRUResetBefore: forward<T, GRUResetBeforeCell>(p); break;
-  }
+  forward<T, Cell>(p);
 }
 
-template <typename T>
-void backward_entry(CellId cell, const RecurrentArgs<T>& a) {
+template <typename T, typename Cell>
+void backward_entry(const RecurrentArgs<T>& a) {
   Problem<T> p(a);
-  switch (cell) {
-    case kElman: backward<T, ElmanCell>(p); break;
-    case kLSTM: backward<T, LSTMCell>(p); break;
-    case kGRU: backward<T, GRUCell>(p); break;
-    case kGRUResetBefore: backward<T, GRUResetBeforeCell>(p); break;
-  }
+  backward<T, Cell>(p);
 }
+
+// A cell's entry in the table, from its traits alone (cells.h).
+template <typename Cell>
+constexpr CellKernels cell_kernels() {
+  return CellKernels{Cell::name,
+                     Cell::G,
+                     Cell::GC,
+                     Cell::has_c,
+                     Cell::has_activation,
+                     {&forward_entry<float, Cell>, &backward_entry<float, Cell>},
+                     {&forward_entry<double, Cell>, &backward_entry<double, Cell>}};
+}
+
+template <typename List>
+struct CellTable;
+
+template <typename... Cells>
+struct CellTable<CellList<Cells...>> {
+  static constexpr CellKernels cells[] = {cell_kernels<Cells>()...};
+  static constexpr int size = sizeof...(Cells);
+};
+
+using Cells = CellTable<AllCells>;
 
 template <typename T>
 void xent_forward_entry(const T* x, const int64_t* t, long N, long V, int64_t ignore, T* probs, double* loss) {
@@ -106,10 +119,9 @@ bool all_finite_entry(const T* d, long n) {
 
 template <typename T>
 constexpr Ops<T> ops() {
-  return Ops<T>{&forward_entry<T>,        &backward_entry<T>,       &xent_forward_entry<T>,
-                &xent_backward_entry<T>,  &affine_forward_entry<T>, &affine_backward_entry<T>,
-                &embedding_backward_entry<T>, &adam_entry<T>,       &sum_squares_entry<T>,
-                &all_finite_entry<T>};
+  return Ops<T>{&xent_forward_entry<T>,       &xent_backward_entry<T>, &affine_forward_entry<T>,
+                &affine_backward_entry<T>,    &embedding_backward_entry<T>, &adam_entry<T>,
+                &sum_squares_entry<T>,        &all_finite_entry<T>};
 }
 
 }  // namespace
@@ -123,7 +135,9 @@ const KernelTable& kernel_table() {
       kWideRegs ? "packed register-blocked GEMM, up to 12 rows x 2 vectors a block (32 vector registers)"
                 : "packed register-blocked GEMM, up to 6 rows x 2 vectors a block (16 vector registers)",
       ops<float>(),
-      ops<double>()};
+      ops<double>(),
+      Cells::cells,
+      Cells::size};
   return table;
 }
 

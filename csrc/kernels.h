@@ -13,8 +13,6 @@
 
 namespace rnncore {
 
-enum CellId : int { kElman = 0, kLSTM = 1, kGRU = 2, kGRUResetBefore = 3 };
-
 // One recurrent call, its tensors and their layout: the fields of problem.h's Problem, which
 // adds the layout helpers on the kernel side. See problem.h for what each pointer holds.
 template <typename T>
@@ -35,8 +33,6 @@ struct RecurrentArgs {
 // rnncore's thread team; the caller has released the GIL.
 template <typename T>
 struct Ops {
-  void (*forward)(CellId, const RecurrentArgs<T>&);
-  void (*backward)(CellId, const RecurrentArgs<T>&);
   void (*softmax_xent_forward)(const T* x, const int64_t* t, long N, long V, int64_t ignore, T* probs,
                                double* row_loss);
   void (*softmax_xent_backward)(const T* probs, const int64_t* t, long N, long V, int64_t ignore, T scale,
@@ -50,6 +46,25 @@ struct Ops {
   bool (*all_finite)(const T* a, long n);
 };
 
+// One cell's forward and backward over all steps (driver.h), for dtype T.
+template <typename T>
+struct CellOps {
+  void (*forward)(const RecurrentArgs<T>&);
+  void (*backward)(const RecurrentArgs<T>&);
+};
+
+// One cell as the bindings see it, derived from its traits (cells.h): the same description in
+// every variant, the ops those of the variant.
+struct CellKernels {
+  const char* name;  // "rnn", "lstm", "gru", "gru_reset_before"
+  int G;             // weight blocks of H: wx (D, G*H), wh (H, G*H), biases (G*H)
+  int GC;            // cache blocks of H per (t, b) in `gates` (0: no gates cache)
+  bool has_c;        // carries a cell state: c0, c_n, cs, dc_n, dc0
+  bool has_activation;  // takes the Elman activation
+  CellOps<float> f32;
+  CellOps<double> f64;
+};
+
 struct KernelTable {
   const char* isa;           // "avx512", "avx2" or "generic"
   const char* flags;         // the compiler's ISA flags for this variant
@@ -58,6 +73,8 @@ struct KernelTable {
   const char* small_kernel;  // the small-batch GEMM's register blocking
   Ops<float> f32;
   Ops<double> f64;
+  const CellKernels* cells;  // the cells (kernels.cpp's list), num_cells of them
+  int num_cells;
 };
 
 // The variants (kernels.cpp), one per namespace.

@@ -11,7 +11,6 @@
 #include "isa.h"
 
 #include "kernels.h"
-#include "small_gemm.h"
 
 RNNCORE_NS_BEGIN
 
@@ -21,7 +20,7 @@ RNNCORE_NS_BEGIN
 //   null inside a driver; act the Elman activation (activations.h).
 //   Forward outputs, and the cache the backward reads: hs (T, B, H) layout, zero past a
 //   sequence's length; hn, cn (B, H) the states at each sequence's last step; gates (T, B, GC*H)
-//   layout, the post-activation gates (cell specific); cs (T, B, H) layout, LSTM cell states.
+//   layout, the cell's cache blocks (cells.h); cs (T, B, H) layout, the cell states (has_c).
 //   Backward inputs (any may be null: zeros): dhs (T, B, H) layout, dhn, dcn (B, H).
 //   Backward outputs: dx (T, B, D) layout, dwx, dwh, dbx, dbh (or null), dh0, dc0.
 template <typename T>
@@ -31,40 +30,6 @@ struct Problem : RecurrentArgs<T> {
   long rows() const { return (long)this->T_ * this->B; }
   long off(int t, int F) const { return this->batch_first ? (long)t * F : (long)t * this->B * F; }
   long ld(int F) const { return this->batch_first ? (long)this->T_ * F : (long)F; }
-};
-
-// What a cell step sees besides the problem: the per-call workspace.
-template <typename T>
-struct StepContext {
-  const Problem<T>& p;
-  T* scratch;       // (B, G*H) result of the step's recurrent GEMM
-  const T* bsum;    // (G*H) bx + bh
-  const T* zeros;   // at least (B, H) and (G*H) zeros: stands in for a missing h0, c0, b_hh, dh
-  Packed<T> wrec{};   // forward: wh (H, G*H); backward: wh^T (G*H, H)
-  Packed<T> wrec2{};  // forward of the reset-before GRU: W_hn (H, H)
-  // backward only
-  T* dG = nullptr;      // (T, B, G*H) layout: gradient of the input-side pre-activations
-  T* dGh = nullptr;     // same for the hidden side when a cell distinguishes them, else == dG
-  T* dh_rec = nullptr;  // (B, H) gradient reaching h_{t-1} through the recurrence
-  T* dc_rec = nullptr;  // (B, H) gradient reaching c_{t-1}
-  T* tmp = nullptr;     // (B, H)
-
-  const T* hprev(int t, long& ldh) const {
-    if (t > 0) {
-      ldh = p.ld(p.H);
-      return p.hs + p.off(t - 1, p.H);
-    }
-    ldh = p.H;
-    return p.h0 ? p.h0 : zeros;
-  }
-  const T* cprev(int t, long& ldc) const {
-    if (t > 0) {
-      ldc = p.ld(p.H);
-      return p.cs + p.off(t - 1, p.H);
-    }
-    ldc = p.H;
-    return p.c0 ? p.c0 : zeros;
-  }
 };
 
 RNNCORE_NS_END

@@ -21,13 +21,11 @@ def _quiet():
 
 
 def forward(inp):
+    """inp: the call's Inputs (_checks.py), read by name on the C++ side, as in backward."""
     _quiet()
-    return core.forward(inp.cell, inp.x, inp.wx, inp.wh, inp.b_ih, inp.b_hh, inp.h0, inp.c0, inp.lengths,
-                        inp.batch_first, inp.activation)
+    return core.forward(inp)
 
 
 def backward(cache, dhs, dh_n, dc_n):
     _quiet()
-    i = cache.inputs
-    return core.backward(i.cell, i.activation, i.batch_first, i.x, i.wx, i.wh, i.b_ih, i.b_hh, i.h0, i.c0,
-                         i.lengths, cache.hs, cache.gates, cache.cs, dhs, dh_n, dc_n)
+    return core.backward(cache.inputs, cache.hs, cache.gates, cache.cs, dhs, dh_n, dc_n)
