@@ -55,7 +55,7 @@ const Ops<float>& ops<float>() { return kernels().f32; }
 template <>
 const Ops<double>& ops<double>() { return kernels().f64; }
 
-int num_threads() {
+int call_threads() {
   const int n = rnncore_get_num_threads(), cap = local_thread_cap();
   return cap > 0 ? std::min(n, cap) : n;
 }
@@ -166,8 +166,8 @@ struct Args {
     p.x = in_ptr<T>(c.x, nTB * s.D, "x");
     p.wx = in_ptr<T>(c.wx, s.D * GH, "wx");
     p.wh = in_ptr<T>(c.wh, s.H * GH, "wh");
-    p.bx = in_ptr<T>(c.b_ih, GH, "b");
-    p.bh = in_ptr<T>(c.b_hh, GH, "b_hh", true);
+    p.b_ih = in_ptr<T>(c.b_ih, GH, "b");
+    p.b_hh = in_ptr<T>(c.b_hh, GH, "b_hh", true);
     p.h0 = in_ptr<T>(c.h0, nBH, "h0", true);
     p.c0 = in_ptr<T>(c.c0, nBH, "c0", true);
     p.len = len.data();
@@ -194,10 +194,10 @@ py::tuple forward_t(const Call& c) {
   Args<T> a(c);
   RecurrentArgs<T>& p = a.p;
   auto hs = a.seq(a.s.H);
-  auto hn = new_array<T>({a.s.B, a.s.H});
+  auto h_n = new_array<T>({a.s.B, a.s.H});
   p.hs = hs.mutable_data();
-  p.hn = hn.mutable_data();
-  py::object cn = py::none(), gates = py::none(), cs = py::none();
+  p.h_n = h_n.mutable_data();
+  py::object c_n = py::none(), gates = py::none(), cs = py::none();
   if (a.GC) {
     auto g = a.seq(a.GC * a.s.H);
     p.gates = g.mutable_data();
@@ -206,9 +206,9 @@ py::tuple forward_t(const Call& c) {
   if (c.desc->has_c) {
     auto n = new_array<T>({a.s.B, a.s.H});
     auto s = a.seq(a.s.H);
-    p.cn = n.mutable_data();
+    p.c_n = n.mutable_data();
     p.cs = s.mutable_data();
-    cn = n;
+    c_n = n;
     cs = s;
   }
   const CellOps<T>& o = cell_ops<T>(c.cell);
@@ -216,7 +216,7 @@ py::tuple forward_t(const Call& c) {
     py::gil_scoped_release release;
     o.forward(p);
   }
-  return py::make_tuple(hs, hn, cn, gates, cs);
+  return py::make_tuple(hs, h_n, c_n, gates, cs);
 }
 
 template <typename T>
@@ -234,18 +234,18 @@ py::tuple backward_t(const Call& c, const py::object& hs, const py::object& gate
   auto dx = a.seq(s.D);
   auto dwx = new_array<T>({s.D, (py::ssize_t)a.GH});
   auto dwh = new_array<T>({s.H, (py::ssize_t)a.GH});
-  auto dbx = new_array<T>({(py::ssize_t)a.GH});
+  auto db_ih = new_array<T>({(py::ssize_t)a.GH});
   auto dh0 = new_array<T>({s.B, s.H});
   p.dx = dx.mutable_data();
   p.dwx = dwx.mutable_data();
   p.dwh = dwh.mutable_data();
-  p.dbx = dbx.mutable_data();
+  p.db_ih = db_ih.mutable_data();
   p.dh0 = dh0.mutable_data();
-  py::object dbh = py::none(), dc0 = py::none();
-  if (p.bh) {
+  py::object db_hh = py::none(), dc0 = py::none();
+  if (p.b_hh) {
     auto b = new_array<T>({(py::ssize_t)a.GH});
-    p.dbh = b.mutable_data();
-    dbh = b;
+    p.db_hh = b.mutable_data();
+    db_hh = b;
   }
   if (c.desc->has_c) {
     auto d = new_array<T>({s.B, s.H});
@@ -257,7 +257,7 @@ py::tuple backward_t(const Call& c, const py::object& hs, const py::object& gate
     py::gil_scoped_release release;
     o.backward(p);
   }
-  return py::make_tuple(dx, dwx, dwh, dbx, dbh, dh0, dc0);
+  return py::make_tuple(dx, dwx, dwh, db_ih, db_hh, dh0, dc0);
 }
 
 template <typename T>
@@ -545,7 +545,7 @@ PYBIND11_MODULE(_core, m) {
       },
       "The kernel variant in use and what this CPU supports (rnncore.kernel_info).");
 
-  m.def("get_num_threads", [] { return num_threads(); }, "Threads a native call may use.");
+  m.def("get_num_threads", [] { return call_threads(); }, "Threads a native call may use.");
   m.def(
       "set_num_threads", [](int n) { rnncore_set_num_threads(n); },
       "Set the threads a native call may use (0: the default).");

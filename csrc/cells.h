@@ -13,7 +13,7 @@
 //   split             its hidden-side pre-activation gradient dGh differs from dG (input side)
 //   direct_dh         backward_row writes a direct-path gradient into dh_prev, to which the
 //                     recurrent GEMM then adds dGh @ wh^T (otherwise the GEMM writes it)
-//   has_activation    runs the Elman activation `act` (the row functions get it as ACT)
+//   has_activation    runs the Rnn activation `act` (the row functions get it as ACT)
 // and the row functions, over hidden units [j0, j1) of one row (a Row, below) of a step
 // t < len[b]: forward_row (h_{t-1} -> h_t and the cache), backward_row (dh_t, dc_t -> dG,
 // dGh, dh_prev, dc_prev), and with extra blocks forward_pre / backward_post.
@@ -41,7 +41,7 @@ RNNCORE_NS_BEGIN
 template <typename T>
 struct Row {
   int H;
-  const T *bsum, *bx, *bh;  // (G*H) bx + bh; bx; bh or zeros
+  const T *bsum, *b_ih, *b_hh;  // (G*H) b_ih + b_hh; b_ih; b_hh or zeros
   // forward
   T* h;          // h_t (H); with GC == 0 it holds x_t @ wx on entry
   T* g;          // gate cache (GC*H); its first G blocks hold x_t @ wx on entry
@@ -65,8 +65,8 @@ struct CellDefaults {
 };
 
 // ---------------------------------------------------------------------------------------
-// Elman: h_t = f(x_t @ wx + h_{t-1} @ wh + b). No cache beyond hs: f' comes from h_t.
-struct Elman : CellDefaults {
+// Rnn: h_t = f(x_t @ wx + h_{t-1} @ wh + b). No cache beyond hs: f' comes from h_t.
+struct Rnn : CellDefaults {
   static constexpr const char* name = "rnn";
   static constexpr int G = 1, R = 1, GC = 0;
   static constexpr bool has_activation = true;
@@ -140,7 +140,7 @@ struct Lstm : CellDefaults {
 // GRU, PyTorch/cuDNN flavour (reset after the hidden matmul):
 //   r = s(x W_ir + b_ir + h W_hr + b_hr), z = s(x W_iz + b_iz + h W_hz + b_hz),
 //   n = tanh(x W_in + b_in + r * (h W_hn + b_hn)), h' = (1 - z) * n + z * h.
-// Cache: r, z, n and hn = h W_hn + b_hn.
+// Cache: r, z, n and hw_n = h W_hn + b_hn.
 struct Gru : CellDefaults {
   static constexpr const char* name = "gru";
   static constexpr int G = 3, R = 3, GC = 4;
@@ -150,17 +150,17 @@ struct Gru : CellDefaults {
   static void forward_row(const Row<T>& rw, long j0, long j1) {
     const int H = rw.H;
     T *g = rw.g, *h = rw.h;
-    const T *s = rw.s, *bs = rw.bsum, *bx = rw.bx, *bh = rw.bh, *hpr = rw.hp;
+    const T *s = rw.s, *bs = rw.bsum, *b_ih = rw.b_ih, *b_hh = rw.b_hh, *hpr = rw.hp;
 #pragma omp simd
     for (long j = j0; j < j1; ++j) {
       T r = vsigmoid(g[j] + s[j] + bs[j]);
       T z = vsigmoid(g[H + j] + s[H + j] + bs[H + j]);
-      T hn = s[2 * H + j] + bh[2 * H + j];
-      T n = vtanh(g[2 * H + j] + bx[2 * H + j] + r * hn);
+      T hw_n = s[2 * H + j] + b_hh[2 * H + j];
+      T n = vtanh(g[2 * H + j] + b_ih[2 * H + j] + r * hw_n);
       g[j] = r;
       g[H + j] = z;
       g[2 * H + j] = n;
-      g[3 * H + j] = hn;
+      g[3 * H + j] = hw_n;
       h[j] = (T(1) - z) * n + z * hpr[j];
     }
   }
@@ -172,9 +172,9 @@ struct Gru : CellDefaults {
     T *dgx = rw.dg, *dgh = rw.dgh, *dhr = rw.dh_prev;
 #pragma omp simd
     for (long j = j0; j < j1; ++j) {
-      T r = g[j], z = g[H + j], n = g[2 * H + j], hn = g[3 * H + j];
+      T r = g[j], z = g[H + j], n = g[2 * H + j], hw_n = g[3 * H + j];
       T dn = dh[j] * (T(1) - z) * (T(1) - n * n);
-      T dr = dn * hn * r * (T(1) - r);
+      T dr = dn * hw_n * r * (T(1) - r);
       T dz = dh[j] * (hpr[j] - n) * z * (T(1) - z);
       dgx[j] = dgh[j] = dr;
       dgx[H + j] = dgh[H + j] = dz;
@@ -253,6 +253,6 @@ struct GruResetBefore : CellDefaults {
 // The cells the bindings offer (kernels.cpp builds their table from this list).
 template <typename... Cells>
 struct CellList {};
-using AllCells = CellList<Elman, Lstm, Gru, GruResetBefore>;
+using AllCells = CellList<Rnn, Lstm, Gru, GruResetBefore>;
 
 RNNCORE_NS_END

@@ -74,7 +74,7 @@ template <typename T>
 struct StepContext {
   const Problem<T>& p;
   T* scratch;       // forward: (B, G*H) results of the step GEMMs
-  const T* bsum;    // forward: (G*H) bx + bh
+  const T* bsum;    // forward: (G*H) b_ih + b_hh
   const T* zeros;   // at least (B, H) and (G*H) zeros: stands in for a missing h0, c0, b_hh, dh
   Packed<T> wrec{};   // forward: wh (H, G*H); backward: wh^T (G*H, H)
   Packed<T> wrec2{};  // forward, extra blocks: wh[:, R*H:] (H, (G-R)*H)
@@ -113,8 +113,8 @@ RNNCORE_INLINE Row<T> row_of(const StepContext<T>& c, int t, int b) {
   Row<T> r{};
   r.H = H;
   r.bsum = c.bsum;
-  r.bx = p.bx;
-  r.bh = p.bh ? p.bh : c.zeros;
+  r.b_ih = p.b_ih;
+  r.b_hh = p.b_hh ? p.b_hh : c.zeros;
   long ldh;
   r.hp = c.hprev(t, ldh) + b * ldh;
   r.h = p.hs + p.off(t, H) + b * p.ld(H);
@@ -178,9 +178,9 @@ RNNCORE_INLINE void forward_step(const StepContext<T>& c, int t, int tid, int nt
     if (extra ? t >= p.len[b] : padded(r, b)) continue;
     Cell::template forward_row<ACT>(r, j0, j1);
     if (t == p.len[b] - 1) {  // the final states
-      for (long j = j0; j < j1; ++j) p.hn[(long)b * H + j] = r.h[j];
+      for (long j = j0; j < j1; ++j) p.h_n[(long)b * H + j] = r.h[j];
       if constexpr (Cell::has_c)
-        for (long j = j0; j < j1; ++j) p.cn[(long)b * H + j] = r.c[j];
+        for (long j = j0; j < j1; ++j) p.c_n[(long)b * H + j] = r.c[j];
     }
   }
 }
@@ -255,7 +255,7 @@ void steps(const StepContext<T>& c) {
   });
 }
 
-// The time loop for the call's Elman activation (a cell without one ignores ACT).
+// The time loop for the call's Rnn activation (a cell without one ignores ACT).
 template <typename T, typename Cell, bool BWD>
 void time_loop(const StepContext<T>& c) {
   if constexpr (Cell::has_activation) {
@@ -282,7 +282,7 @@ void forward(Problem<T>& p) {
   T* zeros = scratch + (size_t)B * GH;
   T* bsum = zeros + nzeros;
   fill(zeros, zeros + nzeros, T(0));
-  for (int j = 0; j < GH; ++j) bsum[j] = p.bx[j] + (p.bh ? p.bh[j] : T(0));
+  for (int j = 0; j < GH; ++j) bsum[j] = p.b_ih[j] + (p.b_hh ? p.b_hh[j] : T(0));
   StepContext<T> ctx{p, scratch, bsum, zeros};
   const T* wh2 = p.wh + (long)R * H;  // the extra blocks' columns
   if (B <= kSmallBatch) {
@@ -427,8 +427,8 @@ void backward(Problem<T>& p) {
     for_chunks(GH, tid, nt, [&](long lo, long hi) {
       gemm(true, false, D, (int)(hi - lo), (int)rows, T(1), p.x, D, dG + lo, GH, T(0), p.dwx + lo, GH);
       hidden_weight_grad<T, Cell>(p, dGh, prev, lo, hi);
-      column_sums(dG, rows, GH, lo, hi, p.dbx);
-      if (p.dbh) column_sums(dGh, rows, GH, lo, hi, p.dbh);
+      column_sums(dG, rows, GH, lo, hi, p.db_ih);
+      if (p.db_hh) column_sums(dGh, rows, GH, lo, hi, p.db_hh);
     });
     for_chunks(rows, tid, nt, [&](long lo, long hi) {
       gemm(false, true, (int)(hi - lo), D, GH, T(1), dG + lo * GH, GH, p.wx, GH, T(0), p.dx + lo * D, D);

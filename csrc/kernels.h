@@ -20,12 +20,12 @@ struct RecurrentArgs {
   int T_ = 0, B = 0, D = 0, H = 0;
   bool batch_first = false;
   int act = 0;
-  const T *x = nullptr, *wx = nullptr, *wh = nullptr, *bx = nullptr, *bh = nullptr, *h0 = nullptr,
+  const T *x = nullptr, *wx = nullptr, *wh = nullptr, *b_ih = nullptr, *b_hh = nullptr, *h0 = nullptr,
           *c0 = nullptr;
   const int* len = nullptr;
-  T *hs = nullptr, *hn = nullptr, *cn = nullptr, *gates = nullptr, *cs = nullptr;
+  T *hs = nullptr, *h_n = nullptr, *c_n = nullptr, *gates = nullptr, *cs = nullptr;
   const T *dhs = nullptr, *dhn = nullptr, *dcn = nullptr;
-  T *dx = nullptr, *dwx = nullptr, *dwh = nullptr, *dbx = nullptr, *dbh = nullptr, *dh0 = nullptr,
+  T *dx = nullptr, *dwx = nullptr, *dwh = nullptr, *db_ih = nullptr, *db_hh = nullptr, *dh0 = nullptr,
     *dc0 = nullptr;
 };
 
@@ -60,7 +60,7 @@ struct CellKernels {
   int G;             // weight blocks of H: wx (D, G*H), wh (H, G*H), biases (G*H)
   int GC;            // cache blocks of H per (t, b) in `gates` (0: no gates cache)
   bool has_c;        // carries a cell state: c0, c_n, cs, dc_n, dc0
-  bool has_activation;  // takes the Elman activation
+  bool has_activation;  // takes the Rnn activation
   CellOps<float> f32;
   CellOps<double> f64;
 };

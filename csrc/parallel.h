@@ -25,7 +25,7 @@ RNNCORE_NS_BEGIN
 // The threads of a native call: rnncore's count, under the calling thread's cap (kernels.h:
 // rnncore's Python side sets one when it runs independent calls side by side, the two
 // directions of a layer). The cap is one variable for all variants, defined in dispatch.cpp.
-inline int num_threads() {
+inline int call_threads() {
   const int n = rnncore_get_num_threads();
   const int cap = ::rnncore::local_thread_cap();
   return cap > 0 ? std::min(n, cap) : n;
@@ -43,7 +43,7 @@ inline void barrier() { rnncore_team_barrier(); }
 // Threads worth opening for `work` multiply-adds spread over `parallel_units` independent
 // units: one thread for small work, never more threads than units.
 inline int threads_for(double work, long parallel_units, double min_work_per_thread = 65536.0) {
-  int nt = num_threads();
+  int nt = call_threads();
   nt = (int)std::min<double>(nt, std::max(1.0, work / min_work_per_thread));
   nt = (int)std::min<long>(nt, std::max(1L, parallel_units));
   return std::max(1, nt);

@@ -15,14 +15,14 @@
 RNNCORE_NS_BEGIN
 
 // The fields are kernels.h's RecurrentArgs (what the bindings fill in):
-//   x (T, B, D) or (B, T, D); wx (D, G*H); wh (H, G*H); bx (G*H) input-side bias; bh (G*H) or
+//   x (T, B, D) or (B, T, D); wx (D, G*H); wh (H, G*H); b_ih (G*H) input-side bias; b_hh (G*H) or
 //   null, hidden-side bias; h0, c0 (B, H) or null (zeros); len (B), 1 <= len[b] <= T, never
-//   null inside a driver; act the Elman activation (activations.h).
+//   null inside a driver; act the Rnn activation (activations.h).
 //   Forward outputs, and the cache the backward reads: hs (T, B, H) layout, zero past a
-//   sequence's length; hn, cn (B, H) the states at each sequence's last step; gates (T, B, GC*H)
+//   sequence's length; h_n, c_n (B, H) the states at each sequence's last step; gates (T, B, GC*H)
 //   layout, the cell's cache blocks (cells.h); cs (T, B, H) layout, the cell states (has_c).
 //   Backward inputs (any may be null: zeros): dhs (T, B, H) layout, dhn, dcn (B, H).
-//   Backward outputs: dx (T, B, D) layout, dwx, dwh, dbx, dbh (or null), dh0, dc0.
+//   Backward outputs: dx (T, B, D) layout, dwx, dwh, db_ih, db_hh (or null), dh0, dc0.
 template <typename T>
 struct Problem : RecurrentArgs<T> {
   explicit Problem(const RecurrentArgs<T>& a) : RecurrentArgs<T>(a) {}
