@@ -315,7 +315,6 @@ class SoftmaxCrossEntropy:
 
     def forward(self, scores, ts):
         scores = np.asarray(scores)
-        V = scores.shape[-1]
         ts = np.asarray(ts)
         if ts.dtype.kind not in "iu":
             raise TypeError(f"SoftmaxCrossEntropy.forward: targets must be integers, got dtype {ts.dtype}")

@@ -719,7 +719,7 @@ def run_load(cfg, say=print, progress=None):
     counts taking turns run by run, so that every count meets the same load; the median of
     each and their ratio to the first count's. Returns the rows."""
     counts = cfg["threads"]
-    say(f"cell     B     H | " + " ".join(f"{f'{n} thr ms':>10}" for n in counts) + " | "
+    say("cell     B     H | " + " ".join(f"{f'{n} thr ms':>10}" for n in counts) + " | "
         + " ".join(f"{f'{n}/{counts[0]}':>7}" for n in counts[1:]) + " | rounds")
     rows = []
     for cell in cfg["cells"]:
