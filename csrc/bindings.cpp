@@ -525,8 +525,8 @@ PYBIND11_MODULE(_core, m) {
         d["supported"] = supported_isas();
         d["isa_flags"] = k.flags;
         d["vector_bytes"] = k.vec_bytes;
-        d["small_batch_max"] = k.small_batch_max;
-        d["small_batch_kernel"] = k.small_kernel;
+        d["unit_block"] = py::dict(py::arg("float32") = k.unit_block_f32, py::arg("float64") = k.unit_block_f64);
+        d["step_kernel"] = k.step_kernel;
 #ifdef RNNCORE_NATIVE_TUNE
         d["build"] = "native";
 #else

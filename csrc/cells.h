@@ -46,7 +46,8 @@ struct Row {
   T* h;          // h_t (H); with GC == 0 it holds x_t @ wx on entry
   T* g;          // gate cache (GC*H); its first G blocks hold x_t @ wx on entry
   T* c;          // c_t (H), has_c
-  const T* s;    // step GEMM result (G*H): blocks [0, R) h_{t-1} @ wh, [R, G) the extra GEMM's
+  const T* s;    // step GEMM result: gate k of unit j at s[k * sh + j]; gates [0, R) h_{t-1} @ wh,
+  int sh;        // [R, G) the extra GEMM's (the driver lays them out unit block by unit block)
   const T* hp;   // h_{t-1} (H)
   const T* cp;   // c_{t-1} (H), has_c
   // backward (h, g, c, hp, cp as above, read only)
@@ -99,14 +100,15 @@ struct Lstm : CellDefaults {
   template <int, typename T>
   static void forward_row(const Row<T>& r, long j0, long j1) {
     const int H = r.H;
+    const int sh = r.sh;
     T *g = r.g, *h = r.h, *cc = r.c;
     const T *s = r.s, *bs = r.bsum, *cpr = r.cp;
 #pragma omp simd
     for (long j = j0; j < j1; ++j) {
       T gi = vsigmoid(g[j] + s[j] + bs[j]);
-      T gf = vsigmoid(g[H + j] + s[H + j] + bs[H + j]);
-      T gg = vtanh(g[2 * H + j] + s[2 * H + j] + bs[2 * H + j]);
-      T go = vsigmoid(g[3 * H + j] + s[3 * H + j] + bs[3 * H + j]);
+      T gf = vsigmoid(g[H + j] + s[sh + j] + bs[H + j]);
+      T gg = vtanh(g[2 * H + j] + s[2 * sh + j] + bs[2 * H + j]);
+      T go = vsigmoid(g[3 * H + j] + s[3 * sh + j] + bs[3 * H + j]);
       T cn = gf * cpr[j] + gi * gg;
       g[j] = gi;
       g[H + j] = gf;
@@ -149,13 +151,14 @@ struct Gru : CellDefaults {
   template <int, typename T>
   static void forward_row(const Row<T>& rw, long j0, long j1) {
     const int H = rw.H;
+    const int sh = rw.sh;
     T *g = rw.g, *h = rw.h;
     const T *s = rw.s, *bs = rw.bsum, *b_ih = rw.b_ih, *b_hh = rw.b_hh, *hpr = rw.hp;
 #pragma omp simd
     for (long j = j0; j < j1; ++j) {
       T r = vsigmoid(g[j] + s[j] + bs[j]);
-      T z = vsigmoid(g[H + j] + s[H + j] + bs[H + j]);
-      T hw_n = s[2 * H + j] + b_hh[2 * H + j];
+      T z = vsigmoid(g[H + j] + s[sh + j] + bs[H + j]);
+      T hw_n = s[2 * sh + j] + b_hh[2 * H + j];
       T n = vtanh(g[2 * H + j] + b_ih[2 * H + j] + r * hw_n);
       g[j] = r;
       g[H + j] = z;
@@ -198,12 +201,13 @@ struct GruResetBefore : CellDefaults {
   template <int, typename T>
   static void forward_pre(const Row<T>& rw, long j0, long j1) {  // r, z and rh
     const int H = rw.H;
+    const int sh = rw.sh;
     T* g = rw.g;
     const T *s = rw.s, *bs = rw.bsum, *hpr = rw.hp;
 #pragma omp simd
     for (long j = j0; j < j1; ++j) {
       T r = vsigmoid(g[j] + s[j] + bs[j]);
-      g[H + j] = vsigmoid(g[H + j] + s[H + j] + bs[H + j]);
+      g[H + j] = vsigmoid(g[H + j] + s[sh + j] + bs[H + j]);
       g[j] = r;
       g[3 * H + j] = r * hpr[j];
     }
@@ -212,12 +216,13 @@ struct GruResetBefore : CellDefaults {
   template <int, typename T>
   static void forward_row(const Row<T>& rw, long j0, long j1) {  // s block 2 is rh @ W_hn
     const int H = rw.H;
+    const int sh = rw.sh;
     T *g = rw.g, *h = rw.h;
     const T *s = rw.s, *bs = rw.bsum, *hpr = rw.hp;
 #pragma omp simd
     for (long j = j0; j < j1; ++j) {
       T z = g[H + j];
-      T n = vtanh(g[2 * H + j] + s[2 * H + j] + bs[2 * H + j]);
+      T n = vtanh(g[2 * H + j] + s[2 * sh + j] + bs[2 * H + j]);
       g[2 * H + j] = n;
       h[j] = (T(1) - z) * n + z * hpr[j];
     }

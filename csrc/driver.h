@@ -1,19 +1,19 @@
 // driver.h: the recurrence driver shared by every cell (cells.h describes the cells).
 //
 // forward:  preact = x @ wx for all steps (one GEMM, rows split over threads), then the
-//           time loop, where a step is the recurrent GEMM h_{t-1} @ wh[:, :R*H], the cell's
-//           fused elementwise pass over its rows (and, for a cell with extra blocks, a
-//           first pass, the extra GEMM and then the second pass).
+//           time loop, where a step is the recurrent GEMM h_{t-1} @ wh[:, :R*H] and the cell's
+//           fused elementwise pass over its rows (and, for a cell with extra blocks, a first
+//           pass, the extra GEMM and then the second pass).
 // backward: the reverse time loop produces dG (gradient of the pre-activations) for all
 //           steps, then dwx = x^T dG, dwh = h_prev^T dG_h, dx = dG wx^T are one GEMM each
 //           and the biases are column sums, all split over output rows/columns.
-// A step runs on all nt threads of the driver's region: recurrent GEMMs are split over
-// output columns (fixed chunks), elementwise passes over hidden units; barrier() (team.h)
-// separates the phases. Every cell-independent part lives here: row addressing, masking
-// past a sequence's length (a padded row's output, whole cache and gradients are 0, and the
-// cell never sees it), final states, dh_n / dc_n, the cache layout (GC blocks of H a row).
-// One workspace a call, sized before the loops (and kept for the next call of this thread);
-// nothing is allocated inside the loops.
+// The time loop runs on the step team with a fixed plan (the step plan, below): each thread
+// owns the same blocks of hidden units at every step, with all their gates' weights, which it
+// packs itself; a step has one barrier (two with extra blocks). Every cell-independent part
+// lives here: row addressing, masking past a sequence's length (a padded row's output, whole
+// cache and gradients are 0, and the cell never sees it), final states, dh_n / dc_n, the cache
+// layout (GC blocks of H a row). One workspace a call, sized before the loops (and kept for
+// the next call of this thread); nothing is allocated inside the loops.
 #pragma once
 
 #include "isa.h"
@@ -29,42 +29,44 @@
 
 RNNCORE_NS_BEGIN
 
-// out[:, cols of this thread] = A (B, W.K) @ W[:, cols] + beta * out (beta 0 or 1), in fixed
-// column chunks. Small batches use the packed register-blocked kernel, larger ones the BLAS.
+// The step plan. Hidden units go in blocks of NB (the panel width of small_gemm.h), and each
+// thread owns the same consecutive blocks at every step of a call. Forward, the G gates of a
+// block are packed side by side (G panels of the recurrent weights, one per gate), so a
+// thread's step GEMM computes exactly the gate pre-activations its cell pass then reads, into
+// its own columns of the scratch, from panels it packed itself and that stay in its core's
+// cache for the whole sequence. Backward, the recurrent GEMM's output columns are the units
+// themselves (wh^T packed by unit block), again the thread's own. A thread thus reads only
+// what it wrote, except h_{t-1} (forward) and dG_t (backward): one barrier a step, the one that
+// publishes them. Every output element is a sum over k in order whichever thread computes it,
+// so the bits do not depend on the thread count.
 template <typename T>
-inline void step_gemm(int tid, int nt, int B, int N, const T* A, long lda, const Packed<T>& W, T beta, T* out,
-                      long ldo) {
-  for_chunks(N, tid, nt, [&](long lo, long hi) {
-    if (B <= kSmallBatch)
-      small_gemm(B, (int)lo, (int)hi, A, lda, W, beta, out, ldo);
-    else
-      gemm(false, false, B, (int)(hi - lo), W.K, T(1), A, (int)lda, W.plain + lo, (int)W.ldw, beta, out + lo,
-           (int)ldo);
-  });
-}
+constexpr int kUnitBlock = Vec<T>::NB;
 
-// An unpacked (K, N) matrix for the BLAS path of step_gemm.
 template <typename T>
-Packed<T> plain(const T* W, int K, int N, long ldw) {
-  Packed<T> w;
-  w.K = K;
-  w.N = N;
-  w.plain = W;
-  w.ldw = ldw;
-  return w;
-}
+inline long unit_blocks(int H) { return (H + kUnitBlock<T> - 1) / kUnitBlock<T>; }
 
 // Threads for the time loop: one unless a step's recurrent GEMM pays for a team: 64K
 // multiply-adds a thread, so a batch-1 LSTM step from H = 128 on (its 4H x H weights split over
-// the cores, each half staying in that core's cache) runs on two threads. Measured at B = 1,
-// H = 256: the forward 1.7x faster than with the former 256K bound; the team falls back to one
-// thread by itself when other work holds the cores.
+// the cores, each part staying in that core's cache) runs on two threads; never more threads
+// than unit blocks. The team falls back to one thread by itself when other work holds the cores.
+template <typename T>
 inline int step_threads(int B, int H, int G) {
-  return threads_for((double)B * H * (double)G * H, num_chunks((long)G * H), 65536.0);
+  return threads_for((double)B * H * (double)G * H, unit_blocks<T>(H), 65536.0);
 }
 
-// This thread's hidden units [j0, j1).
-inline void unit_range(int H, int tid, int nt, long& j0, long& j1) { split_range(H, nt, tid, 8, j0, j1); }
+// This thread's unit blocks [u0, u1) and hidden units [j0, j1).
+struct UnitRange {
+  long u0, u1, j0, j1;
+};
+
+template <typename T>
+inline UnitRange unit_range(int H, int tid, int nt) {
+  UnitRange u;
+  split_range(unit_blocks<T>(H), nt, tid, 1, u.u0, u.u1);
+  u.j0 = std::min<long>(H, u.u0 * kUnitBlock<T>);
+  u.j1 = std::min<long>(H, u.u1 * kUnitBlock<T>);
+  return u;
+}
 
 // Units [j0, j1) of `blocks` consecutive blocks of H set to zero.
 template <typename T>
@@ -77,11 +79,14 @@ inline void zero_blocks(T* a, int blocks, int H, long j0, long j1) {
 template <typename T>
 struct StepContext {
   const Problem<T>& p;
-  T* scratch;       // forward: (B, G*H) results of the step GEMMs
+  T* scratch;       // forward: (B, sld) results of the step GEMMs, unit block by unit block
+  long sld = 0;     // forward: the scratch's row stride, unit_blocks * G * NB
   const T* bsum;    // forward: (G*H) b_ih + b_hh
   const T* zeros;   // at least (B, H) and (G*H) zeros: stands in for a missing h0, c0, b_hh, dh
-  Packed<T> wrec{};   // forward: wh (H, G*H); backward: wh^T (G*H, H)
-  Packed<T> wrec2{};  // forward, extra blocks: wh[:, R*H:] (H, (G-R)*H)
+  T* wbuf = nullptr;   // packed recurrent weights, each thread packing its own blocks:
+  T* wbuf2 = nullptr;  // forward wh[:, :R*H] (and wh[:, R*H:] in wbuf2), backward wh^T
+  Packed<T> wrec{};   // views of them
+  Packed<T> wrec2{};
   // backward only
   T* dG = nullptr;      // (T, B, G*H) layout: gradient of the input-side pre-activations
   T* dGh = nullptr;     // same for the hidden side when a cell splits them, else == dG
@@ -105,11 +110,49 @@ struct StepContext {
   const T* cprev(int t, long& ldc) const { return prev_of(p.cs, p.c0, t, ldc); }
 };
 
+// Forward: the panels of unit blocks [u0, u1) for gates [k0, k1) of wh (H, G*H), gate by
+// gate within a block: panel (u, k) at (u * (k1 - k0) + k - k0).
+template <typename T>
+void pack_gate_blocks(const T* wh, int H, int G, int k0, int k1, long u0, long u1, T* buf) {
+  constexpr int NB = kUnitBlock<T>;
+  const long GH = (long)G * H, ps = (long)H * NB;
+  for (long u = u0; u < u1; ++u)
+    for (int k = k0; k < k1; ++k)
+      pack_panel(wh + (long)k * H + u * NB, GH, 1, H, (int)std::min<long>(NB, H - u * NB),
+                 buf + (u * (k1 - k0) + k - k0) * ps);
+}
+
+// Backward: the panels of wh^T (G*H, H) for unit blocks [u0, u1).
+template <typename T>
+void pack_unit_blocks(const T* wh, int H, int G, long u0, long u1, T* buf) {
+  constexpr int NB = kUnitBlock<T>;
+  const long GH = (long)G * H;
+  for (long u = u0; u < u1; ++u)
+    pack_panel(wh + u * NB * GH, 1, GH, (int)GH, (int)std::min<long>(NB, H - u * NB), buf + u * GH * NB);
+}
+
+// Forward: scratch[:, blocks u0..u1, gates k0..k1) = A @ (those panels of W), W packed by
+// pack_gate_blocks for the same gates.
+template <typename T>
+inline void gate_gemm(const StepContext<T>& c, int G, int k0, int k1, const UnitRange& u, const T* A, long lda,
+                      const Packed<T>& W) {
+  constexpr int NB = kUnitBlock<T>;
+  const int nk = k1 - k0;
+  if (nk == G) {  // the blocks' columns are contiguous in the scratch: one call
+    small_gemm(c.p.B, (int)(u.u0 * G * NB), (int)(u.u1 * G * NB), A, lda, W, T(0), c.scratch, c.sld);
+    return;
+  }
+  for (long b = u.u0; b < u.u1; ++b) {
+    const long n = b * nk * NB;  // the block's first packed column; its scratch column b*G*NB + k0*NB
+    small_gemm(c.p.B, (int)n, (int)(n + nk * NB), A, lda, W, T(0), c.scratch + b * G * NB + k0 * NB - n, c.sld);
+  }
+}
+
 // Per row and phase, so inlined whatever the compiler's estimate of its size.
 #define RNNCORE_INLINE inline __attribute__((always_inline))
 
 // Row b of step t: every pointer the cell declares, addressed in the caller's layout, for the
-// forward or (BWD) the backward step.
+// forward or (BWD) the backward step. Forward, s and sh are set per unit block (for_blocks).
 template <typename T, typename Cell, bool BWD>
 RNNCORE_INLINE Row<T> row_of(const StepContext<T>& c, int t, int b) {
   const Problem<T>& p = c.p;
@@ -129,7 +172,7 @@ RNNCORE_INLINE Row<T> row_of(const StepContext<T>& c, int t, int b) {
     r.cp = c.cprev(t, ldc) + b * ldc;
   }
   if constexpr (!BWD) {
-    r.s = c.scratch + (long)b * GH;
+    r.s = c.scratch + (long)b * c.sld;
   } else {
     r.dg = c.dG + p.off(t, GH) + b * p.ld(GH);
     r.dgh = c.dGh + p.off(t, GH) + b * p.ld(GH);
@@ -144,19 +187,30 @@ RNNCORE_INLINE Row<T> row_of(const StepContext<T>& c, int t, int b) {
   return r;
 }
 
-// One forward step on thread tid of nt: h_{t-1} -> h_t for every row.
+// f(row, j0, j1) for each of this thread's unit blocks of the forward row r, its s pointing at
+// the block's gates: gate k of unit j at s[k * NB + j].
+template <typename T, int G, typename F>
+RNNCORE_INLINE void for_blocks(const Row<T>& r, const UnitRange& u, F&& f) {
+  constexpr int NB = kUnitBlock<T>;
+  Row<T> rb = r;
+  rb.sh = NB;
+  for (long b = u.u0; b < u.u1; ++b) {
+    rb.s = r.s + b * (G - 1) * NB;  // + k * NB + j lands on scratch column b*G*NB + k*NB + (j - b*NB)
+    f(rb, b * NB, std::min<long>(r.H, (b + 1) * NB));
+  }
+}
+
+// One forward step on this thread's units: h_{t-1} -> h_t for every row.
 template <typename T, typename Cell, int ACT>
-RNNCORE_INLINE void forward_step(const StepContext<T>& c, int t, int tid, int nt) {
+RNNCORE_INLINE void forward_step(const StepContext<T>& c, int t, const UnitRange& u) {
   constexpr int G = Cell::G, R = Cell::R, GC = Cell::GC;
   constexpr bool extra = R < G;
   const Problem<T>& p = c.p;
   const int H = p.H;
+  const long j0 = u.j0, j1 = u.j1;
   long ldh;
   const T* hp = c.hprev(t, ldh);
-  step_gemm(tid, nt, p.B, R * H, hp, ldh, c.wrec, T(0), c.scratch, G * H);
-  barrier();
-  long j0, j1;
-  unit_range(H, tid, nt, j0, j1);
+  gate_gemm(c, G, 0, R, u, hp, ldh, c.wrec);
   // A padded row (t >= len[b]) is zeroed at the first pass, and the cell never sees it: both
   // backends' caches then hold the same numbers there (no uninitialised memory).
   auto padded = [&](const Row<T>& r, int b) {
@@ -167,20 +221,19 @@ RNNCORE_INLINE void forward_step(const StepContext<T>& c, int t, int tid, int nt
     if constexpr (GC > 0) zero_blocks(r.g, GC, H, j0, j1);
     return true;
   };
-  if constexpr (extra) {
+  if constexpr (extra) {  // the extra GEMM reads every unit of the vector forward_pre caches
     for (int b = 0; b < p.B; ++b) {
       const Row<T> r = row_of<T, Cell, false>(c, t, b);
-      if (!padded(r, b)) Cell::template forward_pre<ACT>(r, j0, j1);
+      if (!padded(r, b))
+        for_blocks<T, G>(r, u, [](const Row<T>& rb, long a, long e) { Cell::template forward_pre<ACT>(rb, a, e); });
     }
     barrier();
-    step_gemm(tid, nt, p.B, (G - R) * H, p.gates + p.off(t, GC * H) + (long)Cell::extra_in * H, p.ld(GC * H),
-              c.wrec2, T(0), c.scratch + (long)R * H, G * H);
-    barrier();
+    gate_gemm(c, G, R, G, u, p.gates + p.off(t, GC * H) + (long)Cell::extra_in * H, p.ld(GC * H), c.wrec2);
   }
   for (int b = 0; b < p.B; ++b) {
     const Row<T> r = row_of<T, Cell, false>(c, t, b);
     if (extra ? t >= p.len[b] : padded(r, b)) continue;
-    Cell::template forward_row<ACT>(r, j0, j1);
+    for_blocks<T, G>(r, u, [](const Row<T>& rb, long a, long e) { Cell::template forward_row<ACT>(rb, a, e); });
     if (t == p.len[b] - 1) {  // the final states
       for (long j = j0; j < j1; ++j) p.h_n[(long)b * H + j] = r.h[j];
       if constexpr (Cell::has_c)
@@ -210,15 +263,16 @@ RNNCORE_INLINE void gather_grads(const StepContext<T>& c, int t, int b, long j0,
   }
 }
 
-// One backward step on thread tid of nt: dh_t -> dG_t and dh_{t-1} (into c.dh_rec).
+// One backward step on this thread's units: dh_t -> dG_t, and dh_{t-1} into c.dh_rec. The
+// recurrent gradient this thread reads at the start of a step is the one its own GEMM wrote
+// at the end of the previous one.
 template <typename T, typename Cell, int ACT>
-RNNCORE_INLINE void backward_step(const StepContext<T>& c, int t, int tid, int nt) {
+RNNCORE_INLINE void backward_step(const StepContext<T>& c, int t, const UnitRange& u) {
   constexpr int G = Cell::G, R = Cell::R;
   constexpr bool extra = R < G;
   const Problem<T>& p = c.p;
   const int H = p.H, GH = G * H;
-  long j0, j1;
-  unit_range(H, tid, nt, j0, j1);
+  const long j0 = u.j0, j1 = u.j1;
   for (int b = 0; b < p.B; ++b) {
     const Row<T> r = row_of<T, Cell, true>(c, t, b);
     if (t >= p.len[b]) {  // no gradient past the length
@@ -231,37 +285,44 @@ RNNCORE_INLINE void backward_step(const StepContext<T>& c, int t, int tid, int n
     gather_grads<T, Cell>(c, t, b, j0, j1);
     Cell::template backward_row<ACT>(r, j0, j1);
   }
-  barrier();
-  if constexpr (extra) {  // dextra = dG[:, R*H:] @ wh[:, R*H:]^T, then the cell's second pass
-    step_gemm(tid, nt, p.B, H, c.dG + p.off(t, GH) + (long)R * H, p.ld(GH), c.wrec.rows(R * H, GH), T(0),
-              c.dextra, H);
-    barrier();
+  barrier();  // dG_t complete: every thread's GEMM reads all of it
+  if constexpr (extra) {  // dextra = dG[:, R*H:] @ wh[:, R*H:]^T (own units), then the cell's second pass
+    small_gemm(p.B, (int)j0, (int)j1, c.dG + p.off(t, GH) + (long)R * H, p.ld(GH), c.wrec.rows(R * H, GH), T(0),
+               c.dextra, H);
     for (int b = 0; b < p.B; ++b)
       if (t < p.len[b]) Cell::template backward_post<ACT>(row_of<T, Cell, true>(c, t, b), j0, j1);
-    barrier();
+    barrier();  // backward_post wrote dG_t's first block
   }
-  step_gemm(tid, nt, p.B, H, c.dGh + p.off(t, GH), p.ld(GH), c.wrec.rows(0, R * H), T(Cell::direct_dh ? 1 : 0),
-            c.dh_rec, H);
+  small_gemm(p.B, (int)j0, (int)j1, c.dGh + p.off(t, GH), p.ld(GH), c.wrec.rows(0, R * H),
+             T(Cell::direct_dh ? 1 : 0), c.dh_rec, H);
 }
 
-// The time loop on the step team: forward t = 0 .. T-1, or (BWD) backward t = T-1 .. 0.
+// The time loop on the step team: forward t = 0 .. T-1, or (BWD) backward t = T-1 .. 0. Each
+// thread first packs the weight panels of its own unit blocks (no one else reads them).
 template <typename T, typename Cell, bool BWD, int ACT>
-void steps(const StepContext<T>& c) {
+void steps(StepContext<T>& c) {
+  constexpr int G = Cell::G, R = Cell::R;
   const Problem<T>& p = c.p;
-  parallel_region(step_threads(p.B, p.H, Cell::G), [&](int tid, int nt) {
-    for (int k = 0; k < p.T_; ++k) {
-      if constexpr (BWD)
-        backward_step<T, Cell, ACT>(c, p.T_ - 1 - k, tid, nt);
-      else
-        forward_step<T, Cell, ACT>(c, k, tid, nt);
-      barrier();
+  const int H = p.H;
+  parallel_region(step_threads<T>(p.B, H, G), [&](int tid, int nt) {
+    const UnitRange u = unit_range<T>(H, tid, nt);
+    if constexpr (BWD) {
+      pack_unit_blocks(p.wh, H, G, u.u0, u.u1, c.wbuf);
+      for (int k = 0; k < p.T_; ++k) backward_step<T, Cell, ACT>(c, p.T_ - 1 - k, u);
+    } else {
+      pack_gate_blocks(p.wh, H, G, 0, R, u.u0, u.u1, c.wbuf);
+      if constexpr (R < G) pack_gate_blocks(p.wh, H, G, R, G, u.u0, u.u1, c.wbuf2);
+      for (int k = 0; k < p.T_; ++k) {
+        forward_step<T, Cell, ACT>(c, k, u);
+        barrier();  // h_t complete: the next step's GEMM reads all of it
+      }
     }
   });
 }
 
 // The time loop for the call's Rnn activation (a cell without one ignores ACT).
 template <typename T, typename Cell, bool BWD>
-void time_loop(const StepContext<T>& c) {
+void time_loop(StepContext<T>& c) {
   if constexpr (Cell::has_activation) {
     switch (c.p.act) {
       case kTanh: steps<T, Cell, BWD, kTanh>(c); break;
@@ -279,26 +340,20 @@ void forward(Problem<T>& p) {
   DenormalGuard guard;
   constexpr int G = Cell::G, R = Cell::R, GC = Cell::GC;
   const int B = p.B, H = p.H, D = p.D, GH = G * H;
-  const long rows = p.rows();
+  const long rows = p.rows(), nub = unit_blocks<T>(H), sld = nub * G * kUnitBlock<T>;
   const size_t nzeros = std::max((size_t)B * H, (size_t)GH);  // stands in for h0, c0 or b_hh
   Workspace<T>& ws = Workspace<T>::local(Workspace<T>::kForward);
-  T* scratch = ws.get((size_t)B * GH + nzeros + GH);
-  T* zeros = scratch + (size_t)B * GH;
+  T* scratch = ws.get((size_t)B * sld + nzeros + GH);
+  T* zeros = scratch + (size_t)B * sld;
   T* bsum = zeros + nzeros;
   fill(zeros, zeros + nzeros, T(0));
   for (int j = 0; j < GH; ++j) bsum[j] = p.b_ih[j] + (p.b_hh ? p.b_hh[j] : T(0));
-  StepContext<T> ctx{p, scratch, bsum, zeros};
-  const T* wh2 = p.wh + (long)R * H;  // the extra blocks' columns
-  if (B <= kSmallBatch) {
-    T* buf = Workspace<T>::local(Workspace<T>::kPacked).get(packed_size<T>(H, GH));
-    ctx.wrec = pack(p.wh, GH, 1, H, GH, buf, p.wh, GH);
-    if constexpr (R < G) {
-      T* buf2 = Workspace<T>::local(Workspace<T>::kPacked2).get(packed_size<T>(H, (G - R) * H));
-      ctx.wrec2 = pack(wh2, GH, 1, H, (G - R) * H, buf2, wh2, GH);
-    }
-  } else {
-    ctx.wrec = plain(p.wh, H, GH, GH);
-    if constexpr (R < G) ctx.wrec2 = plain(wh2, H, (G - R) * H, GH);
+  StepContext<T> ctx{p, scratch, sld, bsum, zeros};
+  ctx.wbuf = Workspace<T>::local(Workspace<T>::kPacked).get(panels_size<T>(nub * R, H));
+  ctx.wrec = packed_view<T>(ctx.wbuf, H, (int)(nub * R * kUnitBlock<T>));
+  if constexpr (R < G) {
+    ctx.wbuf2 = Workspace<T>::local(Workspace<T>::kPacked2).get(panels_size<T>(nub * (G - R), H));
+    ctx.wrec2 = packed_view<T>(ctx.wbuf2, H, (int)(nub * (G - R) * kUnitBlock<T>));
   }
 
   // x @ wx lands in the first G blocks of the gate cache (or in hs, without one) and is
@@ -401,16 +456,10 @@ void backward(Problem<T>& p) {
   T* zeros = vec + nBH;
   T* prev_buf = vec + nvec * nBH;  // batch-first: the previous states, filled after the loop
   fill(zeros, zeros + nBH, T(0));
-  StepContext<T> ctx{p, nullptr, nullptr, zeros};
-  Workspace<T>& wt = Workspace<T>::local(Workspace<T>::kPacked);  // wh^T: packed, or plain for the BLAS
-  if (B <= kSmallBatch) {
-    ctx.wrec = pack(p.wh, 1, GH, GH, H, wt.get(packed_size<T>(GH, H)), (const T*)nullptr, 0);
-  } else {
-    T* whT = wt.get((size_t)H * GH);
-    for (int i = 0; i < H; ++i)
-      for (int j = 0; j < GH; ++j) whT[(long)j * H + i] = p.wh[(long)i * GH + j];
-    ctx.wrec = plain(whT, GH, H, H);
-  }
+  StepContext<T> ctx{p, nullptr, 0, nullptr, zeros};
+  const long nub = unit_blocks<T>(H);
+  ctx.wbuf = Workspace<T>::local(Workspace<T>::kPacked).get(panels_size<T>(nub, GH));  // wh^T by unit block
+  ctx.wrec = packed_view<T>(ctx.wbuf, GH, (int)(nub * kUnitBlock<T>));
   ctx.dG = dG;
   ctx.dGh = split ? dG + nG : dG;
   ctx.dh = vec;

@@ -131,7 +131,8 @@ const KernelTable& kernel_table() {
       RNNCORE_STR(RNNCORE_ISA_NS),
       RNNCORE_ISA_FLAGS,
       kVecBytes,
-      kSmallBatch,
+      kUnitBlock<float>,
+      kUnitBlock<double>,
       kWideRegs ? "packed register-blocked GEMM, up to 12 rows x 2 vectors a block (32 vector registers)"
                 : "packed register-blocked GEMM, up to 6 rows x 2 vectors a block (16 vector registers)",
       ops<float>(),

@@ -68,9 +68,10 @@ struct CellKernels {
 struct KernelTable {
   const char* isa;           // "avx512", "avx2" or "generic"
   const char* flags;         // the compiler's ISA flags for this variant
-  int vec_bytes;             // vector width of the small-batch GEMM (small_gemm.h)
-  int small_batch_max;       // batches up to this size take the small-batch GEMM, larger the BLAS
-  const char* small_kernel;  // the small-batch GEMM's register blocking
+  int vec_bytes;             // vector width of the step GEMM (small_gemm.h)
+  int unit_block_f32;        // hidden units a thread's block holds in the time loop (driver.h), float
+  int unit_block_f64;        // ... and double
+  const char* step_kernel;   // the step GEMM's register blocking
   Ops<float> f32;
   Ops<double> f64;
   const CellKernels* cells;  // the cells (kernels.cpp's list), num_cells of them

@@ -1,10 +1,11 @@
-// small_gemm.h: the recurrent step's GEMM at small batch, C (M, N) (+)= A (M, K) @ W (K, N).
+// small_gemm.h: the recurrent step's GEMM, C (M, N) (+)= A (M, K) @ W (K, N).
 //
 // OpenBLAS packs W again on every call and runs its full blocked GEMM even for one row, so
 // a batch-1 step costs as much as a batch-8 one. But W (the recurrent weights) is the same at
-// every step: here it is packed once per call into panels of NB columns, K-major, and a
-// register-blocked kernel streams each panel for up to 6 rows of A at a time, the 6 x NB
-// block of C living in registers (12 of the 16 vector registers). Written with GCC vector
+// every step: the driver packs it once per call into panels of NB columns, K-major (each
+// thread the panels of its own hidden units: driver.h), and a register-blocked kernel streams
+// each panel for up to 6 rows of A at a time (12 with 32 vector registers), the rows x NB
+// block of C living in registers. Written with GCC vector
 // extensions, as wide as the target's registers, so it compiles for any x86-64 level (and
 // elsewhere). Every output element is a sum over k in order, whatever the
 // panel, chunk or row group it falls in: results do not depend on the thread count.
@@ -40,50 +41,48 @@ struct Vec {
   static constexpr int NB = 2 * L;                 // columns of a panel
 };
 
-// W (K, N) packed into ceil(N / NB) panels of (K, NB), zero-padded; plus the plain matrix
-// for the BLAS path. A K-range of it is a view (k0 offset inside every panel).
+// Panels of (K, NB) columns, K-major, zero-padded past the valid columns, one after another
+// (panel p at data + p * pstride). A K-range of them is a view (k0 offset inside every panel).
 template <typename T>
 struct Packed {
-  const T* data = nullptr;  // panel p starts at data + p * pstride
+  const T* data = nullptr;
   long pstride = 0;
-  int K = 0, N = 0;
-  const T* plain = nullptr;  // W itself (row-major, ld `ldw`)
-  long ldw = 0;
+  int K = 0, N = 0;  // N: columns of all panels (a multiple of NB where a caller pads)
 
   Packed rows(int k0, int k1) const {
     Packed v = *this;
     v.data = data + (long)k0 * Vec<T>::NB;
     v.K = k1 - k0;
-    v.plain = plain + (long)k0 * ldw;
     return v;
   }
 };
 
-// Room for W (K, N) packed.
+// Room for `panels` panels of K rows.
 template <typename T>
-size_t packed_size(int K, int N) {
-  constexpr int NB = Vec<T>::NB;
-  return (size_t)((N + NB - 1) / NB) * K * NB;
+size_t panels_size(long panels, int K) {
+  return (size_t)panels * K * Vec<T>::NB;
 }
 
-// Pack W (K, N), element (k, n) at W[k * sk + n * sn], into buf (packed_size elements);
-// returns the view.
+// One panel: dst (K, NB) <- the `ncols` (<= NB) columns at src, element (k, j) at
+// src[k * sk + j * sn], the columns past ncols zero.
 template <typename T>
-Packed<T> pack(const T* W, long sk, long sn, int K, int N, T* buf, const T* plain, long ldw) {
+void pack_panel(const T* src, long sk, long sn, int K, int ncols, T* dst) {
   constexpr int NB = Vec<T>::NB;
-  const int np = (N + NB - 1) / NB;
-  fill(buf, buf + packed_size<T>(K, N), T(0));
-  for (int p = 0; p < np; ++p)
-    for (int k = 0; k < K; ++k)
-      for (int j = 0; j < NB && p * NB + j < N; ++j)
-        buf[((size_t)p * K + k) * NB + j] = W[k * sk + (long)(p * NB + j) * sn];
+  for (int k = 0; k < K; ++k) {
+    T* d = dst + (long)k * NB;
+    for (int j = 0; j < ncols; ++j) d[j] = src[k * sk + j * sn];
+    for (int j = ncols; j < NB; ++j) d[j] = T(0);
+  }
+}
+
+// The view of `panels` panels of K rows at buf, N columns in all.
+template <typename T>
+Packed<T> packed_view(const T* buf, int K, int N) {
   Packed<T> w;
   w.data = buf;
-  w.pstride = (long)K * NB;
+  w.pstride = (long)K * Vec<T>::NB;
   w.K = K;
   w.N = N;
-  w.plain = plain;
-  w.ldw = ldw;
   return w;
 }
 
@@ -128,12 +127,12 @@ inline void two_panels(int K, const T* A, long lda, const T* Wp, long ps, int na
   if (nb > NB) small_kernel<T, R, 1>(K, A, lda, Wp + ps, ps, nb - NB, overwrite, C + NB, ldc);
 }
 
-// Batches up to this size take small_gemm; larger ones the BLAS. Measured on Zen 3 (AVX2)
-// against OpenBLAS's sgemm for the same product: 5x faster at batch 1-2, 2x at 4-8, 1.2x at
-// 16-32, even at 64; on Zen 5 (AVX-512, 512-bit vectors here) the packed kernel is as fast or
-// faster up to batch 256 (LSTM B=64 H=512 forward+backward 315 -> 267 ms, B=256 H=128
-// 147 -> 120 ms, 2 threads), since OpenBLAS repacks the weights at every step.
-constexpr int kSmallBatch = 256;
+// Every step GEMM takes this kernel, whatever the batch. Measured on Zen 3 (AVX2) against
+// OpenBLAS's sgemm for the same product: 5x faster at batch 1-2, 2x at 4-8, 1.2x at 16-64; on
+// Zen 5 (AVX-512) as fast or faster up to batch 256 (LSTM B=64 H=512 forward+backward 315 ->
+// 267 ms, B=256 H=128 147 -> 120 ms, 2 threads), and on Zen 4 at B=512 (LSTM H=256 f+b 559 ->
+// 544 ms), since OpenBLAS repacks the weights at every step. One kernel for every batch also
+// keeps each output column's sum in the same order whichever thread owns it.
 
 // C[:, n0:n1] (+)= A @ W[:, n0:n1]; n0 on a panel boundary; beta is 0 or 1. Panels go two
 // at a time in the outer loop, so each streams in from memory once for all row groups.

@@ -46,9 +46,9 @@ def _run(impl, cell, kw, case, batch_first):
     return {k: v for d in (outs, grads) for k, v in d.items() if v is not None}
 
 
-# B 1, 8 and 33 take the packed small-batch GEMM (small_gemm.h: 1, 8 and 12-row blocks, and
-# remainders); B 260 > kernel_info()["small_batch_max"] takes the BLAS. H 37: gate blocks that
-# end inside a vector and span several panels of the packed weights.
+# B 1, 8, 33 and 260: the step GEMM's 1, 8 and 12-row blocks and their remainders (small_gemm.h).
+# H 37: unit blocks that end inside a vector (the last one partly padding), two or three of them
+# (kernel_info()["unit_block"]), so two threads own different blocks.
 BATCHES = [1, 8, 33, 260]
 
 
@@ -58,7 +58,6 @@ BATCHES = [1, 8, 33, 260]
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cid,cell,kw", CELLS, ids=[c[0] for c in CELLS])
 def test_variant_matches_twin(isa, cid, cell, kw, dtype, batch_first, B):
-    assert (B <= rnncore.kernel_info()["small_batch_max"]) == (B != 260)
     T, D, H = 5, 7, 37
     case = make_case(cell, T, B, D, H, dtype, zlib.crc32(repr((cid, B, batch_first)).encode()), batch_first)
     nat = _run("native", cell, kw, case, batch_first)
@@ -170,12 +169,15 @@ def test_kernel_info_reports_the_switch():
     else:
         assert info["isa"] == os.environ["RNNCORE_ISA"]
     assert info["build"] in ("native", "portable") and isinstance(info["sanitizers"], bool)
-    assert info["small_batch_max"] >= 1 and "GEMM" in info["small_batch_kernel"]
+    assert "GEMM" in info["step_kernel"]
+    assert set(info["unit_block"]) == {"float32", "float64"}
     widths = {"avx512": 64, "avx2": 32, "generic": 16}
     for isa in SUPPORTED:
         with rnncore.use_isa(isa):
             k = rnncore.kernel_info()
             assert k["isa"] == isa and k["vector_bytes"] == widths[isa]
+            # a block is one panel: two vectors of the dtype
+            assert k["unit_block"] == {"float32": widths[isa] // 2, "float64": widths[isa] // 4}
             assert rnncore.blas_info()["rnncore_kernels"] == isa
         assert rnncore.kernel_info()["isa"] == info["isa"]  # restored
     rnncore.set_isa("generic")

@@ -168,8 +168,9 @@ def blas_info() -> dict:
 def kernel_info() -> dict:
     """Which variant of rnncore's native kernels runs: ``isa`` (``"avx512"``, ``"avx2"`` or
     ``"generic"``), ``supported`` (the variants this CPU and OS can run, best first),
-    ``vector_bytes`` (the small-batch GEMM's vector width), ``small_batch_max`` (batches up to
-    this size use that GEMM, larger ones the BLAS), ``small_batch_kernel``, ``isa_flags`` (the
+    ``vector_bytes`` (the vector width of the recurrent step's GEMM), ``step_kernel`` (its
+    register blocking), ``unit_block`` (per dtype, the hidden units of one block of the time
+    loop: each thread owns whole blocks, all their gates), ``isa_flags`` (the
     variant's compiler flags), ``build`` (``"native"``: tuned for the building CPU,
     ``"portable"``: RNNCORE_NATIVE=OFF), ``build_flags``, ``sanitizers`` (an ASan + UBSan build)
     and ``cpu_features``."""
