@@ -562,11 +562,22 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "team_stats",
       [] {
-        long r = 0, b = 0, s = 0, c = 0;
-        rnncore_team_stats(&r, &b, &s, &c);
-        return py::make_tuple(r, b, s, c);
+        long r = 0, b = 0, s = 0, c = 0, o = 0;
+        rnncore_team_stats(&r, &b, &s, &c, &o);
+        return py::make_tuple(r, b, s, c, o);
       },
-      "(regions on the team, inline as the team was busy, barrier waits that slept, inline as the cores were taken).");
+      "(regions on the team, inline as the team was busy, barrier waits that slept, inline as the cores were "
+      "taken, on a borrowed OpenMP team).");
+  m.def(
+      "team_borrow_openmp",
+      [](uintptr_t parallel, uintptr_t thread_num, uintptr_t num_threads) {
+        return rnncore_team_borrow_openmp(reinterpret_cast<void*>(parallel), reinterpret_cast<void*>(thread_num),
+                                          reinterpret_cast<void*>(num_threads)) != 0;
+      },
+      py::arg("gomp_parallel"), py::arg("omp_get_thread_num"), py::arg("omp_get_num_threads"),
+      "Run regions on a libgomp team (the addresses of its GOMP_parallel, omp_get_thread_num, "
+      "omp_get_num_threads; all 0: rnncore's own workers again). Returns whether borrowing is on.");
+  m.def("team_borrowing", [] { return rnncore_team_borrowing() != 0; }, "Whether regions run on a borrowed OpenMP team.");
   m.def(
       "team_set_adaptive", [](bool on) { rnncore_team_set_adaptive(on ? 1 : 0); }, py::arg("on"),
       "Whether the team falls back to one thread while its threads lose their cores (default on).");

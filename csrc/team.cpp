@@ -65,7 +65,7 @@ struct Team {
   std::atomic<int> barrier_sleepers{0};
   alignas(64) std::atomic<int> idle_spin_us{50};
   std::atomic<int> barrier_spin_us{100};
-  std::atomic<long> regions{0}, inline_busy{0}, barrier_sleeps{0}, inline_contended{0};
+  std::atomic<long> regions{0}, inline_busy{0}, barrier_sleeps{0}, inline_contended{0}, borrowed{0};
   // Contention: waits at a barrier or at a region's end longer than kLongWait mean a thread of
   // the region lost its core. When they add up to more than a fifth of a region's time and the
   // kernel confirms it (the region's threads were preempted or a worker started late, and other
@@ -115,11 +115,22 @@ int procs_running() {
   return p ? atoi(p + 14) : -1;
 }
 
+// Another runtime's OpenMP team, borrowed (rnncore_team_borrow_openmp): libgomp's entry points.
+struct Borrowed {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned);  // GOMP_parallel
+  int (*thread_num)();                                          // omp_get_thread_num
+  int (*num_threads)();                                         // omp_get_num_threads
+};
+std::atomic<const Borrowed*> g_borrowed{nullptr};
+
 // Whether threads other than this team's want the cores a region of nt threads would use.
+// The region's own threads are the caller and, on a borrowed team, its nt - 1 threads (awake or
+// not), else rnncore's awake workers.
 bool cores_taken(Team* team, int nt) {
   const int running = procs_running();
   if (running < 0) return false;
-  const int others = running - 1 - team->awake.load(std::memory_order_relaxed);
+  const int ours = g_borrowed.load(std::memory_order_relaxed) ? nt - 1 : team->awake.load(std::memory_order_relaxed);
+  const int others = running - 1 - ours;
   return others > rnncore_num_cpus() - nt;
 }
 
@@ -132,6 +143,20 @@ void sleep_wait(Team* team, A& word, V old, long long since) {
 }
 
 Team* g_team = new Team();  // leaked on purpose: workers outlive static destructors
+
+
+// One region on the borrowed team: every OpenMP thread runs its part, the team's size as nt.
+struct BorrowedRegion {
+  Team* team;
+  const Borrowed* omp;
+  void (*fn)(void*, int, int);
+  void* ctx;
+};
+
+void borrowed_part(void* p) {
+  const BorrowedRegion& r = *static_cast<BorrowedRegion*>(p);
+  run_part(r.team, r.fn, r.ctx, r.omp->thread_num(), r.omp->num_threads());
+}
 std::atomic<int> g_setting{0};
 std::atomic<int> g_adaptive{1};
 
@@ -180,8 +205,36 @@ void start_workers(Team* team, int n) {  // under run_mutex
 }
 
 // A forked child has none of the parent's workers: give it a fresh team (the old one leaks).
-void after_fork_child() { g_team = new Team(); }
+// A borrowed libgomp team is not usable in a forked child either (libgomp's pool is not
+// fork-safe): the child runs on workers of its own.
+void after_fork_child() {
+  g_team = new Team();
+  g_borrowed.store(nullptr);
+}
 const int g_atfork = pthread_atfork(nullptr, nullptr, after_fork_child);
+
+// Post the region to workers 1..nt-1, run part 0 on the caller, wait for the workers.
+void run_on_workers(Team* team, int nt, void (*fn)(void*, int, int), void* ctx, long long t0) {
+  if (team->started < nt - 1) start_workers(team, nt - 1);
+  team->pending.store(nt - 1);
+  for (int w = 1; w < nt; ++w) {
+    Slot& s = team->slots[w];
+    s.fn = fn;
+    s.ctx = ctx;
+    s.nt = nt;
+    s.posted_ns = t0;
+    s.seq.fetch_add(1);
+    if (s.sleeping.load()) s.seq.notify_one();
+  }
+  run_part(team, fn, ctx, 0, nt);
+  auto done = [&] { return team->pending.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(done, team->barrier_spin_us.load(std::memory_order_relaxed))) {
+    const long long since = now_ns();
+    team->caller_sleeping.store(1);
+    for (int p; (p = team->pending.load()) != 0;) sleep_wait(team, team->pending, p, since);
+    team->caller_sleeping.store(0);
+  }
+}
 
 }  // namespace
 
@@ -238,24 +291,14 @@ int rnncore_team_run(int nt, void (*fn)(void*, int, int), void* ctx) {
   }
   team->long_wait_ns.store(0, std::memory_order_relaxed);
   team->preempted.store(0, std::memory_order_relaxed);
-  if (team->started < nt - 1) start_workers(team, nt - 1);
-  team->pending.store(nt - 1);
-  for (int w = 1; w < nt; ++w) {
-    Slot& s = team->slots[w];
-    s.fn = fn;
-    s.ctx = ctx;
-    s.nt = nt;
-    s.posted_ns = t0;
-    s.seq.fetch_add(1);
-    if (s.sleeping.load()) s.seq.notify_one();
-  }
-  run_part(team, fn, ctx, 0, nt);
-  auto done = [&] { return team->pending.load(std::memory_order_acquire) == 0; };
-  if (!spin_until(done, team->barrier_spin_us.load(std::memory_order_relaxed))) {
-    const long long since = now_ns();
-    team->caller_sleeping.store(1);
-    for (int p; (p = team->pending.load()) != 0;) sleep_wait(team, team->pending, p, since);
-    team->caller_sleeping.store(0);
+  if (const Borrowed* omp = g_borrowed.load(std::memory_order_acquire)) {
+    // the region runs on the other runtime's threads (the caller as thread 0), awake already
+    // (spinning after that runtime's last op) or that runtime's to wake; returns when all finished
+    BorrowedRegion r{team, omp, fn, ctx};
+    omp->parallel(borrowed_part, &r, (unsigned)nt, 0);
+    team->borrowed.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    run_on_workers(team, nt, fn, ctx, t0);
   }
   team->regions.fetch_add(1, std::memory_order_relaxed);
   if (adaptive) {
@@ -290,12 +333,30 @@ void rnncore_team_barrier(void) {
 
 void rnncore_team_set_adaptive(int on) { g_adaptive.store(on ? 1 : 0); }
 
+int rnncore_team_borrow_openmp(void* gomp_parallel, void* omp_get_thread_num, void* omp_get_num_threads) {
+  Team* team = g_team;
+  std::lock_guard<std::mutex> lock(team->run_mutex);  // never while a region runs
+  if (!gomp_parallel || !omp_get_thread_num || !omp_get_num_threads) {
+    g_borrowed.store(nullptr, std::memory_order_release);  // (a replaced Borrowed is leaked: a few bytes)
+    return 0;
+  }
+  auto* b = new Borrowed{reinterpret_cast<void (*)(void (*)(void*), void*, unsigned, unsigned)>(gomp_parallel),
+                         reinterpret_cast<int (*)()>(omp_get_thread_num),
+                         reinterpret_cast<int (*)()>(omp_get_num_threads)};
+  g_borrowed.store(b, std::memory_order_release);
+  return 1;
+}
+
+int rnncore_team_borrowing(void) { return g_borrowed.load() != nullptr; }
+
 void rnncore_team_set_spin(int idle_us, int barrier_us) {
   if (idle_us >= 0) g_team->idle_spin_us.store(idle_us);
   if (barrier_us >= 0) g_team->barrier_spin_us.store(barrier_us);
 }
 
-void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps, long* inline_contended) {
+void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps, long* inline_contended,
+                        long* borrowed) {
+  if (borrowed) *borrowed = g_team->borrowed.load();
   if (inline_contended) *inline_contended = g_team->inline_contended.load();
   if (regions) *regions = g_team->regions.load();
   if (inline_busy) *inline_busy = g_team->inline_busy.load();

@@ -41,8 +41,20 @@ void rnncore_team_barrier(void);
 void rnncore_team_set_spin(int idle_us, int barrier_us);
 // Counters since load, for tests and benchmarks: regions run on the team, regions run inline
 // because the team was busy, barrier waits that ended asleep, regions run inline because the
-// team had found its threads descheduled (the cores taken by other work) shortly before.
-void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps, long* inline_contended);
+// team had found its threads descheduled (the cores taken by other work) shortly before, and
+// regions run on a borrowed OpenMP team.
+void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps, long* inline_contended,
+                        long* borrowed);
 // Whether the team falls back to the calling thread alone while the cores are taken (default on).
 void rnncore_team_set_adaptive(int on);
+// Run the regions from now on on another runtime's OpenMP team instead of rnncore's workers:
+// libgomp's GOMP_parallel, omp_get_thread_num and omp_get_num_threads of a libgomp already in
+// the process (PyTorch's: rnncore.torch). In a program whose other pool is that OpenMP team,
+// its threads spin for milliseconds after each of its ops; borrowing them, rnncore's calls
+// start on threads that are awake already, and the process keeps one team instead of two
+// fighting over the cores. The regions keep rnncore's thread count, work split and barrier, so
+// the results are the same bits. All three null: back to rnncore's workers. Waits for a
+// running region; returns whether borrowing is on.
+int rnncore_team_borrow_openmp(void* gomp_parallel, void* omp_get_thread_num, void* omp_get_num_threads);
+int rnncore_team_borrowing(void);
 }

@@ -121,6 +121,19 @@ def test_no_openmp_runtime_loaded_by_rnncore():
     assert "openmp" not in out and "rnncore" in out, out
 
 
+def test_borrow_openmp_refuses_what_is_not_libgomp():
+    """rnncore's own OpenBLAS has no GOMP_parallel: refused, and the team stays rnncore's."""
+    from rnncore.threads import borrow_openmp
+
+    blas = [lib["filepath"] for lib in threadpoolctl.threadpool_info()
+            if os.path.dirname(os.path.realpath(lib["filepath"])) == _package_dir() and lib["user_api"] == "blas"]
+    assert blas
+    before = rnncore._native.core.team_borrowing()  # (on if an earlier test ran rnncore.torch)
+    with pytest.raises(TypeError, match="is not libgomp"):
+        borrow_openmp(blas[0])
+    assert rnncore._native.core.team_borrowing() == before
+
+
 def test_hold_numpy_blas_limits_numpy_only():
     from rnncore.threads import hold_numpy_blas
 

@@ -551,3 +551,77 @@ def test_dropout_masks_are_inverted_dropout(p):
     assert torch.allclose(ratio[~zero], torch.full_like(ratio[~zero], 1 / (1 - p)), rtol=1e-12, atol=0)
     n, frac = ratio.numel(), zero.double().mean().item()
     assert abs(frac - p) < 4 * (p * (1 - p) / n) ** 0.5, frac  # 4 standard deviations
+
+
+# -- the thread team: torch's OpenMP threads borrowed ---------------------------------------------
+
+def _lstm_step(m, x, threads):
+    """Outputs and gradients of one forward + backward of m at `threads` rnncore threads."""
+    m.zero_grad()
+    with rnncore.num_threads(threads):
+        out, (h_n, c_n) = m(x)
+        (out.square().sum() + h_n.sum() + c_n.sum()).backward()
+    return [out.detach().clone()] + [p.grad.clone() for p in m.parameters()]
+
+
+def test_regions_run_on_torchs_openmp_team_with_the_same_bits():
+    # B 8, H 128: the time loop and the big GEMMs open a two-thread region
+    torch.manual_seed(0)
+    m = rt.LSTM(64, 128)
+    x = torch.randn(30, 8, 64)
+    core = rnncore._native.core
+    core.team_set_adaptive(False)  # regions on the team even if the machine is busy right now
+    try:
+        assert rt.share_threads(False) is False
+        own = rnncore.threads.team_stats()
+        ref = _lstm_step(m, x, 2)
+        after = rnncore.threads.team_stats()
+        assert after["borrowed"] == own["borrowed"] and after["regions"] > own["regions"]
+        if not rt.share_threads(True):
+            pytest.skip("torch's OpenMP runtime here is not a libgomp rnncore can borrow")
+        before = rnncore.threads.team_stats()["borrowed"]
+        for threads in (2, 1, 2):
+            got = _lstm_step(m, x, threads)
+            for a, b in zip(got, ref):
+                assert torch.equal(a, b)  # the same bits as on rnncore's own workers, any count
+        assert rnncore.threads.team_stats()["borrowed"] > before
+    finally:
+        rt.share_threads(True)
+        core.team_set_adaptive(True)
+
+
+def test_a_forked_child_runs_on_its_own_workers():
+    """libgomp's pool does not survive fork: a child of a process that borrowed it must not use it."""
+    import multiprocessing as mp
+
+    if not rt.share_threads(True):
+        pytest.skip("torch's OpenMP runtime here is not a libgomp rnncore can borrow")
+    torch.manual_seed(0)
+    m = rt.LSTM(64, 128)
+    x = torch.randn(30, 8, 64)
+    ref = _lstm_step(m, x, 2)
+    ctx = mp.get_context("fork")
+    rnncore._native.core.team_set_adaptive(False)  # (inherited by the child)
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_step, args=(m, x, q))
+    p.start()
+    got, stats = q.get(timeout=120)  # before join: the child exits once its message is read
+    p.join(30)
+    rnncore._native.core.team_set_adaptive(True)
+    assert p.exitcode == 0, "the forked child failed or hung"
+    assert stats["borrowed"] == 0 and stats["regions"] > 0  # a fresh team of the child's own
+    for a, b in zip(got, ref):
+        assert np.array_equal(a, b.numpy())
+
+
+def _child_step(m, x, q):
+    torch.set_num_threads(1)  # torch's own ops stay off its (forked, unusable) pool as well
+    before = rnncore.threads.team_stats()
+    got = _lstm_step(m, x, 2)
+    after = rnncore.threads.team_stats()
+    q.put(([t.numpy() for t in got], {k: after[k] - before[k] for k in after}))  # arrays: no torch sharing
+
+
+def test_share_threads_refuses_a_non_bool():
+    with pytest.raises(TypeError, match="share_threads: on must be a bool"):
+        rt.share_threads("yes")

@@ -23,7 +23,7 @@ from . import _native
 
 __all__ = ["get_num_threads", "set_num_threads", "num_threads", "blas_info", "kernel_info", "set_isa", "use_isa",
            "hold_numpy_blas",
-           "quiet_other_pools", "set_quiet_other_pools", "team_stats"]
+           "quiet_other_pools", "set_quiet_other_pools", "team_stats", "borrow_openmp"]
 
 
 def _core():
@@ -207,7 +207,47 @@ def use_isa(isa):
 def team_stats() -> dict:
     """Counters of the thread team since import: ``regions`` run on it, ``inline_busy``
     (regions run on the caller alone because another thread held the team), and
-    ``barrier_sleeps`` (barrier waits that ended asleep) and ``inline_contended`` (regions run
-    on the caller alone because the team had just found its threads descheduled)."""
-    r, b, s, c = _core().team_stats()
-    return {"regions": r, "inline_busy": b, "barrier_sleeps": s, "inline_contended": c}
+    ``barrier_sleeps`` (barrier waits that ended asleep), ``inline_contended`` (regions run
+    on the caller alone because the team had just found its threads descheduled) and
+    ``borrowed`` (regions run on a borrowed OpenMP team: :func:`borrow_openmp`)."""
+    r, b, s, c, o = _core().team_stats()
+    return {"regions": r, "inline_busy": b, "barrier_sleeps": s, "inline_contended": c, "borrowed": o}
+
+
+def borrow_openmp(library) -> bool:
+    """Run rnncore's parallel regions on the OpenMP team of ``library`` (a libgomp already
+    loaded in this process: its path, or a :class:`ctypes.CDLL`), or on rnncore's own workers
+    again with None. Returns whether regions now run on a borrowed team.
+
+    For programs whose other thread pool is that OpenMP team (PyTorch's intra-op threads:
+    :mod:`rnncore.torch` borrows them by itself). After each of its ops, libgomp's threads spin
+    for a while waiting for the next (``OMP_WAIT_POLICY``); on a machine with as many cores as
+    threads, rnncore's own workers would then wait for the cores, and a step's barrier for a
+    descheduled thread. On the borrowed team rnncore's calls start on threads that are awake
+    already, and one team serves the whole program. Nothing else changes: the thread count is
+    still rnncore's (:func:`set_num_threads`), and the work split and its results (the same
+    bits for any thread count) are those of rnncore's own team. Only libgomp (GCC's OpenMP, the
+    one PyTorch's Linux wheels ship) is supported: TypeError for a library without its entry
+    points."""
+    core = _core()
+    if library is None:
+        return core.team_borrow_openmp(0, 0, 0)
+    lib = library if isinstance(library, ctypes.CDLL) else ctypes.CDLL(os.fspath(library), mode=os.RTLD_NOLOAD)
+    try:
+        addrs = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+                 for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")]
+    except AttributeError as e:
+        raise TypeError(f"borrow_openmp: {library!r} is not libgomp (GCC's OpenMP runtime): {e}") from None
+    return core.team_borrow_openmp(*addrs)
+
+
+def openmp_of(prefix: str):
+    """The path of the libgomp threadpoolctl finds loaded from under the folder ``prefix``
+    (PyTorch's ``torch/lib``), or None."""
+    prefix = os.path.realpath(prefix)
+    for info in threadpoolctl.threadpool_info():
+        path = info.get("filepath") or ""
+        if info.get("internal_api") == "openmp" and "libgomp" in os.path.basename(path) and \
+                os.path.realpath(path).startswith(prefix + os.sep):
+            return path
+    return None

@@ -29,21 +29,21 @@ does not run raises before any work, naming the argument: tensors on another dev
 ``proj_size > 0``, float16 / bfloat16 and mixed dtypes, shapes that do not fit, and a second
 derivative (the backward is ``once_differentiable``).
 
-Threads: a forward or backward here runs on rnncore's own team with
-``rnncore.get_num_threads()`` threads (``rnncore.set_num_threads`` / ``RNNCORE_NUM_THREADS``),
-not on torch's intra-op pool; torch's ops of the same model (embedding, linear, loss,
-optimizer) run on torch's pool (``torch.set_num_threads``). The two never nest: the autograd
-function calls rnncore synchronously, and each pool may use every core. But they follow each
-other closely, and torch's pool is OpenMP (libgomp), whose threads spin after each parallel op
-before they sleep: rnncore's team, starting right then, finds its cores taken. Measured on 2
-cores (``bench/torch_swap.py``), that made a patched LSTM step at batch 8 several times slower
-with torch at 2 threads than with ``torch.set_num_threads(1)``; ``OMP_WAIT_POLICY=PASSIVE`` in
-the environment before torch is imported (its threads then sleep at once) removed it. So with
-the patch, use either of the two when torch's own ops are small next to the recurrence.
+Threads: torch's intra-op pool is OpenMP (libgomp), whose threads spin for a while after each
+parallel op before they sleep. rnncore's own team, starting right after torch's embedding or
+linear layer, would find its cores taken: measured on 2 cores (``bench/torch_swap.py``), a
+patched LSTM step at batch 8 took 1.7x the time of torch's own. So at its first call this
+module has rnncore run its parallel regions on torch's OpenMP team instead
+(:func:`rnncore.borrow_openmp`): its threads are awake when rnncore's call starts, and the
+program has one team. rnncore's thread count stays its own (``rnncore.set_num_threads`` /
+``RNNCORE_NUM_THREADS``; torch's ops keep ``torch.set_num_threads``), and so do the work split
+and the results (the same bits as on rnncore's workers, for any thread count).
+:func:`share_threads` turns this off or on (before the first call, or at any time after it).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -54,13 +54,39 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .recurrent import recurrent_backward, recurrent_forward
+from .threads import borrow_openmp, openmp_of
 
-__all__ = ["RNN", "LSTM", "GRU", "patch", "unpatch", "patched"]
+__all__ = ["RNN", "LSTM", "GRU", "patch", "unpatch", "patched", "share_threads"]
 
 #: torch's ``module.mode`` -> (rnncore's mode, Elman activation)
 _MODES = {"RNN_TANH": ("rnn", "tanh"), "RNN_RELU": ("rnn", "relu"), "LSTM": ("lstm", "tanh"),
           "GRU": ("gru", "tanh")}
 _DTYPES = (torch.float32, torch.float64)
+
+
+# -- threads ----------------------------------------------------------------------------------
+
+_sharing = None  # share_threads' last word, or None: decided at the first call (on)
+
+
+def share_threads(on: bool = True) -> bool:
+    """Run rnncore's parallel regions on torch's OpenMP team (``on``, what the first call of this
+    module's layers does by itself) or on rnncore's own workers; returns whether they now run
+    on torch's. False when torch's OpenMP runtime is not libgomp (or not found): rnncore's own
+    workers then stay."""
+    global _sharing
+    if not isinstance(on, (bool, np.bool_)):
+        raise TypeError(f"share_threads: on must be a bool, got {type(on).__name__}")
+    _sharing = bool(on)
+    if not on:
+        return borrow_openmp(None)
+    path = openmp_of(os.path.join(os.path.dirname(torch.__file__), "lib"))
+    return borrow_openmp(path) if path else False
+
+
+def _first_call() -> None:
+    if _sharing is None:
+        share_threads(True)
 
 
 # -- the autograd function --------------------------------------------------------------------
@@ -131,6 +157,7 @@ class _Recurrent(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec, x, h0, c0, *params):
+        _first_call()
         out, h_n, c_n, cache = recurrent_forward(
             spec.mode, _view(x), _rnncore_weights(spec, params), _view(h0), _view(c0),
             num_layers=spec.num_layers, bidirectional=spec.bidirectional, dropout=spec.dropout,
