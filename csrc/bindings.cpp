@@ -99,13 +99,13 @@ py::array as_array(const py::object& o, const char* name) {
   return py::reinterpret_borrow<py::array>(o);
 }
 
-Sizes sizes_of(const py::array& x, const py::array& wh, bool batch_first) {
+Sizes sizes_of(const py::array& x, const py::array& wh, bool batch_first, bool wt) {
   if (x.ndim() != 3 || wh.ndim() != 2) throw std::invalid_argument("x must be 3-D and wh 2-D");
   Sizes s;
   s.T = (int)x.shape(batch_first ? 1 : 0);
   s.B = (int)x.shape(batch_first ? 0 : 1);
   s.D = (int)x.shape(2);
-  s.H = (int)wh.shape(0);
+  s.H = (int)wh.shape(wt ? 1 : 0);
   if (s.T < 1 || s.B < 1 || s.D < 1 || s.H < 1) throw std::invalid_argument("empty sizes");
   return s;
 }
@@ -122,13 +122,15 @@ std::vector<int> lengths_of(const py::object& o, int T, int B) {
 }
 
 // One recurrent call as Python describes it: rnncore._checks.Inputs (or any object with its
-// attributes cell, activation, batch_first, x, wx, wh, b_ih, b_hh, h0, c0, lengths), the
+// attributes cell, activation, batch_first, x, wx, wh, b_ih, b_hh, h0, c0, lengths, and optionally
+// transposed: the weights in PyTorch's layout), the
 // same description for forward and backward.
 struct Call {
   int cell;  // index into the cell table
   const CellKernels* desc;
   int act;
   bool batch_first;
+  bool transposed;  // weights (and their gradients) in PyTorch's layout
   py::object x, wx, wh, b_ih, b_hh, h0, c0, lengths;
 };
 
@@ -138,6 +140,7 @@ Call describe(const py::object& in) {
   c.desc = &cell_table().cells[c.cell];
   c.act = activation_id(py::cast<std::string>(in.attr("activation")));
   c.batch_first = py::cast<bool>(in.attr("batch_first"));
+  c.transposed = py::hasattr(in, "transposed") && py::cast<bool>(in.attr("transposed"));
   c.x = in.attr("x");
   c.wx = in.attr("wx");
   c.wh = in.attr("wh");
@@ -158,11 +161,12 @@ struct Args {
   RecurrentArgs<T> p;
 
   explicit Args(const Call& c) {
-    s = sizes_of(as_array(c.x, "x"), as_array(c.wh, "wh"), c.batch_first);
+    s = sizes_of(as_array(c.x, "x"), as_array(c.wh, "wh"), c.batch_first, c.transposed);
     G = c.desc->G, GC = c.desc->GC, GH = G * s.H;
     nTB = (long)s.T * s.B, nBH = (long)s.B * s.H;
     len = lengths_of(c.lengths, s.T, s.B);
     p.T_ = s.T, p.B = s.B, p.D = s.D, p.H = s.H, p.batch_first = c.batch_first, p.act = c.act;
+    p.wt = c.transposed;
     p.x = in_ptr<T>(c.x, nTB * s.D, "x");
     p.wx = in_ptr<T>(c.wx, s.D * GH, "wx");
     p.wh = in_ptr<T>(c.wh, s.H * GH, "wh");
@@ -232,8 +236,8 @@ py::tuple backward_t(const Call& c, const py::object& hs, const py::object& gate
   p.dhn = in_ptr<T>(dhn, a.nBH, "dh_n", true);
   p.dcn = in_ptr<T>(dcn, a.nBH, "dc_n", true);
   auto dx = a.seq(s.D);
-  auto dwx = new_array<T>({s.D, (py::ssize_t)a.GH});
-  auto dwh = new_array<T>({s.H, (py::ssize_t)a.GH});
+  auto dwx = p.wt ? new_array<T>({(py::ssize_t)a.GH, s.D}) : new_array<T>({s.D, (py::ssize_t)a.GH});
+  auto dwh = p.wt ? new_array<T>({(py::ssize_t)a.GH, s.H}) : new_array<T>({s.H, (py::ssize_t)a.GH});
   auto db_ih = new_array<T>({(py::ssize_t)a.GH});
   auto dh0 = new_array<T>({s.B, s.H});
   p.dx = dx.mutable_data();

@@ -129,24 +129,28 @@ struct StepContext {
 };
 
 // Forward: the panels of unit blocks [u0, u1) for gates [k0, k1) of wh (H, G*H), gate by
-// gate within a block: panel (u, k) at (u * (k1 - k0) + k - k0).
+// gate within a block: panel (u, k) at (u * (k1 - k0) + k - k0). wt: wh is PyTorch's (G*H, H).
 template <typename T>
-void pack_gate_blocks(const T* wh, int H, int G, int k0, int k1, long u0, long u1, T* buf) {
+void pack_gate_blocks(const T* wh, bool wt, int H, int G, int k0, int k1, long u0, long u1, T* buf) {
   constexpr int NB = kUnitBlock<T>;
   const long GH = (long)G * H, ps = (long)H * NB;
   for (long u = u0; u < u1; ++u)
-    for (int k = k0; k < k1; ++k)
-      pack_panel(wh + (long)k * H + u * NB, GH, 1, H, (int)std::min<long>(NB, H - u * NB),
+    for (int k = k0; k < k1; ++k) {
+      const long col = (long)k * H + u * NB;  // the block's first column of wh (row of PyTorch's)
+      pack_panel(wt ? wh + col * H : wh + col, wt ? 1 : GH, wt ? H : 1, H, (int)std::min<long>(NB, H - u * NB),
                  buf + (u * (k1 - k0) + k - k0) * ps);
+    }
 }
 
-// Backward: the panels of wh^T (G*H, H) for unit blocks [u0, u1).
+// Backward: the panels of wh^T (G*H, H) for unit blocks [u0, u1). wt: wh is PyTorch's (G*H, H),
+// that is wh^T itself.
 template <typename T>
-void pack_unit_blocks(const T* wh, int H, int G, long u0, long u1, T* buf) {
+void pack_unit_blocks(const T* wh, bool wt, int H, int G, long u0, long u1, T* buf) {
   constexpr int NB = kUnitBlock<T>;
   const long GH = (long)G * H;
   for (long u = u0; u < u1; ++u)
-    pack_panel(wh + u * NB * GH, 1, GH, (int)GH, (int)std::min<long>(NB, H - u * NB), buf + u * GH * NB);
+    pack_panel(wt ? wh + u * NB : wh + u * NB * GH, wt ? H : 1, wt ? 1 : GH, (int)GH,
+               (int)std::min<long>(NB, H - u * NB), buf + u * GH * NB);
 }
 
 // Forward: scratch[:, blocks u0..u1, gates k0..k1) = A @ (those panels of W), W packed by
@@ -344,11 +348,11 @@ void steps(StepContext<T>& c) {
   parallel_region(step_threads<T>(p.B, H, G), [&](int tid, int nt) {
     const UnitRange u = unit_range<T>(H, tid, nt);
     if constexpr (BWD) {
-      pack_unit_blocks(p.wh, H, G, u.u0, u.u1, c.wbuf);
+      pack_unit_blocks(p.wh, p.wt, H, G, u.u0, u.u1, c.wbuf);
       for (int k = 0; k < p.T_; ++k) backward_step<T, Cell, ACT>(c, p.T_ - 1 - k, u);
     } else {
-      pack_gate_blocks(p.wh, H, G, 0, R, u.u0, u.u1, c.wbuf);
-      if constexpr (R < G) pack_gate_blocks(p.wh, H, G, R, G, u.u0, u.u1, c.wbuf2);
+      pack_gate_blocks(p.wh, p.wt, H, G, 0, R, u.u0, u.u1, c.wbuf);
+      if constexpr (R < G) pack_gate_blocks(p.wh, p.wt, H, G, R, G, u.u0, u.u1, c.wbuf2);
       for (int k = 0; k < p.T_; ++k) {
         forward_step<T, Cell, ACT>(c, k, u);
         barrier();  // h_t complete: the next step's GEMM reads all of it
@@ -399,7 +403,7 @@ void forward(Problem<T>& p) {
   const int F = GC > 0 ? GC * H : H;
   parallel_region(bulk_threads((double)rows * D * GH, num_chunks(rows)), [&](int tid, int nt) {
     for_chunks(rows, tid, nt, [&](long lo, long hi) {
-      gemm(false, false, (int)(hi - lo), GH, D, T(1), p.x + lo * D, D, p.wx, GH, T(0), pre + lo * F, F);
+      gemm(false, p.wt, (int)(hi - lo), GH, D, T(1), p.x + lo * D, D, p.wx, p.wt ? D : GH, T(0), pre + lo * F, F);
     });
   });
 
@@ -434,20 +438,33 @@ PrevStates<T> previous_states(const Problem<T>& p, T* prev) {
   return s;
 }
 
+// dW[:, lo:hi] (F, GH) = A^T dGc over `rows` rows (+ dW when beta is 1), A (rows, F) with row
+// stride lda, dGc the columns lo.. of dG (row stride GH). wt: dW is PyTorch's (GH, F), and its
+// rows lo..hi get dGc^T A.
+template <typename T>
+inline void weight_grad(bool wt, int F, long lo, long hi, int rows, const T* A, int lda, const T* dGc, int GH, T beta,
+                        T* dW) {
+  const int n = (int)(hi - lo);
+  if (wt)
+    gemm(true, false, n, F, rows, T(1), dGc, GH, A, lda, beta, dW + lo * F, F);
+  else
+    gemm(true, false, F, n, rows, T(1), A, lda, dGc, GH, beta, dW + lo, GH);
+}
+
 // dW[:, lo:hi] = sum over (t, b) of h_{t-1}[b]^T dG_t[b][lo:hi], as one GEMM over all rows (plus,
 // time-major, one k = B GEMM for h0 at step 0).
 template <typename T>
 void hidden_weight_grad(const Problem<T>& p, const T* dG, int GH, const PrevStates<T>& prev, long lo, long hi,
                         T* dW) {
   if (hi <= lo) return;
-  const int H = p.H, n = (int)(hi - lo);
+  const int H = p.H;
   if (prev.m) {
-    gemm(true, false, H, n, (int)p.rows(), T(1), prev.m, H, dG + lo, GH, T(0), dW + lo, GH);
+    weight_grad(p.wt, H, lo, hi, (int)p.rows(), prev.m, H, dG + lo, GH, T(0), dW);
     return;
   }
   const long shift = p.B;
-  gemm(true, false, H, n, (int)(p.rows() - shift), T(1), p.hs, H, dG + shift * GH + lo, GH, T(0), dW + lo, GH);
-  if (p.h0) gemm(true, false, H, n, p.B, T(1), p.h0, H, dG + lo, GH, T(1), dW + lo, GH);
+  weight_grad(p.wt, H, lo, hi, (int)(p.rows() - shift), p.hs, H, dG + shift * GH + lo, GH, T(0), dW);
+  if (p.h0) weight_grad(p.wt, H, lo, hi, p.B, p.h0, H, dG + lo, GH, T(1), dW);
 }
 
 // dwh[:, lo:hi]: the blocks [0, R) multiply h_{t-1}; the extra blocks [R, G) the vector the
@@ -460,8 +477,8 @@ void hidden_weight_grad(const Problem<T>& p, const T* dGh, const PrevStates<T>& 
   if constexpr (Cell::R < Cell::G) {
     const long a = std::max<long>(lo, RH);
     if (hi > a)
-      gemm(true, false, H, (int)(hi - a), (int)p.rows(), T(1), p.gates + (long)Cell::extra_in * H, Cell::GC * H,
-           dGh + a, GH, T(0), p.dwh + a, GH);
+      weight_grad(p.wt, H, a, hi, (int)p.rows(), p.gates + (long)Cell::extra_in * H, Cell::GC * H, dGh + a, GH, T(0),
+                  p.dwh);
   }
 }
 
@@ -515,13 +532,14 @@ void backward(Problem<T>& p) {
   const long units = std::max(num_chunks(GH), num_chunks(rows));
   parallel_region(bulk_threads((double)rows * GH * (2.0 * D + H), units), [&](int tid, int nt) {
     for_chunks(GH, tid, nt, [&](long lo, long hi) {
-      gemm(true, false, D, (int)(hi - lo), (int)rows, T(1), p.x, D, dG + lo, GH, T(0), p.dwx + lo, GH);
+      weight_grad(p.wt, D, lo, hi, (int)rows, p.x, D, dG + lo, GH, T(0), p.dwx);
       hidden_weight_grad<T, Cell>(p, dGh, prev, lo, hi);
       column_sums(dG, rows, GH, lo, hi, p.db_ih);
       if (p.db_hh) column_sums(dGh, rows, GH, lo, hi, p.db_hh);
     });
     for_chunks(rows, tid, nt, [&](long lo, long hi) {
-      gemm(false, true, (int)(hi - lo), D, GH, T(1), dG + lo * GH, GH, p.wx, GH, T(0), p.dx + lo * D, D);
+      gemm(false, !p.wt, (int)(hi - lo), D, GH, T(1), dG + lo * GH, GH, p.wx, p.wt ? D : GH, T(0), p.dx + lo * D,
+           D);
     });
   });
   Workspace<T>::release_all_large();

@@ -19,6 +19,7 @@ template <typename T>
 struct RecurrentArgs {
   int T_ = 0, B = 0, D = 0, H = 0;
   bool batch_first = false;
+  bool wt = false;  // weights as PyTorch keeps them: wx (G*H, D), wh (G*H, H), and dwx, dwh so too
   int act = 0;
   const T *x = nullptr, *wx = nullptr, *wh = nullptr, *b_ih = nullptr, *b_hh = nullptr, *h0 = nullptr,
           *c0 = nullptr;

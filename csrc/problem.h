@@ -15,7 +15,8 @@
 RNNCORE_NS_BEGIN
 
 // The fields are kernels.h's RecurrentArgs (what the bindings fill in):
-//   x (T, B, D) or (B, T, D); wx (D, G*H); wh (H, G*H); b_ih (G*H) input-side bias; b_hh (G*H) or
+//   x (T, B, D) or (B, T, D); wx (D, G*H); wh (H, G*H) (wt: PyTorch's wx (G*H, D), wh (G*H, H), and
+//   dwx, dwh in that layout too); b_ih (G*H) input-side bias; b_hh (G*H) or
 //   null, hidden-side bias; h0, c0 (B, H) or null (zeros); len (B), 1 <= len[b] <= T, never
 //   null inside a driver; act the Rnn activation (activations.h).
 //   Forward outputs, and the cache the backward reads: hs (T, B, H) layout, zero past a

@@ -2,8 +2,13 @@
 forward and backward actually take and return, and the call description the bindings read."""
 from types import SimpleNamespace
 
+import zlib
+
 import numpy as np
 import pytest
+
+import rnncore
+from helpers import CELLS, TOL, assert_close, make_case
 
 from rnncore import reference
 from rnncore._native import core, import_error
@@ -50,3 +55,69 @@ def test_unknown_cell_is_refused_by_name():
         core.forward(inp)
     with pytest.raises(ValueError, match="unknown cell 'nope'"):
         core.backward(inp, None, None, None, None, None, None)
+
+
+# -- PyTorch's weight layout (transposed=True): read in place, gradients in the same layout ---------
+
+@pytest.mark.parametrize("impl", ["native", "reference"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cid,cell,kw", CELLS, ids=[c[0] for c in CELLS])
+def test_torch_layout_equals_the_row_vector_layout(cid, cell, kw, dtype, batch_first, impl):
+    """Every flavour: wx (G*H, D), wh (G*H, H) give the outputs of wx.T, wh.T, and the weight
+    gradients come back transposed (H 37, B 9: partial unit blocks, several row blocks)."""
+    from rnncore import _ops, cells, reference
+
+    T, B, D, H = 6, 9, 11, 37
+    x, params, h0, c0, dhs, dh_n, dc_n, lens = make_case(cell, T, B, D, H, dtype, zlib.crc32(cid.encode()),
+                                                         batch_first)
+    wx, wh, b_ih, b_hh = params
+    name = "gru_reset_before" if kw.get("reset_after", True) is False else cell
+    act = {"activation": kw["activation"]} if "activation" in kw else {}
+    ops = reference.OPS if impl == "reference" else _ops
+    b2 = None if cells.get(name).fused_bias else b_hh
+    ref_f = ops.forward(name, x, wx, wh, b_ih, b2, h0, c0, batch_first=batch_first, lengths=lens, **act)
+    wxt, wht = np.ascontiguousarray(wx.T), np.ascontiguousarray(wh.T)
+    got_f = ops.forward(name, x, wxt, wht, b_ih, b2, h0, c0, batch_first=batch_first, lengths=lens,
+                        transposed=True, **act)
+    tol = TOL[dtype]
+    for k in range(3):
+        if ref_f[k] is not None:
+            assert_close(got_f[k], ref_f[k], tol, f"forward {k}")
+    ref_b = ops.backward(ref_f[3], dhs, dh_n, dc_n if c0 is not None else None)
+    got_b = ops.backward(got_f[3], dhs, dh_n, dc_n if c0 is not None else None)
+    for k, (g, r) in enumerate(zip(got_b, ref_b)):
+        if r is None:
+            assert g is None
+            continue
+        if k in (1, 2):  # dwx, dwh: PyTorch's layout
+            assert g.shape == r.T.shape and g.flags.c_contiguous
+            r = r.T
+        assert_close(g, r, tol, f"grad {k}")
+    assert np.array_equal(wxt, np.ascontiguousarray(wx.T))  # nothing passed in is modified
+
+
+def test_torch_layout_same_bits_for_any_thread_count():
+    T, B, D, H = 20, 16, 24, 160
+    x, params, h0, c0, dhs, dh_n, dc_n, lens = make_case("lstm", T, B, D, H, np.float32, 3)
+    wx, wh, b_ih, b_hh = (np.ascontiguousarray(params[0].T), np.ascontiguousarray(params[1].T)) + tuple(params[2:])
+    from rnncore import _ops
+
+    outs = []
+    for n in (1, 2):
+        with rnncore.num_threads(n):
+            f = _ops.forward("lstm", x, wx, wh, b_ih, b_hh, h0, c0, lengths=lens, transposed=True)
+            outs.append([f[0].copy(), f[1]] + list(_ops.backward(f[3], dhs, dh_n, dc_n)))
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)
+
+
+def test_torch_layout_shapes_are_checked():
+    from rnncore import _ops
+
+    x = np.zeros((3, 2, 5), np.float32)
+    wx, wh, b = np.zeros((5, 8), np.float32), np.zeros((2, 8), np.float32), np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match=r"wx must have shape \(4\*H, D\) with D = 5"):
+        _ops.forward("lstm", x, wx, wh, b, b, transposed=True)
+    with pytest.raises(ValueError, match=r"wh must have shape \(4\*H, H\)"):
+        _ops.forward("lstm", x, np.zeros((8, 5), np.float32), wh, b, b, transposed=True)

@@ -355,3 +355,40 @@ def test_backward_without_any_gradient_is_zero_and_init_weights_shapes():
     assert all(a.dtype == np.float32 and np.abs(a).max() <= 1 / np.sqrt(7) for t in ws for a in t)
     with pytest.raises(ValueError, match="hidden_size"):
         rnncore.init_weights("gru", 3, 0)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
+def test_weight_layout_torch_reads_torchs_matrices(mode):
+    """A 2-layer bidirectional stack on PyTorch's (G*H, D_l) / (G*H, H) matrices: the outputs of
+    their transposes, the weight gradients in PyTorch's layout."""
+    rng = np.random.default_rng(5)
+    T, B, D, H = 7, 3, 6, 10
+    w = rnncore.init_weights(mode, D, H, num_layers=2, bidirectional=True, dtype=np.float64, rng=rng)
+    wt = [(np.ascontiguousarray(a.T), np.ascontiguousarray(b.T), c, d) for a, b, c, d in w]
+    x = rng.standard_normal((T, B, D))
+    lengths = np.array([7, 4, 2])
+    ref = rnncore.recurrent_forward(mode, x, w, num_layers=2, bidirectional=True, lengths=lengths)
+    got = rnncore.recurrent_forward(mode, x, wt, num_layers=2, bidirectional=True, lengths=lengths,
+                                    weight_layout="torch")
+    for a, b in zip(got[:3], ref[:3]):
+        if b is not None:
+            assert_close(a, b, TOL[np.float64])
+    dout = rng.standard_normal(ref[0].shape)
+    rdx, rdw, rdh0, _ = rnncore.recurrent_backward(dout, ref[3])
+    gdx, gdw, gdh0, _ = rnncore.recurrent_backward(dout, got[3])
+    assert_close(gdx, rdx, TOL[np.float64])
+    assert_close(gdh0, rdh0, TOL[np.float64])
+    for g, r in zip(gdw, rdw):
+        assert_close(g[0], r[0].T, TOL[np.float64])
+        assert_close(g[1], r[1].T, TOL[np.float64])
+        assert_close(g[2], r[2], TOL[np.float64])
+        assert_close(g[3], r[3], TOL[np.float64])
+
+
+def test_weight_layout_is_checked():
+    w = rnncore.init_weights("lstm", 4, 5)
+    x = np.zeros((2, 1, 4), np.float32)
+    with pytest.raises(ValueError, match="weight_layout must be 'rnncore' or 'torch'"):
+        rnncore.recurrent_forward("lstm", x, w, weight_layout="pytorch")
+    with pytest.raises(ValueError, match=r"weights\[0\] \(layer 0, forward\) wx must have shape \(4\*H, D_l\)"):
+        rnncore.recurrent_forward("lstm", x, w, weight_layout="torch")

@@ -39,6 +39,7 @@ class Inputs:
     H: int
     G: int
     spec: CellSpec  # the registry's entry of ``cell``
+    transposed: bool = False  # wx (G*H, D), wh (G*H, H): PyTorch's weight_ih / weight_hh; grads so too
 
 
 def _layout(batch_first: bool) -> str:
@@ -112,8 +113,9 @@ def check_sequence(op: str, x, batch_first) -> tuple:
 
 
 def recurrent_inputs(op, spec: CellSpec, x, wx, wh, b_ih, b_hh, h0, c0, lengths, batch_first,
-                     activation) -> Inputs:
-    """Validate the arguments of a forward call of the cell ``spec``; returns them with the sizes."""
+                     activation, transposed=False) -> Inputs:
+    """Validate the arguments of a forward call of the cell ``spec``; returns them with the sizes.
+    ``transposed``: wx and wh in PyTorch's layout, (G*H, D) and (G*H, H)."""
     if activation not in spec.activations:
         raise ValueError(f"{op}: activation must be one of {spec.activations}, got {activation!r}")
     T, B, D = check_sequence(op, x, batch_first)
@@ -121,11 +123,16 @@ def recurrent_inputs(op, spec: CellSpec, x, wx, wh, b_ih, b_hh, h0, c0, lengths,
     G = spec.gates
     gh = spec.gate_legend
     check_array(op, "wx", wx, dt, ndim=2)
-    if wx.shape[0] != D or wx.shape[1] % G or wx.shape[1] == 0:
-        raise ValueError(f"{op}: wx must have shape (D, {gh}) with D = {D} from x, got {wx.shape}")
-    H = wx.shape[1] // G
+    d_ax, g_ax = (1, 0) if transposed else (0, 1)
+    if wx.shape[d_ax] != D or wx.shape[g_ax] % G or wx.shape[g_ax] == 0:
+        want = f"({gh}, D)" if transposed else f"(D, {gh})"
+        raise ValueError(f"{op}: wx must have shape {want} with D = {D} from x, got {wx.shape}")
+    H = wx.shape[g_ax] // G
     check_array(op, "wh", wh, dt, ndim=2)
-    check_shape(op, "wh", wh, (H, G * H), f"(H, {gh})")
+    if transposed:
+        check_shape(op, "wh", wh, (G * H, H), f"({gh}, H)")
+    else:
+        check_shape(op, "wh", wh, (H, G * H), f"(H, {gh})")
     names = spec.biases
     check_array(op, names[0], b_ih, dt, ndim=1)
     check_shape(op, names[0], b_ih, (G * H,), f"({gh},)")
@@ -142,7 +149,7 @@ def recurrent_inputs(op, spec: CellSpec, x, wx, wh, b_ih, b_hh, h0, c0, lengths,
         if a is not None:
             check_finite(op, name, a)
     return Inputs(op, spec.name, x, wx, wh, b_ih, b_hh, h0, c0, lengths, bool(batch_first), activation,
-                  T, B, D, H, G, spec)
+                  T, B, D, H, G, spec, bool(transposed))
 
 
 #: the 32-bit BLAS and the native kernels index a matrix's rows, columns and leading dimension

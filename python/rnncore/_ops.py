@@ -53,18 +53,19 @@ _CELL_DEFAULT = "<the cell's default>"
 def make_ops(impl, module) -> Ops:
     def forward(cell: str, x: Array, wx: Array, wh: Array, b_ih: Array, b_hh: Optional[Array] = None,
                 h0: Optional[Array] = None, c0: Optional[Array] = None, *, activation: str = _CELL_DEFAULT,
-                batch_first: bool = False, lengths: Optional[Array] = None, op: Optional[str] = None
-                ) -> Tuple[Array, Array, Optional[Array], Cache]:
+                batch_first: bool = False, lengths: Optional[Array] = None, op: Optional[str] = None,
+                transposed: bool = False) -> Tuple[Array, Array, Optional[Array], Cache]:
         """One layer of the registered kernel ``cell`` over all steps -> ``(hs, h_n, c_n, cache)``
         (c_n None without a cell state). ``op`` names the caller in messages (default
         ``<cell>_forward``); ``activation`` defaults to the cell's first. The returned hs is a
         read-only view of the cache's (the backward reads it, so writing into it would change
-        the gradients silently)."""
+        the gradients silently). ``transposed``: wx (G*H, D) and wh (G*H, H) as PyTorch keeps
+        them, and the backward's dwx, dwh in the same layout."""
         spec = cells.get(cell)
         if op is None:
             op = f"{spec.cell}_forward"
         inp = recurrent_inputs(op, spec, x, wx, wh, b_ih, b_hh, h0, c0, lengths, batch_first,
-                               spec.activations[0] if activation is _CELL_DEFAULT else activation)
+                               spec.activations[0] if activation is _CELL_DEFAULT else activation, transposed)
         im = impl()
         if im is _native and not spec.native:
             raise _twin_only(op, spec)

@@ -169,8 +169,9 @@ def _check_config(op, mode, num_layers, bidirectional, dropout, activation, rese
     return int(num_layers), (2 if bidirectional else 1), p, spec
 
 
-def _check_weights(op, mode, weights, num_layers, num_dirs, D, dtype):
-    """Validate the weight tuples; returns the hidden size H."""
+def _check_weights(op, mode, weights, num_layers, num_dirs, D, dtype, torch_layout=False):
+    """Validate the weight tuples (``torch_layout``: the matrices PyTorch's weight_ih_l* (G*H, D_l)
+    and weight_hh_l* (G*H, H)); returns the hidden size H."""
     n = num_layers * num_dirs
     if not isinstance(weights, (list, tuple)):
         raise TypeError(f"{op}: weights must be a list of (wx, wh, b_ih, b_hh) tuples, got {type(weights).__name__}")
@@ -190,13 +191,17 @@ def _check_weights(op, mode, weights, num_layers, num_dirs, D, dtype):
         for name, a, nd in (("wx", wx, 2), ("wh", wh, 2), ("b_ih", b_ih, 1), ("b_hh", b_hh, 1)):
             check_array(op, f"{where} {name}", a, dtype, ndim=nd)
         if H is None:
-            if wh.shape[0] < 1:
-                raise ValueError(f"{op}: {where} wh must have shape (H, {gh}) with H >= 1, got {wh.shape}")
-            H = wh.shape[0]
+            H = wh.shape[1 if torch_layout else 0]
+            if H < 1:
+                raise ValueError(f"{op}: {where} wh must have shape {f'({gh}, H)' if torch_layout else f'(H, {gh})'} "
+                                 f"with H >= 1, got {wh.shape}")
         D_l = D if layer == 0 else num_dirs * H
         legend = "D from x" if layer == 0 else f"num_dirs * H = {num_dirs} * {H}"
-        for name, a, shape, leg in (("wx", wx, (D_l, G * H), f"(D_l, {gh}) with D_l = {legend}"),
-                                    ("wh", wh, (H, G * H), f"(H, {gh})"),
+        if torch_layout:
+            mats = (("wx", wx, (G * H, D_l), f"({gh}, D_l) with D_l = {legend}"), ("wh", wh, (G * H, H), f"({gh}, H)"))
+        else:
+            mats = (("wx", wx, (D_l, G * H), f"(D_l, {gh}) with D_l = {legend}"), ("wh", wh, (H, G * H), f"(H, {gh})"))
+        for name, a, shape, leg in (*mats,
                                     ("b_ih", b_ih, (G * H,), f"({gh},)"),
                                     ("b_hh", b_hh, (G * H,), f"({gh},)")):
             if a.shape != shape:
@@ -222,7 +227,8 @@ Weights = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 def recurrent_forward(mode: str, x: np.ndarray, weights: Sequence[Weights], h0: Optional[np.ndarray] = None,
                       c0: Optional[np.ndarray] = None, *, num_layers: int = 1, bidirectional: bool = False,
                       dropout: float = 0.0, training: bool = False, rng=None, batch_first: bool = False,
-                      lengths: Optional[np.ndarray] = None, activation: str = "tanh", reset_after: bool = True
+                      lengths: Optional[np.ndarray] = None, activation: str = "tanh", reset_after: bool = True,
+                      weight_layout: str = "rnncore"
                       ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], RecurrentCache]:
     """A multi-layer, optionally bidirectional RNN / LSTM / GRU over a whole sequence.
 
@@ -253,6 +259,10 @@ def recurrent_forward(mode: str, x: np.ndarray, weights: Sequence[Weights], h0: 
         each sequence's own last valid step (like PyTorch's packed sequences).
     activation : "tanh", "relu" or "sigmoid" ("rnn" only).
     reset_after : GRU flavour ("gru" only): True is PyTorch's, False the textbook's.
+    weight_layout : "rnncore" (the matrices as above) or "torch": each tuple is PyTorch's
+        ``(weight_ih_l*, weight_hh_l*, bias_ih_l*, bias_hh_l*)`` as the module holds them, wx
+        (G*H, D_l) and wh (G*H, H), read in place (no transposed copies); the backward's weight
+        gradients then come in that layout too.
 
     Returns
     -------
@@ -267,7 +277,10 @@ def recurrent_forward(mode: str, x: np.ndarray, weights: Sequence[Weights], h0: 
     T, B, D = check_sequence(op, x, batch_first)
     batch_first = bool(batch_first)
     dt = x.dtype
-    H = _check_weights(op, mode, weights, L, nd, D, dt)
+    if weight_layout not in ("rnncore", "torch"):
+        raise ValueError(f"{op}: weight_layout must be 'rnncore' or 'torch', got {weight_layout!r}")
+    transposed = weight_layout == "torch"
+    H = _check_weights(op, mode, weights, L, nd, D, dt, transposed)
     state_shape = (L * nd, B, H)
     h0 = _check_state(op, "h0", h0, state_shape, dt)
     if c0 is not None and not spec.has_cell_state:
@@ -294,7 +307,7 @@ def recurrent_forward(mode: str, x: np.ndarray, weights: Sequence[Weights], h0: 
             if spec.fused_bias:  # the op takes one bias
                 b_ih, b_hh = b_ih + b_hh, None
             hs, hk, ck, c = _ops.forward(spec.name, xin, wx, wh, b_ih, b_hh, h0k, None if c0 is None else c0[k],
-                                         batch_first=batch_first, lengths=lengths, **kw)
+                                         batch_first=batch_first, lengths=lengths, transposed=transposed, **kw)
             return (hs if d == 0 else _reverse(hs, batch_first, rev_index)), hk, ck, c
 
         results = [direction(0)] if nd == 1 else _side_by_side(lambda: direction(0), lambda: direction(1))
@@ -335,8 +348,9 @@ def recurrent_backward(dout: Optional[np.ndarray], cache: RecurrentCache, dh_n: 
     Returns
     -------
     dx : gradient of x (x's shape).
-    dweights : list of ``(dwx, dwh, db_ih, db_hh)`` with the structure of ``weights``
-        (for "rnn" ``db_ih`` and ``db_hh`` are both the gradient of the summed bias).
+    dweights : list of ``(dwx, dwh, db_ih, db_hh)`` with the structure of ``weights``, in their
+        layout (``weight_layout``); for "rnn" ``db_ih`` and ``db_hh`` are both the gradient of
+        the summed bias.
     dh0 : (num_layers * num_dirs, B, H) gradient of h0 (returned even when h0 was None).
     dc0 : the same for c0 ("lstm"), else None.
     """

@@ -31,6 +31,8 @@ the same.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ._ops import make_ops
@@ -192,8 +194,17 @@ def _valid_mask(inp):
     return (np.arange(inp.T)[:, None] < lengths[None, :])[:, :, None]
 
 
+def _row_vector(inp):
+    """The call with its weights in the row-vector layout the steps read: PyTorch's (G*H, D)
+    and (G*H, H) matrices (``inp.transposed``) as views of their transposes."""
+    if not inp.transposed:
+        return inp
+    return dataclasses.replace(inp, wx=inp.wx.T, wh=inp.wh.T, transposed=False)
+
+
 def forward(inp):
     """All steps of one layer -> (hs, h_n, c_n, gates, cs); hs, gates, cs in x's layout."""
+    inp = _row_vector(inp)
     spec = inp.spec
     step = spec.step_forward
     T, B, H = inp.T, inp.B, inp.H
@@ -221,8 +232,10 @@ def forward(inp):
 
 
 def backward(cache, dhs, dh_n, dc_n):
-    """BPTT through all steps -> (dx, dwx, dwh, db_ih, db_hh, dh0, dc0)."""
-    inp = cache.inputs
+    """BPTT through all steps -> (dx, dwx, dwh, db_ih, db_hh, dh0, dc0); dwx, dwh in the
+    layout of the call's weights."""
+    transposed = cache.inputs.transposed
+    inp = _row_vector(cache.inputs)
     step_backward = inp.spec.step_backward
     T, B, H = inp.T, inp.B, inp.H
     dt = inp.x.dtype
@@ -259,6 +272,8 @@ def backward(cache, dhs, dh_n, dc_n):
     dwx = x.reshape(-1, D).T @ dgx_all.reshape(-1, inp.G * H)
     dx = _caller_layout(dgx_all @ inp.wx.T, bf)
     db_ih = dgx_all.sum(axis=(0, 1))
+    if transposed:
+        dwx, dwh = np.ascontiguousarray(dwx.T), np.ascontiguousarray(dwh.T)
     return (dx, dwx, dwh, db_ih, db_hh if inp.b_hh is not None else None, dh,
             dc if inp.spec.has_cell_state else None)
 

@@ -7,9 +7,9 @@ parameters (names, shapes, initialisation), ``state_dict`` and forward signature
 as one :func:`rnncore.recurrent_forward` call and autograd's backward as one
 :func:`rnncore.recurrent_backward` call (native C++ on rnncore's thread team, or the NumPy twin
 under ``rnncore.use_backend("numpy")``), through a ``torch.autograd.Function``. The input,
-states, biases and output gradients reach rnncore as views of the tensors' own memory when
-they are C-contiguous; the weight matrices are transposed into rnncore's row-vector layout
-(``wx = weight_ih.T``) once a call, a ``PackedSequence`` is padded (rnncore's ``lengths`` then
+states, weights and output gradients reach rnncore as views of the tensors' own memory when
+they are C-contiguous (the weight matrices in torch's layout, ``weight_layout="torch"``, which
+the kernels read as they are), a ``PackedSequence`` is padded (rnncore's ``lengths`` then
 keep the padding out), and a one-direction stack's output is copied out of the buffer the
 backward reads, so the caller may change it in place as with torch's module. Importing this
 module imports torch; ``import rnncore`` never does.
@@ -124,24 +124,19 @@ def _view(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
 
 
 def _rnncore_weights(spec: _Spec, params) -> list:
-    """torch's flat parameter list -> rnncore's ``(wx, wh, b_ih, b_hh)`` per layer and
-    direction: the matrices transposed (one copy each, by torch's blocked copy, several times
-    faster than NumPy's strided one), the biases viewed (or zeros)."""
+    """torch's flat parameter list -> ``(w_ih, w_hh, b_ih, b_hh)`` per layer and direction, in
+    torch's own layout (``recurrent_forward(..., weight_layout="torch")``): views of the
+    parameters' memory, the biases zeros without them."""
     weights = []
     k = spec.per_direction
     for i in range(0, len(params), k):
-        w_ih, w_hh = (_transposed(p.detach()).numpy() for p in params[i:i + 2])
+        w_ih, w_hh = _view(params[i]), _view(params[i + 1])
         if spec.bias:
             b_ih, b_hh = _view(params[i + 2]), _view(params[i + 3])
         else:
-            b_ih = b_hh = np.zeros(w_hh.shape[1], w_hh.dtype)
+            b_ih = b_hh = np.zeros(w_hh.shape[0], w_hh.dtype)
         weights.append((w_ih, w_hh, b_ih, b_hh))
     return weights
-
-
-def _transposed(t: torch.Tensor) -> torch.Tensor:
-    """A C-contiguous copy of the transpose of a matrix (weights in, their gradients out)."""
-    return t.t().contiguous()
 
 
 def _output(a: np.ndarray) -> torch.Tensor:
@@ -162,7 +157,7 @@ class _Recurrent(torch.autograd.Function):
             spec.mode, _view(x), _rnncore_weights(spec, params), _view(h0), _view(c0),
             num_layers=spec.num_layers, bidirectional=spec.bidirectional, dropout=spec.dropout,
             training=spec.training, rng=spec.seed, batch_first=spec.batch_first, lengths=spec.lengths,
-            activation=spec.activation)
+            activation=spec.activation, weight_layout="torch")
         ctx.spec, ctx.cache = spec, cache
         ctx.set_materialize_grads(False)  # unused outputs' gradients arrive as None: no work for them
         # rnncore's cache reads x, h0, c0 and the biases themselves: saved, autograd's version
@@ -177,18 +172,12 @@ class _Recurrent(torch.autograd.Function):
     def backward(ctx, dout, dh_n, dc_n=None):
         ctx.saved_tensors  # noqa: B018 -- raises if any of them was modified in place since the forward
         dx, dweights, dh0, dc0 = recurrent_backward(_view(dout), ctx.cache, _view(dh_n), _view(dc_n))
-        # (array, is a weight matrix) per input of forward: spec, x, h0, c0, *params
-        grads = [(None, False), (dx, False), (dh0, False), (dc0, False)]
+        # per input of forward: spec, x, h0, c0, *params (the weight gradients in torch's layout)
+        grads = [None, dx, dh0, dc0]
         for dwx, dwh, db_ih, db_hh in dweights:
-            grads += [(dwx, True), (dwh, True)] + ([(db_ih, False), (db_hh, False)] if ctx.spec.bias else [])
-        return tuple(_gradient(a, matrix) if a is not None and need else None
-                     for (a, matrix), need in zip(grads, ctx.needs_input_grad))
-
-
-def _gradient(a: np.ndarray, matrix: bool) -> torch.Tensor:
-    """A gradient rnncore returned, in torch's layout (weight matrices transposed back)."""
-    t = torch.from_numpy(a)
-    return _transposed(t) if matrix else t
+            grads += [dwx, dwh] + ([db_ih, db_hh] if ctx.spec.bias else [])
+        return tuple(torch.from_numpy(a) if a is not None and need else None
+                     for a, need in zip(grads, ctx.needs_input_grad))
 
 
 # -- checks -------------------------------------------------------------------------------------
