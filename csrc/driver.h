@@ -45,13 +45,14 @@ constexpr int kUnitBlock = Vec<T>::NB;
 template <typename T>
 inline long unit_blocks(int H) { return (H + kUnitBlock<T> - 1) / kUnitBlock<T>; }
 
-// Threads for the time loop: one unless a step's recurrent GEMM pays for a team: 64K
-// multiply-adds a thread, so a batch-1 LSTM step from H = 128 on (its 4H x H weights split over
-// the cores, each part staying in that core's cache) runs on two threads; never more threads
-// than unit blocks. The team falls back to one thread by itself when other work holds the cores.
+// Threads for the time loop: one unless a step's GEMMs pay for a team: 64K multiply-adds a
+// thread (the recurrent GEMM, and forward the input projection of D features), so a batch-1
+// LSTM step from H = 128 on (its weights split over the cores, each part staying in that
+// core's cache) runs on two threads; never more threads than unit blocks. The team falls back
+// to one thread by itself when other work holds the cores.
 template <typename T>
-inline int step_threads(int B, int H, int G) {
-  return threads_for((double)B * H * (double)G * H, unit_blocks<T>(H), 65536.0);
+inline int step_threads(int B, int H, int G, int D = 0) {
+  return threads_for((double)B * G * H * ((double)H + D), unit_blocks<T>(H), 65536.0);
 }
 
 // This thread's unit blocks [u0, u1) and hidden units [j0, j1).
@@ -105,6 +106,12 @@ struct StepContext {
   T* wbuf2 = nullptr;  // forward wh[:, :R*H] (and wh[:, R*H:] in wbuf2), backward wh^T
   Packed<T> wrec{};   // views of them
   Packed<T> wrec2{};
+  // forward: x @ wx, computed a chunk of steps ahead by each thread for its own units
+  T* wxbuf = nullptr;  // wx packed like wh (all G gates of a block side by side)
+  Packed<T> wx{};
+  T* pre = nullptr;    // where x @ wx lands: the first G blocks of the gate cache, or hs
+  long F = 0;          // pre's row stride
+  int chunk = 1;       // steps of a chunk
   // backward only
   T* dG = nullptr;      // (T, B, G*H) layout: gradient of the input-side pre-activations
   T* dGh = nullptr;     // same for the hidden side when a cell splits them, else == dG
@@ -128,16 +135,17 @@ struct StepContext {
   const T* cprev(int t, long& ldc) const { return prev_of(p.cs, p.c0, t, ldc); }
 };
 
-// Forward: the panels of unit blocks [u0, u1) for gates [k0, k1) of wh (H, G*H), gate by
-// gate within a block: panel (u, k) at (u * (k1 - k0) + k - k0). wt: wh is PyTorch's (G*H, H).
+// Forward: the panels of unit blocks [u0, u1) for gates [k0, k1) of W (K, G*H) (wh: K = H, wx:
+// K = D), gate by gate within a block: panel (u, k) at (u * (k1 - k0) + k - k0). wt: W is
+// PyTorch's (G*H, K).
 template <typename T>
-void pack_gate_blocks(const T* wh, bool wt, int H, int G, int k0, int k1, long u0, long u1, T* buf) {
+void pack_gate_blocks(const T* W, bool wt, int K, int H, int G, int k0, int k1, long u0, long u1, T* buf) {
   constexpr int NB = kUnitBlock<T>;
-  const long GH = (long)G * H, ps = (long)H * NB;
+  const long GH = (long)G * H, ps = (long)K * NB;
   for (long u = u0; u < u1; ++u)
     for (int k = k0; k < k1; ++k) {
-      const long col = (long)k * H + u * NB;  // the block's first column of wh (row of PyTorch's)
-      pack_panel(wt ? wh + col * H : wh + col, wt ? 1 : GH, wt ? H : 1, H, (int)std::min<long>(NB, H - u * NB),
+      const long col = (long)k * H + u * NB;  // the block's first column of W (row of PyTorch's)
+      pack_panel(wt ? W + col * K : W + col, wt ? 1 : GH, wt ? K : 1, K, (int)std::min<long>(NB, H - u * NB),
                  buf + (u * (k1 - k0) + k - k0) * ps);
     }
 }
@@ -168,6 +176,43 @@ inline void gate_gemm(const StepContext<T>& c, int G, int k0, int k1, const Unit
     const long n = b * nk * NB;  // the block's first packed column; its scratch column b*G*NB + k0*NB
     small_gemm(c.p.B, (int)n, (int)(n + nk * NB), A, lda, W, T(0), c.scratch + b * G * NB + k0 * NB - n, c.sld);
   }
+}
+
+// Forward: x @ wx for steps [t0, t1) into the first G blocks of c.pre, for this thread's unit
+// blocks only. Each thread thus writes the pre-activations its own cell pass reads, a chunk of
+// steps ahead, into its own cache (a chunk is sized to stay in L2), where one GEMM over all
+// steps split by rows left them in the other core's cache or in memory; and it multiplies
+// them with the packed step kernel, which keeps its panel of wx in L1 across all the chunk's
+// rows. The chunk's rows are consecutive in x and in pre: all B rows of the steps
+// time-major, each sequence's steps batch-first.
+template <typename T>
+void input_projection(const StepContext<T>& c, int G, int t0, int t1, const UnitRange& u) {
+  constexpr int NB = kUnitBlock<T>;
+  const Problem<T>& p = c.p;
+  const int H = p.H, D = p.D;
+  auto rows = [&](long r0, int m) {
+    const T* A = p.x + r0 * D;
+    T* C = c.pre + r0 * c.F;
+    for (long b = u.u0; b < u.u1; ++b) {
+      const int valid = (int)std::min<long>(NB, H - b * NB);  // past H: the next gate's columns
+      for (int k = 0; k < G; ++k) {
+        const long n = (b * G + k) * NB;  // the panel's first packed column
+        small_gemm(m, (int)n, (int)(n + valid), A, D, c.wx, T(0), C + (long)k * H + b * NB - n, c.F);
+      }
+    }
+  };
+  if (p.batch_first)
+    for (int b = 0; b < p.B; ++b) rows((long)b * p.T_ + t0, t1 - t0);
+  else
+    rows((long)t0 * p.B, (t1 - t0) * p.B);
+}
+
+// Steps of a forward chunk: the thread's share of a chunk's pre-activations (G*H/nt columns of
+// B rows a step) within about 256 KiB, half its L2 on the CPUs at hand.
+template <typename T>
+int chunk_steps(int T_, int B, int GH, int nt) {
+  const double bytes = (double)B * GH * sizeof(T) / std::max(1, nt);
+  return (int)std::max(1.0, std::min((double)T_, 262144.0 / bytes));
 }
 
 // Per row and phase, so inlined whatever the compiler's estimate of its size.
@@ -345,15 +390,17 @@ void steps(StepContext<T>& c) {
   constexpr int G = Cell::G, R = Cell::R;
   const Problem<T>& p = c.p;
   const int H = p.H;
-  parallel_region(step_threads<T>(p.B, H, G), [&](int tid, int nt) {
+  parallel_region(step_threads<T>(p.B, H, G, BWD ? 0 : p.D), [&](int tid, int nt) {
     const UnitRange u = unit_range<T>(H, tid, nt);
     if constexpr (BWD) {
       pack_unit_blocks(p.wh, p.wt, H, G, u.u0, u.u1, c.wbuf);
       for (int k = 0; k < p.T_; ++k) backward_step<T, Cell, ACT>(c, p.T_ - 1 - k, u);
     } else {
-      pack_gate_blocks(p.wh, p.wt, H, G, 0, R, u.u0, u.u1, c.wbuf);
-      if constexpr (R < G) pack_gate_blocks(p.wh, p.wt, H, G, R, G, u.u0, u.u1, c.wbuf2);
+      pack_gate_blocks(p.wx, p.wt, p.D, H, G, 0, G, u.u0, u.u1, c.wxbuf);
+      pack_gate_blocks(p.wh, p.wt, H, H, G, 0, R, u.u0, u.u1, c.wbuf);
+      if constexpr (R < G) pack_gate_blocks(p.wh, p.wt, H, H, G, R, G, u.u0, u.u1, c.wbuf2);
       for (int k = 0; k < p.T_; ++k) {
+        if (k % c.chunk == 0) input_projection(c, G, k, std::min(p.T_, k + c.chunk), u);
         forward_step<T, Cell, ACT>(c, k, u);
         barrier();  // h_t complete: the next step's GEMM reads all of it
       }
@@ -381,7 +428,7 @@ void forward(Problem<T>& p) {
   DenormalGuard guard;
   constexpr int G = Cell::G, R = Cell::R, GC = Cell::GC;
   const int B = p.B, H = p.H, D = p.D, GH = G * H;
-  const long rows = p.rows(), nub = unit_blocks<T>(H), sld = nub * G * kUnitBlock<T>;
+  const long nub = unit_blocks<T>(H), sld = nub * G * kUnitBlock<T>;
   const size_t nzeros = std::max((size_t)B * H, (size_t)GH);  // stands in for h0, c0 or b_hh
   Workspace<T>& ws = Workspace<T>::local(Workspace<T>::kForward);
   T* scratch = ws.get((size_t)B * sld + nzeros + GH);
@@ -397,15 +444,13 @@ void forward(Problem<T>& p) {
     ctx.wrec2 = packed_view<T>(ctx.wbuf2, H, (int)(nub * (G - R) * kUnitBlock<T>));
   }
 
-  // x @ wx lands in the first G blocks of the gate cache (or in hs, without one) and is
-  // overwritten by the cell step by step
-  T* pre = GC > 0 ? p.gates : p.hs;
-  const int F = GC > 0 ? GC * H : H;
-  parallel_region(bulk_threads((double)rows * D * GH, num_chunks(rows)), [&](int tid, int nt) {
-    for_chunks(rows, tid, nt, [&](long lo, long hi) {
-      gemm(false, p.wt, (int)(hi - lo), GH, D, T(1), p.x + lo * D, D, p.wx, p.wt ? D : GH, T(0), pre + lo * F, F);
-    });
-  });
+  // x @ wx lands in the first G blocks of the gate cache (or in hs, without one), a chunk of
+  // steps ahead of the cell (input_projection), which overwrites it step by step
+  ctx.wxbuf = Workspace<T>::local(Workspace<T>::kPackedInput).get(panels_size<T>(nub * G, D));
+  ctx.wx = packed_view<T>(ctx.wxbuf, D, (int)(nub * G * kUnitBlock<T>));
+  ctx.pre = GC > 0 ? p.gates : p.hs;
+  ctx.F = GC > 0 ? (long)GC * H : H;
+  ctx.chunk = chunk_steps<T>(p.T_, B, GH, step_threads<T>(B, H, G, D));
 
   time_loop<T, Cell, false>(ctx);
   Workspace<T>::release_all_large();

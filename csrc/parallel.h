@@ -114,7 +114,7 @@ class Workspace {
   void release_if_large() {
     if (size_ > kKeep) free_buf();
   }
-  enum Slot { kForward, kBackward, kPacked, kPacked2, kSlots };
+  enum Slot { kForward, kBackward, kPacked, kPacked2, kPackedInput, kSlots };
   static Workspace& local(Slot slot) {
     thread_local Workspace ws[kSlots];
     return ws[slot];

@@ -107,6 +107,21 @@ inline void small_kernel(int K, const T* A, long lda, const T* Wp, long pstride,
       for (int q = 0; q < 2 * P; ++q) acc[r][q] += a * w[q];
     }
   }
+  if (nb == P * NB) {  // whole panels: vector stores (a variable-length loop becomes a memmove call)
+    for (int r = 0; r < R; ++r) {
+      T* c = C + r * ldc;
+      for (int q = 0; q < 2 * P; ++q) {
+        V v = acc[r][q];
+        if (!overwrite) {
+          V old;
+          std::memcpy(&old, c + q * L, sizeof(V));
+          v += old;
+        }
+        std::memcpy(c + q * L, &v, sizeof(V));
+      }
+    }
+    return;
+  }
   for (int r = 0; r < R; ++r) {
     T out[P * NB];
     std::memcpy(out, &acc[r][0], sizeof(out));
