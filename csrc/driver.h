@@ -1,9 +1,9 @@
 // driver.h: the recurrence driver shared by every cell (cells.h describes the cells).
 //
-// forward:  preact = x @ wx for all steps (one GEMM, rows split over threads), then the
-//           time loop, where a step is the recurrent GEMM h_{t-1} @ wh[:, :R*H] and the cell's
-//           fused elementwise pass over its rows (and, for a cell with extra blocks, a first
-//           pass, the extra GEMM and then the second pass).
+// forward:  the time loop, where a step is the recurrent GEMM h_{t-1} @ wh[:, :R*H] and the
+//           cell's fused elementwise pass over its rows (and, for a cell with extra blocks, a
+//           first pass, the extra GEMM and then the second pass); preact = x @ wx is computed
+//           inside the loop a chunk of steps ahead (input_projection).
 // backward: the reverse time loop produces dG (gradient of the pre-activations) for all
 //           steps, then dwx = x^T dG, dwh = h_prev^T dG_h, dx = dG wx^T are one GEMM each
 //           and the biases are column sums, all split over output rows/columns.
