@@ -68,6 +68,21 @@ size_t panels_size(long panels, int K) {
 template <typename T>
 void pack_panel(const T* src, long sk, long sn, int K, int ncols, T* dst) {
   constexpr int NB = Vec<T>::NB;
+  if (sn == 1 && ncols == NB) {  // whole rows of NB: fixed-size copies (the compiler's vector moves)
+    for (int k = 0; k < K; ++k) std::memcpy(dst + (long)k * NB, src + k * sk, NB * sizeof(T));
+    return;
+  }
+  if (sk == 1) {  // columns contiguous along k: read each column in order
+    for (int j = 0; j < NB; ++j) {
+      if (j < ncols) {
+        const T* c = src + j * sn;
+        for (int k = 0; k < K; ++k) dst[(long)k * NB + j] = c[k];
+      } else {
+        for (int k = 0; k < K; ++k) dst[(long)k * NB + j] = T(0);
+      }
+    }
+    return;
+  }
   for (int k = 0; k < K; ++k) {
     T* d = dst + (long)k * NB;
     for (int j = 0; j < ncols; ++j) d[j] = src[k * sk + j * sn];
