@@ -34,7 +34,7 @@ parallel op before they sleep. rnncore's own team, starting right after torch's 
 linear layer, would find its cores taken: measured on 2 cores (``bench/torch_swap.py``), a
 patched LSTM step at batch 8 took 1.7x the time of torch's own. So at its first call this
 module has rnncore run its parallel regions on torch's OpenMP team instead
-(:func:`rnncore.borrow_openmp`): its threads are awake when rnncore's call starts, and the
+(:func:`rnncore.threads.borrow_openmp`): its threads are awake when rnncore's call starts, and the
 program has one team. rnncore's thread count stays its own (``rnncore.set_num_threads`` /
 ``RNNCORE_NUM_THREADS``; torch's ops keep ``torch.set_num_threads``), and so do the work split
 and the results (the same bits as on rnncore's workers, for any thread count).
