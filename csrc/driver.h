@@ -45,14 +45,17 @@ constexpr int kUnitBlock = Vec<T>::NB;
 template <typename T>
 inline long unit_blocks(int H) { return (H + kUnitBlock<T> - 1) / kUnitBlock<T>; }
 
-// Threads for the time loop: one unless a step's GEMMs pay for a team: 64K multiply-adds a
-// thread (the recurrent GEMM, and forward the input projection of D features), so a batch-1
-// LSTM step from H = 128 on (its weights split over the cores, each part staying in that
-// core's cache) runs on two threads; never more threads than unit blocks. The team falls back
-// to one thread by itself when other work holds the cores.
+// Threads for the time loop of T steps: one unless a step's GEMMs pay for a team: 64K
+// multiply-adds a thread (the recurrent GEMM, and forward the input projection of D features),
+// so a batch-1 LSTM step from H = 128 on (its weights split over the cores, each part staying
+// in that core's cache) runs on two threads; and the whole loop at least 4M a thread (some 30
+// us, bulk_threads), so that waking a sleeping worker pays for itself: a call of a few tiny steps
+// (the textbook's SimpleRnnlm: T 5, B 10, H 100) stays on the caller. Never more threads than
+// unit blocks. The team falls back to one thread by itself when other work holds the cores.
 template <typename T>
-inline int step_threads(int B, int H, int G, int D = 0) {
-  return threads_for((double)B * G * H * ((double)H + D), unit_blocks<T>(H), 65536.0);
+inline int step_threads(int B, int H, int G, int D, int steps) {
+  const double step = (double)B * G * H * ((double)H + D);
+  return std::min(threads_for(step, unit_blocks<T>(H), 65536.0), bulk_threads(step * steps, unit_blocks<T>(H)));
 }
 
 // This thread's unit blocks [u0, u1) and hidden units [j0, j1).
@@ -390,7 +393,7 @@ void steps(StepContext<T>& c) {
   constexpr int G = Cell::G, R = Cell::R;
   const Problem<T>& p = c.p;
   const int H = p.H;
-  parallel_region(step_threads<T>(p.B, H, G, BWD ? 0 : p.D), [&](int tid, int nt) {
+  parallel_region(step_threads<T>(p.B, H, G, BWD ? 0 : p.D, p.T_), [&](int tid, int nt) {
     const UnitRange u = unit_range<T>(H, tid, nt);
     if constexpr (BWD) {
       pack_unit_blocks(p.wh, p.wt, H, G, u.u0, u.u1, c.wbuf);
@@ -450,7 +453,7 @@ void forward(Problem<T>& p) {
   ctx.wx = packed_view<T>(ctx.wxbuf, D, (int)(nub * G * kUnitBlock<T>));
   ctx.pre = GC > 0 ? p.gates : p.hs;
   ctx.F = GC > 0 ? (long)GC * H : H;
-  ctx.chunk = chunk_steps<T>(p.T_, B, GH, step_threads<T>(B, H, G, D));
+  ctx.chunk = chunk_steps<T>(p.T_, B, GH, step_threads<T>(B, H, G, D, p.T_));
 
   time_loop<T, Cell, false>(ctx);
   Workspace<T>::release_all_large();

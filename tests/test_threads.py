@@ -189,9 +189,16 @@ def test_one_and_two_threads_bit_identical(cid, cell, kw, dtype):
     with rnncore.num_threads(1):
         assert rnncore.get_num_threads() == 1
         one = _run(cell, kw, case)
-    with rnncore.num_threads(2):
-        assert rnncore.get_num_threads() == 2
-        two = _run(cell, kw, case)
+    core = rnncore._native.core
+    core.team_set_adaptive(False)  # the team runs even if the machine is busy right now
+    try:
+        with rnncore.num_threads(2):
+            assert rnncore.get_num_threads() == 2
+            before = rnncore.threads.team_stats()["regions"]
+            two = _run(cell, kw, case)
+            assert rnncore.threads.team_stats()["regions"] > before  # two threads did run
+    finally:
+        core.team_set_adaptive(True)
     _assert_equal(two, one)
     with threadpoolctl.threadpool_limits(1):
         limited = _run(cell, kw, case)
@@ -199,6 +206,24 @@ def test_one_and_two_threads_bit_identical(cid, cell, kw, dtype):
 
 
 # -- several Python threads at once ---------------------------------------------------------------
+
+def test_a_call_of_a_few_tiny_steps_stays_on_the_caller():
+    """The textbook's SimpleRnnlm call (T 5, B 10, H 100): waking a worker would cost more than
+    the whole call; a long sequence of the same steps opens the team."""
+    core = rnncore._native.core
+    core.team_set_adaptive(False)
+    try:
+        with rnncore.num_threads(2):
+            small = _case("rnn", T=5, B=10, D=100, H=100, dtype=np.float32, seed=1)
+            before = rnncore.threads.team_stats()["regions"]
+            rnncore.rnn_forward(small[0], *small[1][:3])
+            assert rnncore.threads.team_stats()["regions"] == before
+            long = _case("rnn", T=400, B=10, D=100, H=100, dtype=np.float32, seed=1)
+            rnncore.rnn_forward(long[0], *long[1][:3])
+            assert rnncore.threads.team_stats()["regions"] > before
+    finally:
+        core.team_set_adaptive(True)
+
 
 def test_concurrent_python_threads_match_serial():
     jobs = []
