@@ -186,28 +186,32 @@ inline void gate_gemm(const StepContext<T>& c, int G, int k0, int k1, const Unit
 // steps ahead, into its own cache (a chunk is sized to stay in L2), where one GEMM over all
 // steps split by rows left them in the other core's cache or in memory; and it multiplies
 // them with the packed step kernel, which keeps its panel of wx in L1 across all the chunk's
-// rows. The chunk's rows are consecutive in x and in pre: all B rows of the steps
-// time-major, each sequence's steps batch-first.
+// rows. Time-major the chunk's rows are consecutive in x and in pre; batch-first each call
+// takes either one step's B rows or one sequence's steps, whichever run is longer.
 template <typename T>
 void input_projection(const StepContext<T>& c, int G, int t0, int t1, const UnitRange& u) {
   constexpr int NB = kUnitBlock<T>;
   const Problem<T>& p = c.p;
   const int H = p.H, D = p.D;
-  auto rows = [&](long r0, int m) {
+  // m rows from row r0, `stride` rows apart
+  auto rows = [&](long r0, int m, long stride) {
     const T* A = p.x + r0 * D;
     T* C = c.pre + r0 * c.F;
     for (long b = u.u0; b < u.u1; ++b) {
       const int valid = (int)std::min<long>(NB, H - b * NB);  // past H: the next gate's columns
       for (int k = 0; k < G; ++k) {
         const long n = (b * G + k) * NB;  // the panel's first packed column
-        small_gemm(m, (int)n, (int)(n + valid), A, D, c.wx, T(0), C + (long)k * H + b * NB - n, c.F);
+        small_gemm(m, (int)n, (int)(n + valid), A, stride * D, c.wx, T(0), C + (long)k * H + b * NB - n,
+                   stride * c.F);
       }
     }
   };
-  if (p.batch_first)
-    for (int b = 0; b < p.B; ++b) rows((long)b * p.T_ + t0, t1 - t0);
-  else
-    rows((long)t0 * p.B, (t1 - t0) * p.B);
+  if (!p.batch_first)
+    rows((long)t0 * p.B, (t1 - t0) * p.B, 1);
+  else if (p.B >= t1 - t0)  // the longer run of rows: a step's B rows (T rows apart) ...
+    for (int t = t0; t < t1; ++t) rows(t, p.B, p.T_);
+  else  // ... or a sequence's steps
+    for (int b = 0; b < p.B; ++b) rows((long)b * p.T_ + t0, t1 - t0, 1);
 }
 
 // Steps of a forward chunk: the thread's share of a chunk's pre-activations (G*H/nt columns of
