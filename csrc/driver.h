@@ -81,8 +81,8 @@ inline void zero_blocks(T* a, int blocks, int H, long j0, long j1) {
 
 // Ask for units [j0, j1) of `blocks` consecutive blocks of H at a to be brought into this core's
 // L2 (for writing, when `write`). The time loop issues these for the rows its cell pass is about
-// to read or write right before the step's GEMM, which keeps the core busy meanwhile: at B 32,
-// H 256 the gate cache of a call (8 MB) lives in L3 or memory, and the pass otherwise waited on it.
+// to read or write right before the step's GEMM, which keeps the core busy meanwhile: backward,
+// the gate cache the forward wrote (8 MB at B 32, H 256) lives in L3 or memory by then.
 template <typename T>
 inline void prefetch_blocks(const T* a, int blocks, int H, long j0, long j1, bool write) {
   if (j1 <= j0) return;
@@ -114,7 +114,6 @@ struct StepContext {
   Packed<T> wx{};
   T* pre = nullptr;    // where x @ wx lands: the first G blocks of the gate cache, or hs
   long F = 0;          // pre's row stride
-  int chunk = 1;       // steps of a chunk
   // backward only
   T* dG = nullptr;      // (T, B, G*H) layout: gradient of the input-side pre-activations
   T* dGh = nullptr;     // same for the hidden side when a cell splits them, else == dG
@@ -284,10 +283,11 @@ RNNCORE_INLINE void forward_step(const StepContext<T>& c, int t, const UnitRange
   const long j0 = u.j0, j1 = u.j1;
   long ldh;
   const T* hp = c.hprev(t, ldh);
-  for (int b = 0; b < p.B; ++b) {  // what the cell pass reads and writes, while the GEMM runs
+  // the outputs the cell pass writes, while the GEMM runs (its gate rows this thread's
+  // input_projection wrote a moment ago)
+  for (int b = 0; b < p.B; ++b) {
     if (t >= p.len[b]) continue;
     const long r = p.off(t, 1) + b * p.ld(1);  // row (t, b)
-    if constexpr (GC > 0) prefetch_blocks(p.gates + r * GC * H, GC, H, j0, j1, true);
     prefetch_blocks(p.hs + r * H, 1, H, j0, j1, true);
     if constexpr (Cell::has_c) prefetch_blocks(p.cs + r * H, 1, H, j0, j1, true);
   }
@@ -406,8 +406,9 @@ void steps(StepContext<T>& c) {
       pack_gate_blocks(p.wx, p.wt, p.D, H, G, 0, G, u.u0, u.u1, c.wxbuf);
       pack_gate_blocks(p.wh, p.wt, H, H, G, 0, R, u.u0, u.u1, c.wbuf);
       if constexpr (R < G) pack_gate_blocks(p.wh, p.wt, H, H, G, R, G, u.u0, u.u1, c.wbuf2);
+      const int chunk = chunk_steps<T>(p.T_, p.B, G * H, nt);
       for (int k = 0; k < p.T_; ++k) {
-        if (k % c.chunk == 0) input_projection(c, G, k, std::min(p.T_, k + c.chunk), u);
+        if (k % chunk == 0) input_projection(c, G, k, std::min(p.T_, k + chunk), u);
         forward_step<T, Cell, ACT>(c, k, u);
         barrier();  // h_t complete: the next step's GEMM reads all of it
       }
@@ -457,7 +458,6 @@ void forward(Problem<T>& p) {
   ctx.wx = packed_view<T>(ctx.wxbuf, D, (int)(nub * G * kUnitBlock<T>));
   ctx.pre = GC > 0 ? p.gates : p.hs;
   ctx.F = GC > 0 ? (long)GC * H : H;
-  ctx.chunk = chunk_steps<T>(p.T_, B, GH, step_threads<T>(B, H, G, D, p.T_));
 
   time_loop<T, Cell, false>(ctx);
   Workspace<T>::release_all_large();
