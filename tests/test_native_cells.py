@@ -104,10 +104,16 @@ def test_torch_layout_same_bits_for_any_thread_count():
     from rnncore import _ops
 
     outs = []
-    for n in (1, 2):
-        with rnncore.num_threads(n):
-            f = _ops.forward("lstm", x, wx, wh, b_ih, b_hh, h0, c0, lengths=lens, transposed=True)
-            outs.append([f[0].copy(), f[1]] + list(_ops.backward(f[3], dhs, dh_n, dc_n)))
+    core.team_set_adaptive(False)  # the team runs even if the machine is busy right now
+    try:
+        for n in (1, 2):
+            with rnncore.num_threads(n):
+                before = rnncore.threads.team_stats()["regions"]
+                f = _ops.forward("lstm", x, wx, wh, b_ih, b_hh, h0, c0, lengths=lens, transposed=True)
+                outs.append([f[0].copy(), f[1]] + list(_ops.backward(f[3], dhs, dh_n, dc_n)))
+                assert (rnncore.threads.team_stats()["regions"] > before) == (n == 2)
+    finally:
+        core.team_set_adaptive(True)
     for a, b in zip(*outs):
         assert np.array_equal(a, b)
 

@@ -245,9 +245,8 @@ def openmp_of(prefix: str):
     """The path of the libgomp threadpoolctl finds loaded from under the folder ``prefix``
     (PyTorch's ``torch/lib``), or None."""
     prefix = os.path.realpath(prefix)
-    for info in threadpoolctl.threadpool_info():
-        path = info.get("filepath") or ""
-        if info.get("internal_api") == "openmp" and "libgomp" in os.path.basename(path) and \
-                os.path.realpath(path).startswith(prefix + os.sep):
-            return path
+    for c in threadpoolctl.ThreadpoolController().select(internal_api="openmp").lib_controllers:
+        path = os.path.realpath(c.filepath)
+        if "libgomp" in os.path.basename(path) and path.startswith(prefix + os.sep):
+            return c.filepath
     return None
