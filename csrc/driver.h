@@ -446,16 +446,16 @@ void forward(Problem<T>& p) {
   for (int j = 0; j < GH; ++j) bsum[j] = p.b_ih[j] + (p.b_hh ? p.b_hh[j] : T(0));
   StepContext<T> ctx{p, scratch, sld, bsum, zeros};
   ctx.wbuf = Workspace<T>::local(Workspace<T>::kPacked).get(panels_size<T>(nub * R, H));
-  ctx.wrec = packed_view<T>(ctx.wbuf, H, (int)(nub * R * kUnitBlock<T>));
+  ctx.wrec = packed_view<T>(ctx.wbuf, H);
   if constexpr (R < G) {
     ctx.wbuf2 = Workspace<T>::local(Workspace<T>::kPacked2).get(panels_size<T>(nub * (G - R), H));
-    ctx.wrec2 = packed_view<T>(ctx.wbuf2, H, (int)(nub * (G - R) * kUnitBlock<T>));
+    ctx.wrec2 = packed_view<T>(ctx.wbuf2, H);
   }
 
   // x @ wx lands in the first G blocks of the gate cache (or in hs, without one), a chunk of
   // steps ahead of the cell (input_projection), which overwrites it step by step
   ctx.wxbuf = Workspace<T>::local(Workspace<T>::kPackedInput).get(panels_size<T>(nub * G, D));
-  ctx.wx = packed_view<T>(ctx.wxbuf, D, (int)(nub * G * kUnitBlock<T>));
+  ctx.wx = packed_view<T>(ctx.wxbuf, D);
   ctx.pre = GC > 0 ? p.gates : p.hs;
   ctx.F = GC > 0 ? (long)GC * H : H;
 
@@ -565,7 +565,7 @@ void backward(Problem<T>& p) {
   StepContext<T> ctx{p, nullptr, 0, nullptr, zeros};
   const long nub = unit_blocks<T>(H);
   ctx.wbuf = Workspace<T>::local(Workspace<T>::kPacked).get(panels_size<T>(nub, GH));  // wh^T by unit block
-  ctx.wrec = packed_view<T>(ctx.wbuf, GH, (int)(nub * kUnitBlock<T>));
+  ctx.wrec = packed_view<T>(ctx.wbuf, GH);
   ctx.dG = dG;
   ctx.dGh = split ? dG + nG : dG;
   ctx.dh = vec;

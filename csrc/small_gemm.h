@@ -47,7 +47,7 @@ template <typename T>
 struct Packed {
   const T* data = nullptr;
   long pstride = 0;
-  int K = 0, N = 0;  // N: columns of all panels (a multiple of NB where a caller pads)
+  int K = 0;
 
   Packed rows(int k0, int k1) const {
     Packed v = *this;
@@ -90,14 +90,13 @@ void pack_panel(const T* src, long sk, long sn, int K, int ncols, T* dst) {
   }
 }
 
-// The view of `panels` panels of K rows at buf, N columns in all.
+// The view of the panels of K rows at buf.
 template <typename T>
-Packed<T> packed_view(const T* buf, int K, int N) {
+Packed<T> packed_view(const T* buf, int K) {
   Packed<T> w;
   w.data = buf;
   w.pstride = (long)K * Vec<T>::NB;
   w.K = K;
-  w.N = N;
   return w;
 }
 
