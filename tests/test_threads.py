@@ -121,6 +121,26 @@ def test_no_openmp_runtime_loaded_by_rnncore():
     assert "openmp" not in out and "rnncore" in out, out
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_rnncore_openblas_starts_no_thread_pool():
+    """Importing rnncore starts no thread in the process (its OpenBLAS initialises for one
+    thread, so no idle pool spins after the import), and the environment is left as it was."""
+    import subprocess
+    import sys
+
+    code = ("import os, numpy\n"
+            "before = len(os.listdir('/proc/self/task'))\n"
+            "import rnncore\n"
+            "print(before, len(os.listdir('/proc/self/task')), os.environ.get('OPENBLAS_NUM_THREADS'), "
+            "rnncore.blas_info()['num_threads'])\n")
+    for value in (None, "2"):
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+        if value:
+            env["OPENBLAS_NUM_THREADS"] = value
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        before, after, seen, blas = out.stdout.split()
+        assert after == before and seen == str(value) and blas == "1", out.stdout
+
 def test_borrow_openmp_refuses_what_is_not_libgomp():
     """rnncore's own OpenBLAS has no GOMP_parallel: refused, and the team stays rnncore's."""
     from rnncore.threads import borrow_openmp

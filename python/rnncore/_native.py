@@ -1,8 +1,29 @@
 """The native implementation: rnncore._core behind the driver interface of reference.py."""
 from __future__ import annotations
 
+import os
+
+
+def _load_core():
+    """Import the extension with OPENBLAS_NUM_THREADS=1 in the environment while its OpenBLAS
+    initialises: rnncore runs every BLAS call of its own on one thread (its team splits the
+    work), so that library needs no thread pool, whose workers would otherwise spin for a tenth
+    of a second after the import beside the program's own threads. The variable is restored at
+    once; NumPy's OpenBLAS, loaded before, is not affected."""
+    before = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        from . import _core
+    finally:
+        if before is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = before
+    return _core
+
+
 try:
-    from . import _core as core
+    core = _load_core()
 except ImportError as exc:  # a source checkout without a build
     core = None
     import_error = exc

@@ -37,7 +37,10 @@ V, B, T, H, E = 96, 32, 64, 256, 64
 TEXTBOOK = {"SimpleRnnlm": (418, 100, 100, 10, 5), "Rnnlm": (10000, 100, 100, 20, 35),
             "BetterRnnlm": (10000, 650, 650, 20, 35)}
 #: (timed iterations, warm-up iterations) per model: many for the sub-millisecond SimpleRnnlm
-TEXTBOOK_ITERS = {"SimpleRnnlm": (200, 20), "Rnnlm": (10, 2), "BetterRnnlm": (3, 1)}
+TEXTBOOK_ITERS = {"SimpleRnnlm": (1000, 50), "Rnnlm": (10, 2), "BetterRnnlm": (3, 1)}
+#: a worker waits this long after its imports before it starts: NumPy's OpenBLAS pool, started by
+#: its import, spins for about a quarter of a second, beside either layer set's first iterations
+SETTLE_S = 0.3
 
 
 def _batches(n, vocab, batch, steps, seed=1):
@@ -156,7 +159,9 @@ def worker_textbook(model_name, layers_name, iters, warmup=1):
             p -= lr * g
         return loss
 
-    times, losses = _time_steps(step, _batches(iters + warmup, vocab, batch, steps), warmup)
+    data = _batches(iters + warmup, vocab, batch, steps)
+    time.sleep(SETTLE_S)
+    times, losses = _time_steps(step, data, warmup)
     return {"times": times, "losses": losses}
 
 
