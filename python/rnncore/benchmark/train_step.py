@@ -37,7 +37,7 @@ V, B, T, H, E = 96, 32, 64, 256, 64
 TEXTBOOK = {"SimpleRnnlm": (418, 100, 100, 10, 5), "Rnnlm": (10000, 100, 100, 20, 35),
             "BetterRnnlm": (10000, 650, 650, 20, 35)}
 #: (timed iterations, warm-up iterations) per model: many for the sub-millisecond SimpleRnnlm
-TEXTBOOK_ITERS = {"SimpleRnnlm": (1000, 50), "Rnnlm": (10, 2), "BetterRnnlm": (3, 1)}
+TEXTBOOK_ITERS = {"SimpleRnnlm": (1000, 50), "Rnnlm": (30, 3), "BetterRnnlm": (5, 1)}
 #: a worker waits this long after its imports before it starts: NumPy's OpenBLAS pool, started by
 #: its import, spins for about a quarter of a second, beside either layer set's first iterations
 SETTLE_S = 0.3
