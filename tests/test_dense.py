@@ -49,7 +49,7 @@ def test_affine_native_matches_twin(rng, dtype, bias, shape):
 def test_affine_transposed_weight_and_grad_buffers(rng, dtype):
     """A tied weight (a transposed view) and F-ordered gradient buffers need no copies and
     give the same numbers; the buffers passed in are the ones returned, written in place."""
-    N, D, M = 50, 12, 40
+    D, M = 12, 40
     E = rng.standard_normal((M, D)).astype(dtype)
     W = E.T  # (D, M), F-ordered view
     x = rng.standard_normal((5, 10, D)).astype(dtype)

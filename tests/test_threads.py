@@ -133,6 +133,16 @@ def test_rnncore_openblas_starts_no_thread_pool():
             "import rnncore\n"
             "print(before, len(os.listdir('/proc/self/task')), os.environ.get('OPENBLAS_NUM_THREADS'), "
             "rnncore.blas_info()['num_threads'])\n")
+    # NumPy's own OpenBLAS keeps its thread count, even when rnncore is the first import
+    first = ("import os, rnncore, threadpoolctl, numpy\n"
+             "pkg = os.path.dirname(os.path.realpath(rnncore.__file__))\n"
+             "print([c.num_threads for c in threadpoolctl.ThreadpoolController().select(user_api='blas').lib_controllers"
+             " if os.path.dirname(os.path.realpath(c.filepath)) != pkg])\n")
+    if len(os.sched_getaffinity(0)) > 1:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_DEFAULT_NUM_THREADS")}
+        out = subprocess.run([sys.executable, "-c", first], capture_output=True, text=True, env=env, check=True)
+        assert all(n > 1 for n in eval(out.stdout)), out.stdout
     for value in (None, "2"):
         env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
         if value:
@@ -140,6 +150,7 @@ def test_rnncore_openblas_starts_no_thread_pool():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
         before, after, seen, blas = out.stdout.split()
         assert after == before and seen == str(value) and blas == "1", out.stdout
+
 
 def test_borrow_openmp_refuses_what_is_not_libgomp():
     """rnncore's own OpenBLAS has no GOMP_parallel: refused, and the team stays rnncore's."""

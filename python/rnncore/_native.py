@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import os
 
+__import__("numpy")  # loaded first, so that NumPy's OpenBLAS never sees the variable set below
+
 
 def _load_core():
     """Import the extension with OPENBLAS_NUM_THREADS=1 in the environment while its OpenBLAS
     initialises: rnncore runs every BLAS call of its own on one thread (its team splits the
     work), so that library needs no thread pool, whose workers would otherwise spin for a tenth
     of a second after the import beside the program's own threads. The variable is restored at
-    once; NumPy's OpenBLAS, loaded before, is not affected."""
+    once; NumPy's OpenBLAS, loaded before (above), keeps its threads."""
     before = os.environ.get("OPENBLAS_NUM_THREADS")
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
