@@ -114,6 +114,9 @@ struct StepContext {
   Packed<T> wx{};
   T* pre = nullptr;    // where x @ wx lands: the first G blocks of the gate cache, or hs
   long F = 0;          // pre's row stride
+  // forward of a single step on one thread (in_place_step): wx and wh read where they are,
+  // unpacked; wbuf then holds the step GEMM's (B, G*H) result before it goes to the scratch
+  bool in_place = false;
   // backward only
   T* dG = nullptr;      // (T, B, G*H) layout: gradient of the input-side pre-activations
   T* dGh = nullptr;     // same for the hidden side when a cell splits them, else == dG
@@ -163,13 +166,60 @@ void pack_unit_blocks(const T* wh, bool wt, int H, int G, long u0, long u1, T* b
                (int)std::min<long>(NB, H - u * NB), buf + u * GH * NB);
 }
 
+// C (m, N) = A (m, K) @ W (K, N), W row-major with row stride ldw, streamed a row of W at a time
+// (four rows a pass over C's row): one call of a single step reads the weights once, in order,
+// instead of packing them first, which costs the step several times over when they come from
+// memory. Every column of C is the same sum over k in order, from zero, as in the packed step
+// kernel (small_gemm.h), so the bits are the same as on the packed path.
+template <typename T>
+void rowwise_gemm(int m, int K, int N, const T* A, long lda, const T* W, long ldw, T* C, long ldc) {
+  for (int r = 0; r < m; ++r) {
+    const T* a = A + r * lda;
+    T* c = C + r * ldc;
+    for (int j = 0; j < N; ++j) c[j] = T(0);
+    int k = 0;
+    for (; k + 4 <= K; k += 4) {
+      const T a0 = a[k], a1 = a[k + 1], a2 = a[k + 2], a3 = a[k + 3];
+      const T* w0 = W + (long)k * ldw;
+      const T *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+#pragma omp simd
+      for (int j = 0; j < N; ++j) {
+        T v = c[j];
+        v += a0 * w0[j];
+        v += a1 * w1[j];
+        v += a2 * w2[j];
+        v += a3 * w3[j];
+        c[j] = v;
+      }
+    }
+    for (; k < K; ++k) {
+      const T ak = a[k];
+      const T* w = W + (long)k * ldw;
+#pragma omp simd
+      for (int j = 0; j < N; ++j) c[j] += ak * w[j];
+    }
+  }
+}
+
 // Forward: scratch[:, blocks u0..u1, gates k0..k1) = A @ (those panels of W), W packed by
-// pack_gate_blocks for the same gates.
+// pack_gate_blocks for the same gates. In place (one step, one thread, all gates): A @ wh
+// row-wise into wbuf, then its columns into the scratch's unit-block order.
 template <typename T>
 inline void gate_gemm(const StepContext<T>& c, int G, int k0, int k1, const UnitRange& u, const T* A, long lda,
                       const Packed<T>& W) {
   constexpr int NB = kUnitBlock<T>;
   const int nk = k1 - k0;
+  if (c.in_place) {
+    const Problem<T>& p = c.p;
+    const int H = p.H, GH = G * H;
+    rowwise_gemm(p.B, H, GH, A, lda, p.wh, GH, c.wbuf, GH);
+    for (int b = 0; b < p.B; ++b)
+      for (long ub = u.u0; ub < u.u1; ++ub)
+        for (int k = 0; k < G; ++k)
+          std::memcpy(c.scratch + b * c.sld + (ub * G + k) * NB, c.wbuf + (long)b * GH + (long)k * H + ub * NB,
+                      NB * sizeof(T));
+    return;
+  }
   if (nk == G) {  // the blocks' columns are contiguous in the scratch: one call
     small_gemm(c.p.B, (int)(u.u0 * G * NB), (int)(u.u1 * G * NB), A, lda, W, T(0), c.scratch, c.sld);
     return;
@@ -196,6 +246,10 @@ void input_projection(const StepContext<T>& c, int G, int t0, int t1, const Unit
   auto rows = [&](long r0, int m, long stride) {
     const T* A = p.x + r0 * D;
     T* C = c.pre + r0 * c.F;
+    if (c.in_place) {  // all G*H columns, gate by gate as the cache keeps them
+      rowwise_gemm(m, D, G * H, A, stride * D, p.wx, (long)G * H, C, stride * c.F);
+      return;
+    }
     for (long b = u.u0; b < u.u1; ++b) {
       const int valid = (int)std::min<long>(NB, H - b * NB);  // past H: the next gate's columns
       for (int k = 0; k < G; ++k) {
@@ -403,9 +457,11 @@ void steps(StepContext<T>& c) {
       pack_unit_blocks(p.wh, p.wt, H, G, u.u0, u.u1, c.wbuf);
       for (int k = 0; k < p.T_; ++k) backward_step<T, Cell, ACT>(c, p.T_ - 1 - k, u);
     } else {
-      pack_gate_blocks(p.wx, p.wt, p.D, H, G, 0, G, u.u0, u.u1, c.wxbuf);
-      pack_gate_blocks(p.wh, p.wt, H, H, G, 0, R, u.u0, u.u1, c.wbuf);
-      if constexpr (R < G) pack_gate_blocks(p.wh, p.wt, H, H, G, R, G, u.u0, u.u1, c.wbuf2);
+      if (!c.in_place) {
+        pack_gate_blocks(p.wx, p.wt, p.D, H, G, 0, G, u.u0, u.u1, c.wxbuf);
+        pack_gate_blocks(p.wh, p.wt, H, H, G, 0, R, u.u0, u.u1, c.wbuf);
+        if constexpr (R < G) pack_gate_blocks(p.wh, p.wt, H, H, G, R, G, u.u0, u.u1, c.wbuf2);
+      }
       const int chunk = chunk_steps<T>(p.T_, p.B, G * H, nt);
       for (int k = 0; k < p.T_; ++k) {
         if (k % chunk == 0) input_projection(c, G, k, std::min(p.T_, k + chunk), u);
@@ -430,6 +486,17 @@ void time_loop(StepContext<T>& c) {
   }
 }
 
+// Whether a forward call reads its weights in place instead of packing them: a single step of
+// a batch of at most 4 rows on one thread (streaming inference, sampling a token at a time),
+// where packing would read and write every weight once more than the step itself reads it. The
+// weights in rnncore's row-vector layout (a row of wx or wh is a row of the GEMM), every hidden
+// block whole (H a multiple of the panel width) and no second recurrent GEMM (R = G).
+template <typename T, typename Cell>
+bool in_place_step(const Problem<T>& p) {
+  return p.T_ == 1 && p.B <= 4 && !p.wt && Cell::R == Cell::G && p.H % kUnitBlock<T> == 0 &&
+         step_threads<T>(p.B, p.H, Cell::G, p.D, 1) == 1;
+}
+
 template <typename T, typename Cell>
 void forward(Problem<T>& p) {
   blas_single_thread();
@@ -445,7 +512,9 @@ void forward(Problem<T>& p) {
   fill(zeros, zeros + nzeros, T(0));
   for (int j = 0; j < GH; ++j) bsum[j] = p.b_ih[j] + (p.b_hh ? p.b_hh[j] : T(0));
   StepContext<T> ctx{p, scratch, sld, bsum, zeros};
-  ctx.wbuf = Workspace<T>::local(Workspace<T>::kPacked).get(panels_size<T>(nub * R, H));
+  ctx.in_place = in_place_step<T, Cell>(p);
+  ctx.wbuf = Workspace<T>::local(Workspace<T>::kPacked)
+                 .get(ctx.in_place ? (size_t)B * GH : panels_size<T>(nub * R, H));
   ctx.wrec = packed_view<T>(ctx.wbuf, H);
   if constexpr (R < G) {
     ctx.wbuf2 = Workspace<T>::local(Workspace<T>::kPacked2).get(panels_size<T>(nub * (G - R), H));
@@ -454,7 +523,7 @@ void forward(Problem<T>& p) {
 
   // x @ wx lands in the first G blocks of the gate cache (or in hs, without one), a chunk of
   // steps ahead of the cell (input_projection), which overwrites it step by step
-  ctx.wxbuf = Workspace<T>::local(Workspace<T>::kPackedInput).get(panels_size<T>(nub * G, D));
+  if (!ctx.in_place) ctx.wxbuf = Workspace<T>::local(Workspace<T>::kPackedInput).get(panels_size<T>(nub * G, D));
   ctx.wx = packed_view<T>(ctx.wxbuf, D);
   ctx.pre = GC > 0 ? p.gates : p.hs;
   ctx.F = GC > 0 ? (long)GC * H : H;

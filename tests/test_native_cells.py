@@ -127,3 +127,43 @@ def test_torch_layout_shapes_are_checked():
         _ops.forward("lstm", x, wx, wh, b, b, transposed=True)
     with pytest.raises(ValueError, match=r"wh must have shape \(4\*H, H\)"):
         _ops.forward("lstm", x, np.zeros((8, 5), np.float32), wh, b, b, transposed=True)
+
+
+@pytest.mark.parametrize("isa", rnncore.kernel_info()["supported"] if core else [])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cid,cell,kw", CELLS, ids=[c[0] for c in CELLS])
+def test_single_step_reads_weights_in_place_with_the_same_bits(cid, cell, kw, dtype, batch_first, isa):
+    """A call of one step of a few rows on one thread reads wx and wh where they are (no
+    packing): its outputs and cache are the bits of the first step of a two-step call (which
+    packs), at batch sizes on both sides of that path's limit (4) and hidden sizes that are and
+    are not whole unit blocks, and they match the twin; the backward of its cache too."""
+    from rnncore import _ops, cells, reference
+
+    name = "gru_reset_before" if kw.get("reset_after", True) is False else cell
+    act = {"activation": kw["activation"]} if "activation" in kw else {}
+    with rnncore.use_isa(isa), rnncore.num_threads(2):
+        for B, H in ((1, 64), (4, 32), (5, 32), (1, 36), (2, 256)):
+            x, params, h0, c0, dhs, dh_n, dc_n, _ = make_case(cell, 2, B, 7, H, dtype, zlib.crc32(cid.encode()) + H,
+                                                              batch_first)
+            wx, wh, b_ih, b_hh = params
+            b2 = None if cells.get(name).fused_bias else b_hh
+            first = x[:, :1] if batch_first else x[:1]
+            one = _ops.forward(name, np.ascontiguousarray(first), wx, wh, b_ih, b2, h0, c0,
+                               batch_first=batch_first, **act)
+            two = _ops.forward(name, x, wx, wh, b_ih, b2, h0, c0, batch_first=batch_first, **act)
+            step0 = (lambda a: a[:, :1]) if batch_first else (lambda a: a[:1])
+            assert np.array_equal(one[0], step0(two[0])), (B, H)
+            cache1, cache2 = one[3], two[3]
+            for a1, a2 in ((cache1.gates, cache2.gates), (cache1.cs, cache2.cs)):
+                if a1 is not None:
+                    assert np.array_equal(a1, step0(a2)), (B, H)
+            ref = reference.OPS.forward(name, np.ascontiguousarray(first), wx, wh, b_ih, b2, h0, c0,
+                                        batch_first=batch_first, **act)
+            for k in range(3):
+                if ref[k] is not None:
+                    assert_close(one[k], ref[k], TOL[dtype], f"forward {k}")
+            g = _ops.backward(cache1, step0(dhs).copy(), dh_n, dc_n if c0 is not None else None)
+            r = reference.OPS.backward(ref[3], step0(dhs).copy(), dh_n, dc_n if c0 is not None else None)
+            for k, (a, b) in enumerate(zip(g, r)):
+                assert_close(a, b, TOL[dtype], f"grad {k}")
