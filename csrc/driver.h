@@ -214,10 +214,12 @@ inline void gate_gemm(const StepContext<T>& c, int G, int k0, int k1, const Unit
     const int H = p.H, GH = G * H;
     rowwise_gemm(p.B, H, GH, A, lda, p.wh, GH, c.wbuf, GH);
     for (int b = 0; b < p.B; ++b)
-      for (long ub = u.u0; ub < u.u1; ++ub)
+      for (long ub = u.u0; ub < u.u1; ++ub) {
+        const long valid = std::min<long>(NB, H - ub * NB);  // the cell pass reads no more
         for (int k = 0; k < G; ++k)
           std::memcpy(c.scratch + b * c.sld + (ub * G + k) * NB, c.wbuf + (long)b * GH + (long)k * H + ub * NB,
-                      NB * sizeof(T));
+                      valid * sizeof(T));
+      }
     return;
   }
   if (nk == G) {  // the blocks' columns are contiguous in the scratch: one call
@@ -489,12 +491,11 @@ void time_loop(StepContext<T>& c) {
 // Whether a forward call reads its weights in place instead of packing them: a single step of
 // a batch of at most 4 rows on one thread (streaming inference, sampling a token at a time),
 // where packing would read and write every weight once more than the step itself reads it. The
-// weights in rnncore's row-vector layout (a row of wx or wh is a row of the GEMM), every hidden
-// block whole (H a multiple of the panel width) and no second recurrent GEMM (R = G).
+// weights in rnncore's row-vector layout (a row of wx or wh is a row of the GEMM) and no second
+// recurrent GEMM (R = G).
 template <typename T, typename Cell>
 bool in_place_step(const Problem<T>& p) {
-  return p.T_ == 1 && p.B <= 4 && !p.wt && Cell::R == Cell::G && p.H % kUnitBlock<T> == 0 &&
-         step_threads<T>(p.B, p.H, Cell::G, p.D, 1) == 1;
+  return p.T_ == 1 && p.B <= 4 && !p.wt && Cell::R == Cell::G && step_threads<T>(p.B, p.H, Cell::G, p.D, 1) == 1;
 }
 
 template <typename T, typename Cell>

@@ -2,6 +2,7 @@
 the same bits for any thread count, concurrent Python threads are safe, the GIL is released."""
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -142,7 +143,7 @@ def test_rnncore_openblas_starts_no_thread_pool():
         env = {k: v for k, v in os.environ.items()
                if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_DEFAULT_NUM_THREADS")}
         out = subprocess.run([sys.executable, "-c", first], capture_output=True, text=True, env=env, check=True)
-        assert all(n > 1 for n in eval(out.stdout)), out.stdout
+        assert all(n > 1 for n in json.loads(out.stdout)), out.stdout
     for value in (None, "2"):
         env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
         if value:
