@@ -126,15 +126,23 @@ void adam_update(T* p, const T* g, T* m, T* v, long n, T lr_c1, T b1, T a1, T b2
   });
 }
 
-// sum of a[i]^2 in double: fixed chunks, each summed in order, then the chunks in order.
+// sum of a[i]^2 in double: fixed chunks, each summed in 8 lanes (element i of a chunk into lane
+// i % 8, in order: 8 independent additions, where one running sum waits 4 cycles an element,
+// 0.5 ms for the 360 K gradients of rnncore train's model), the lanes in a fixed tree, then the
+// chunks in order. The lanes are explicit, so every ISA variant adds the same way.
 template <typename T>
 double sum_squares(const T* a, long n, double* partial) {
   const long nc = num_chunks(n), w = chunk_width(n);
   parallel_region(bulk_threads((double)n * 4.0, nc), [&](int tid, int nt) {
     for_chunks(n, tid, nt, [&](long lo, long hi) {
-      double s = 0;
-      for (long i = lo; i < hi; ++i) s += (double)a[i] * (double)a[i];
-      partial[lo / w] = s;
+      constexpr int L = 8;
+      double s[L] = {};
+      long i = lo;
+      for (; i + L <= hi; i += L)
+#pragma omp simd
+        for (int j = 0; j < L; ++j) s[j] += (double)a[i + j] * (double)a[i + j];
+      for (int j = 0; i < hi; ++i, ++j) s[j] += (double)a[i] * (double)a[i];
+      partial[lo / w] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
     });
   });
   double s = 0;
