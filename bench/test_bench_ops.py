@@ -99,3 +99,35 @@ def test_gemm_peak_is_a_rate():
     pk = ops.gemm_peak(1, "float32", n=128, min_time=0.01)
     assert pk["gflops"] == max(pk["rnncore"], pk["numpy"]) > 0
     assert pk["n"] == 128 and pk["threads"] == 1
+
+
+def test_implementations_take_turns_round_by_round(monkeypatch):
+    """At each point the implementations are timed in ``--rounds`` rounds, taking turns (native,
+    twin, native, twin, ...), not one block each; every record counts its runs of all rounds."""
+    from rnncore.benchmark import ops
+
+    calls = []
+
+    def logged(name):
+        base = ops.FACTORIES[name]
+
+        class Logged(base):
+            def forward_backward(self):
+                calls.append(name)
+                return super().forward_backward()
+
+        return Logged
+
+    monkeypatch.setitem(ops.FACTORIES, "native", logged("native"))
+    monkeypatch.setitem(ops.FACTORIES, "twin", logged("twin"))
+    cfg = ops._config(ops.build_parser().parse_args(
+        ["--quick", "--cells", "lstm", "--batch", "1", "--hidden", "32", "--no-torch", "--no-textbook",
+         "--rounds", "3", "--repeat", "2"]))
+    rows = ops.run(cfg, say=lambda *a, **k: None)
+    assert len(rows) == 1
+    for name in ("native", "twin"):
+        rec = rows[0]["impls"][name]
+        assert rec["status"] == "ok" and rec["rounds"] == 3
+        assert rec["fwdbwd"]["runs"] == 3 * 2 and rec["fwd"]["runs"] == 3 * 2
+    timed = calls[2:]  # after the two warm-ups
+    assert timed == (["native"] * 2 + ["twin"] * 2) * 3

@@ -15,7 +15,8 @@ backward (BPTT) of:
 
 Every implementation is checked against native once, on its warm-up run, before it is
 timed; a mismatch is printed loudly and makes the exit status 1. Times are medians of
-repeated runs; ratios (impl / native) compare runs of the same process, which is what stays
+repeated runs, the implementations taking turns at each point in ``--rounds`` rounds; ratios
+(impl / native) compare runs of the same process, interleaved, which is what stays
 meaningful on a noisy, shared machine. Effective GFLOP/s counts the matmul work only:
 forward ``2*T*B*G*H*(D+H)`` (G = 1 rnn, 4 lstm, 3 gru), backward twice that.
 
@@ -56,7 +57,7 @@ CELLS = tuple(GATES)
 IMPLS = ("native", "twin", "textbook", "torch", "ort")
 
 DEFAULTS = dict(cells=["rnn"], batch=[1, 8, 64, 256], hidden=[128, 512], seq_len=100, threads=[1, 2])
-QUICK = dict(batch=[1, 8], hidden=[32, 64], seq_len=20, threads=[1], min_time=0.02, max_seconds=2.0)
+QUICK = dict(batch=[1, 8], hidden=[32, 64], seq_len=20, threads=[1], min_time=0.02, max_seconds=2.0, rounds=1)
 
 #: validation tolerance: max|impl - native| <= TOL * max|native|, per tensor
 TOL = {"float32": 1e-4, "float64": 1e-8}
@@ -471,13 +472,20 @@ def machine_lines(env):
     return lines
 
 
+def _timing(cfg):
+    each = (f"{cfg['repeat']} runs" if cfg["repeat"] else
+            f">= {-(-3 // cfg['rounds'])} runs and >= {cfg['min_time'] / cfg['rounds']:g}s")
+    return (f"median of all runs of {cfg['rounds']} round(s) at each point, the implementations taking turns "
+            f"({each} each a round)")
+
+
 def _header_lines(env, cfg):
     lines = machine_lines(env)
     if cfg.get("forward"):
         return lines + [
             f"grid: cells {','.join(cfg['cells'])}; T={cfg['seq_len']}; D=H; B {cfg['batch']}; H {cfg['hidden']}; "
             f"threads {cfg['threads']}; dtype {cfg['dtype']}; forward only (inference)",
-            f"timing: median of {'%d runs' % cfg['repeat'] if cfg['repeat'] else 'repeats (>= 3 runs and >= %gs)' % cfg['min_time']}"
+            f"timing: {_timing(cfg)}"
             f" after a warm-up run that is also the check of hs against native (tol {TOL[cfg['dtype']]:g} x max|native|)",
             "columns: fwd = forward time in ms; us/st = microseconds per time step (fwd / T); "
             "x = impl fwd / native fwd (> 1: native is faster); GF/s = native forward 2*T*B*G*H*(D+H) / time, "
@@ -486,7 +494,7 @@ def _header_lines(env, cfg):
     lines += [
         f"grid: cells {','.join(cfg['cells'])}; T={cfg['seq_len']}; D=H; B {cfg['batch']}; H {cfg['hidden']}; "
         f"threads {cfg['threads']}; dtype {cfg['dtype']}",
-        f"timing: median of {'%d runs' % cfg['repeat'] if cfg['repeat'] else 'repeats (>= 3 runs and >= %gs)' % cfg['min_time']}"
+        f"timing: {_timing(cfg)}"
         f" after a warm-up run that is also the check against native (tol {TOL[cfg['dtype']]:g} x max|native|); "
         f"--max-seconds {cfg['max_seconds']:g} per implementation and point",
         "FLOPs: forward 2*T*B*G*H*(D+H) (G = 1 rnn, 4 lstm, 3 gru), backward 2x forward; "
@@ -613,36 +621,79 @@ def _set_up(name, p, say):
         return None, {"status": "error", "note": f"{type(e).__name__}: {e}"}
 
 
-def _bench_impl(name, p, threads, ref, cfg, best_rate, say):
-    """One implementation at one point: set up, warm-up + check, time. Returns (record, outputs)."""
-    if cfg.get("forward"):
-        return _bench_forward(name, p, threads, ref, cfg, best_rate, say)
-    key = (name, p.cell, threads)
-    flops = 3 * p.flops_fwd
+def _prepare(name, p, threads, ref, cfg, best_rate, say):
+    """One implementation at one point: set up, warm-up + check (``--forward``: its forward, its
+    ``infer`` where it has one). Returns (implementation or None when it is not to be timed,
+    record, outputs)."""
+    fwd_only = bool(cfg.get("forward"))
+    key = (name, p.cell, threads) + (("fwd",) if fwd_only else ())
+    flops = p.flops_fwd if fwd_only else 3 * p.flops_fwd
     rec = {"status": "ok"}
     limit = float("inf") if name == "native" else cfg["max_seconds"]  # native is the yardstick: always run
     if key in best_rate and best_rate[key] * flops > limit:
         est = best_rate[key] * flops
-        return {"status": "skipped", "note": f"estimated {est:.3g}s per fwd+bwd > --max-seconds"}, None
+        what = "forward" if fwd_only else "fwd+bwd"
+        return None, {"status": "skipped", "note": f"estimated {est:.3g}s per {what} > --max-seconds"}, None
     impl, failed = _set_up(name, p, say)
     if impl is None:
-        return failed, None
+        return None, failed, None
     try:
+        if fwd_only:
+            run, result = getattr(impl, "infer", impl.forward), (lambda hs: {"hs": np.array(hs)})
+        else:
+            run, result = impl.forward_backward, (lambda _: impl.result())
         with impl.threads(threads):
-            warm, res = _warm_up(impl.forward_backward, lambda _: impl.result(), rec, key, flops, limit, best_rate,
+            warm, res = _warm_up(run, result, rec, key, flops, limit, best_rate,
                                  lambda res: _check(rec, name, p, threads, res, ref, cfg, say))
             if warm > limit:
-                return rec, res
-            budget = max(cfg["max_seconds"], 2 * warm) / 2
-            fb = _time_runs(impl.forward_backward, budget, cfg["min_time"], 3, cfg["repeat"])
-            impl.forward()  # warm the forward-only path
-            fw = _time_runs(impl.forward, budget, cfg["min_time"], 3, cfg["repeat"])
-        best_rate[key] = min(best_rate[key], statistics.median(fb) / flops)
-        rec.update(fwd=_stats(fw), fwdbwd=_stats(fb))
-        return rec, res
+                return None, rec, res
+            if not fwd_only:
+                impl.forward()  # warm the forward-only path
+        rec["budget"] = max(cfg["max_seconds"], 2 * warm) / 2
+        return impl, rec, res
     except Exception as e:  # report and carry on with the other implementations
         say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H} threads={threads}: {type(e).__name__}: {e}", err=True)
-        return {"status": "error", "note": f"{type(e).__name__}: {e}"}, None
+        return None, {"status": "error", "note": f"{type(e).__name__}: {e}"}, None
+
+
+def _time_point(prepared, p, threads, cfg, best_rate, say):
+    """Time the prepared implementations at one point in ``cfg["rounds"]`` rounds, the
+    implementations taking turns within each round, so that a slower or faster spell of a shared
+    machine (other tenants' work, which comes and goes over seconds) falls on all of them alike;
+    every record gets the median and minimum over all its rounds' runs."""
+    fwd_only = bool(cfg.get("forward"))
+    rounds = max(1, int(cfg.get("rounds") or 1))
+    times = {name: {"fwd": [], "fwdbwd": []} for name in prepared}
+    for r in range(rounds):
+        for name, (impl, rec) in prepared.items():
+            if rec["status"] != "ok" and rec["status"] != "failed":
+                continue
+            budget = rec["budget"] / rounds
+            # >= 3 runs in all, >= min_time seconds in all, every round its share
+            share = dict(budget=budget, min_time=cfg["min_time"] / rounds, min_runs=-(-3 // rounds),
+                         repeat=cfg["repeat"])
+            try:
+                with impl.threads(threads):
+                    if fwd_only:
+                        times[name]["fwd"] += _time_runs(getattr(impl, "infer", impl.forward), **share)
+                    else:
+                        times[name]["fwdbwd"] += _time_runs(impl.forward_backward, **share)
+                        times[name]["fwd"] += _time_runs(impl.forward, **share)
+            except Exception as e:  # report and carry on with the other implementations
+                say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H} threads={threads}: {type(e).__name__}: {e}",
+                    err=True)
+                prepared[name] = (impl, {"status": "error", "note": f"{type(e).__name__}: {e}"})
+    for name, (impl, rec) in prepared.items():
+        rec.pop("budget", None)
+        t = times[name]
+        if not t["fwd"] or rec["status"] == "error":
+            continue
+        rec["fwd"] = _stats(t["fwd"])
+        rec["rounds"] = rounds
+        if not fwd_only:
+            rec["fwdbwd"] = _stats(t["fwdbwd"])
+            key = (name, p.cell, threads)
+            best_rate[key] = min(best_rate[key], statistics.median(t["fwdbwd"]) / (3 * p.flops_fwd))
 
 
 def _check(rec, name, p, threads, res, ref, cfg, say):
@@ -654,32 +705,6 @@ def _check(rec, name, p, threads, res, ref, cfg, say):
         rec["status"] = "failed"
         say(f"!!! VALIDATION FAILED: {name} {p.cell} T={p.T} B={p.B} H={p.H} threads={threads} "
             f"{p.dtype}: " + "; ".join(bad), err=True)
-
-
-def _bench_forward(name, p, threads, ref, cfg, best_rate, say):
-    """``--forward``: the inference forward alone (``infer`` where an implementation has one)."""
-    key = (name, p.cell, threads, "fwd")
-    flops = p.flops_fwd
-    rec = {"status": "ok"}
-    limit = float("inf") if name == "native" else cfg["max_seconds"]
-    if key in best_rate and best_rate[key] * flops > limit:
-        return {"status": "skipped", "note": "estimated forward time > --max-seconds"}, None
-    impl, failed = _set_up(name, p, say)
-    if impl is None:
-        return failed, None
-    try:
-        fwd = getattr(impl, "infer", impl.forward)
-        with impl.threads(threads):
-            warm, res = _warm_up(fwd, lambda hs: {"hs": np.array(hs)}, rec, key, flops, limit, best_rate,
-                                 lambda res: _check(rec, name, p, threads, res, ref, cfg, say))
-            if warm > limit:
-                return rec, res
-            fw = _time_runs(fwd, max(cfg["max_seconds"], 2 * warm) / 2, cfg["min_time"], 3, cfg["repeat"])
-        rec["fwd"] = _stats(fw)
-        return rec, res
-    except Exception as e:  # report and carry on with the other implementations
-        say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H} threads={threads}: {type(e).__name__}: {e}", err=True)
-        return {"status": "error", "note": f"{type(e).__name__}: {e}"}, None
 
 
 def run(cfg, say=print, progress=None):
@@ -694,10 +719,11 @@ def run(cfg, say=print, progress=None):
                 for threads in cfg["threads"]:
                     row = {"cell": cell, "T": p.T, "B": B, "H": H, "D": p.D, "threads": threads,
                            "dtype": cfg["dtype"], "flops_fwd": p.flops_fwd, "impls": {}}
+                    prepared = {}
                     for name in cfg["impls"]:
                         if progress is not None:
                             progress.set_description(f"{cell} B={B} H={H} thr={threads} {name}")
-                        rec, res = _bench_impl(name, p, threads, ref, cfg, best_rate, say)
+                        impl, rec, res = _prepare(name, p, threads, ref, cfg, best_rate, say)
                         if name == "native":
                             if rec["status"] != "ok":
                                 say(f"!!! native {cell} B={B} H={H} threads={threads}: {rec['status']} "
@@ -705,8 +731,14 @@ def run(cfg, say=print, progress=None):
                             elif ref is None:
                                 ref = res  # the oracle for every other implementation here
                         row["impls"][name] = rec
-                        if progress is not None:
-                            progress.update(1)
+                        if impl is not None:
+                            prepared[name] = (impl, rec)
+                    _time_point(prepared, p, threads, cfg, best_rate, say)
+                    for name, (_, rec) in prepared.items():
+                        row["impls"][name] = rec
+                    del prepared
+                    if progress is not None:
+                        progress.update(len(cfg["impls"]))
                     _ratios(row, p, cfg.get("peak", {}).get(threads))
                     rows.append(row)
                     say(_table_row(row, cfg["impls"], cfg.get("forward", False)))
@@ -835,8 +867,11 @@ def build_parser():
     ap.add_argument("--threads", nargs="+", type=_int_list("--threads"), help="thread counts (default 1,2)")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ap.add_argument("--repeat", type=_positive(int, "--repeat"),
-                    help="exactly this many timed runs (default: adaptive, >= 3 runs and >= 0.3 s)")
+                    help="exactly this many timed runs a round (default: adaptive, >= 3 runs and >= 0.3 s over the rounds)")
     ap.add_argument("--min-time", type=_positive(float, "--min-time"), help="adaptive repeats: seconds (default 0.3)")
+    ap.add_argument("--rounds", type=_positive(int, "--rounds"),
+                    help="rounds at each point, the implementations taking turns, each round a share of "
+                         "--min-time (or --repeat runs each round) (default 3)")
     ap.add_argument("--max-seconds", type=_positive(float, "--max-seconds"),
                     help="skip an implementation at a point when one fwd+bwd would take longer (default 30)")
     ap.add_argument("--quick", action="store_true",
@@ -860,12 +895,12 @@ def _flat(lists):
 
 
 def _config(args):
-    base = dict(DEFAULTS, min_time=0.3, max_seconds=30.0)
+    base = dict(DEFAULTS, min_time=0.3, max_seconds=30.0, rounds=3)
     if args.quick:
         base.update(QUICK)
     given = {"cells": _flat(args.cells), "batch": _flat(args.batch), "hidden": _flat(args.hidden),
              "seq_len": args.seq_len, "threads": _flat(args.threads), "min_time": args.min_time,
-             "max_seconds": args.max_seconds}
+             "max_seconds": args.max_seconds, "rounds": args.rounds}
     cfg = dict(base, **{k: v for k, v in given.items() if v is not None})
     cfg["cells"] = list(dict.fromkeys(cfg["cells"]))
     cfg.update(dtype=args.dtype, repeat=args.repeat, json=args.json, load=max(0, args.load),
