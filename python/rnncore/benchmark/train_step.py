@@ -14,7 +14,8 @@ Three tables, each from one run on this machine:
    turn; only the rnncore call is timed.
 3. **The textbook's language models** (:mod:`rnncore.textbook.models`: SimpleRnnlm, Rnnlm,
    BetterRnnlm at the book's sizes) on the book's plain-NumPy layers and on
-   ``rnncore.time_layers``, each in its own process, forward + backward + SGD per iteration,
+   ``rnncore.time_layers``, each in its own process, the processes alternating round by round
+   (as in table 1), forward + backward + SGD per iteration,
    the same weights, batches and dropout masks, so their losses must agree.
 """
 from __future__ import annotations
@@ -253,15 +254,26 @@ def run(cells=("lstm", "gru"), steps=20, rounds=3, threads=2, torch=True, textbo
     if textbook:
         say("")
         say("3. the textbook's language models, book sizes (vocab, wordvec, hidden, batch, time); "
-            "forward + backward + SGD per iteration; median over the timed iterations after the warm-up ones")
+            f"forward + backward + SGD per iteration; {rounds} alternating rounds of a process each; median over "
+            "all rounds' timed iterations after the warm-up ones")
         say(f"{'model':<12} {'sizes':<26} {'iters':>5} {'book layers ms':>15} {'rnncore ms':>11} "
             f"{'speed-up':>9} {'max loss diff':>14} | {'fastest: book':>13} {'rnncore':>8} {'ratio':>6}")
         for name in textbook_models:
             iters, warmup = textbook_iters.get(name, TEXTBOOK_ITERS[name])
-            ref = _spawn("textbook", name, "book", iters, warmup)
-            mine = _spawn("textbook", name, "rnncore", iters, warmup)
-            if "error" in ref or "error" in mine:
-                say(f"{name:<12} failed: {ref.get('error') or mine.get('error')}")
+            ref, mine, failed = None, None, None
+            for _ in range(rounds):  # the two layer sets take turns, as the training steps above
+                r = _spawn("textbook", name, "book", iters, warmup)
+                m = _spawn("textbook", name, "rnncore", iters, warmup)
+                if "error" in r or "error" in m:
+                    failed = r.get("error") or m.get("error")
+                    break
+                if ref is None:
+                    ref, mine = r, m
+                else:  # the same batches and masks every round: the first round's losses stand for all
+                    ref["times"] += r["times"]
+                    mine["times"] += m["times"]
+            if failed:
+                say(f"{name:<12} failed: {failed}")
                 continue
             a, b = statistics.median(ref["times"]), statistics.median(mine["times"])
             a0, b0 = min(ref["times"]), min(mine["times"])
