@@ -64,7 +64,15 @@ struct Team {
   std::atomic<unsigned> generation{0};
   std::atomic<int> barrier_sleepers{0};
   alignas(64) std::atomic<int> idle_spin_us{50};
-  std::atomic<int> barrier_spin_us{100};
+  // Inside a region every thread works on the same call, so a barrier spins long: on a VM a
+  // thread that sleeps idles its virtual CPU, and waking it again goes through the hypervisor
+  // (tens of microseconds, longer when the host has given the core away meanwhile). Its
+  // partner then waits at the next barrier, sleeps too, and the step falls into a cascade of
+  // sleeps and wake-ups: on a 2-core Xeon VM, 100 us spins let 40% of an LSTM training step's
+  // barriers end asleep in slow spells (3000 sleeps in 60 steps, the step 66 ms instead of 33);
+  // 2 ms spins let almost none. A partner that lost its core for longer still ends in a sleep,
+  // which the contention check below counts.
+  std::atomic<int> barrier_spin_us{2000};
   std::atomic<long> regions{0}, inline_busy{0}, barrier_sleeps{0}, inline_contended{0}, borrowed{0};
   // Contention: waits at a barrier or at a region's end longer than kLongWait mean a thread of
   // the region lost its core. When they add up to more than a fifth of a region's time and the

@@ -4,8 +4,9 @@
 // Persistent workers owned by rnncore, not an OpenMP runtime: a native call runs its parallel
 // region on them, and they wait for the next region with a short bounded spin and then sleep on
 // a futex, so they never keep spinning while NumPy's BLAS, PyTorch's OpenMP or another process
-// wants the cores. The barrier between the phases of a step spins briefly, then sleeps too, so a
-// step whose partner thread was descheduled gives its core away instead of burning it.
+// wants the cores. The barrier between the phases of a step spins longer (up to 2 ms: every
+// thread of the region works on the same call), then sleeps too, so a step whose partner thread
+// was descheduled for longer gives its core away instead of burning it.
 //
 // When the threads of a region keep losing their cores (another process, or another pool that
 // spins), their waits at the barriers add up; the team notices and runs the calls of the next
