@@ -147,15 +147,6 @@ inline void small_kernel(int K, const T* A, long lda, const T* Wp, long pstride,
   }
 }
 
-// R rows over the pair of panels at Wp, one panel at a time (na columns in the first, nb in all).
-template <typename T, int R>
-inline void two_panels(int K, const T* A, long lda, const T* Wp, long ps, int na, int nb, bool overwrite, T* C,
-                       long ldc) {
-  constexpr int NB = Vec<T>::NB;
-  small_kernel<T, R, 1>(K, A, lda, Wp, ps, na, overwrite, C, ldc);
-  if (nb > NB) small_kernel<T, R, 1>(K, A, lda, Wp + ps, ps, nb - NB, overwrite, C + NB, ldc);
-}
-
 // Every step GEMM takes this kernel, whatever the batch. Measured on Zen 3 (AVX2) against
 // OpenBLAS's sgemm for the same product: 5x faster at batch 1-2, 2x at 4-8, 1.2x at 16-64; on
 // Zen 5 (AVX-512) as fast or faster up to batch 256 (LSTM B=64 H=512 forward+backward 315 ->
@@ -163,17 +154,33 @@ inline void two_panels(int K, const T* A, long lda, const T* Wp, long ps, int na
 // 544 ms), since OpenBLAS repacks the weights at every step. One kernel for every batch also
 // keeps each output column's sum in the same order whichever thread owns it.
 
-// C[:, n0:n1] (+)= A @ W[:, n0:n1]; n0 on a panel boundary; beta is 0 or 1. Panels go two
-// at a time in the outer loop, so each streams in from memory once for all row groups.
+// C[:, n0:n1] (+)= A @ W[:, n0:n1]; n0 on a panel boundary; beta is 0 or 1. One and two rows
+// take a pair of panels at a time (4 vector accumulators a row). From 3 rows on, the panels go
+// one at a time in the outer loop and the row blocks inside, so that a panel (K x NB: 32 KiB in
+// float32 at K = 256) stays in L1 for all the row blocks of a big batch; a pair of them, taken a
+// row block at a time, overflowed the 48 KiB L1 and came back from L2 for every row block.
 template <typename T>
 void small_gemm(int M, int n0, int n1, const T* A, long lda, const Packed<T>& W, T beta, T* C, long ldc) {
   constexpr int NB = Vec<T>::NB;
   const bool overwrite = beta == T(0);
   const long ps = W.pstride;
-  for (int n = n0; n < n1; n += 2 * NB) {
+  if (M <= 2) {
+    for (int n = n0; n < n1; n += 2 * NB) {
+      const T* Wp = W.data + (long)(n / NB) * ps;
+      const int nb = std::min(2 * NB, n1 - n);  // columns in this pair of panels
+      if (M == 2) {
+        if (nb > NB) small_kernel<T, 2, 2>(W.K, A, lda, Wp, ps, nb, overwrite, C + n, ldc);
+        else small_kernel<T, 2, 1>(W.K, A, lda, Wp, ps, nb, overwrite, C + n, ldc);
+      } else {
+        if (nb > NB) small_kernel<T, 1, 2>(W.K, A, lda, Wp, ps, nb, overwrite, C + n, ldc);
+        else small_kernel<T, 1, 1>(W.K, A, lda, Wp, ps, nb, overwrite, C + n, ldc);
+      }
+    }
+    return;
+  }
+  for (int n = n0; n < n1; n += NB) {
     const T* Wp = W.data + (long)(n / NB) * ps;
-    const int nb = std::min(2 * NB, n1 - n);  // columns in this pair of panels
-    const int na = std::min(NB, nb);           // ... in its first panel
+    const int nb = std::min(NB, n1 - n);  // columns in this panel
     for (int m = 0; m < M;) {
       const T* Am = A + m * lda;
       T* Cm = C + m * ldc + n;
@@ -182,20 +189,14 @@ void small_gemm(int M, int n0, int n1, const T* A, long lda, const Packed<T>& W,
       // vector loaded serves twice the rows of the 6-row block
       const int rows = kWideRegs && left >= 12 ? 12 : kWideRegs && left >= 8 ? 8 : left >= 6 ? 6 : std::min(4, left);
       m += rows;
-      switch (rows) {  // one and two rows take both panels at once, 3 and more rows one at a time
-        case 1:
-          if (nb > NB) small_kernel<T, 1, 2>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc);
-          else small_kernel<T, 1, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc);
-          break;
-        case 2:
-          if (nb > NB) small_kernel<T, 2, 2>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc);
-          else small_kernel<T, 2, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc);
-          break;
-        case 3: two_panels<T, 3>(W.K, Am, lda, Wp, ps, na, nb, overwrite, Cm, ldc); break;
-        case 4: two_panels<T, 4>(W.K, Am, lda, Wp, ps, na, nb, overwrite, Cm, ldc); break;
-        case 6: two_panels<T, 6>(W.K, Am, lda, Wp, ps, na, nb, overwrite, Cm, ldc); break;
-        case 8: two_panels<T, kWideRegs ? 8 : 6>(W.K, Am, lda, Wp, ps, na, nb, overwrite, Cm, ldc); break;
-        default: two_panels<T, kWideRegs ? 12 : 6>(W.K, Am, lda, Wp, ps, na, nb, overwrite, Cm, ldc);
+      switch (rows) {
+        case 1: small_kernel<T, 1, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc); break;
+        case 2: small_kernel<T, 2, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc); break;
+        case 3: small_kernel<T, 3, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc); break;
+        case 4: small_kernel<T, 4, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc); break;
+        case 6: small_kernel<T, 6, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc); break;
+        case 8: small_kernel<T, kWideRegs ? 8 : 6, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc); break;
+        default: small_kernel<T, kWideRegs ? 12 : 6, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc);
       }
     }
   }
