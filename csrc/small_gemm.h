@@ -154,50 +154,56 @@ inline void small_kernel(int K, const T* A, long lda, const T* Wp, long pstride,
 // 544 ms), since OpenBLAS repacks the weights at every step. One kernel for every batch also
 // keeps each output column's sum in the same order whichever thread owns it.
 
-// C[:, n0:n1] (+)= A @ W[:, n0:n1]; n0 on a panel boundary; beta is 0 or 1. One and two rows
-// take a pair of panels at a time (4 vector accumulators a row). From 3 rows on, the panels go
-// one at a time in the outer loop and the row blocks inside, so that a panel (K x NB: 32 KiB in
-// float32 at K = 256) stays in L1 for all the row blocks of a big batch; a pair of them, taken a
-// row block at a time, overflowed the 48 KiB L1 and came back from L2 for every row block.
+// Rows in the block that starts with `left` rows to go: 12 or 8 where the target has 32 vector
+// registers (AVX-512: each weight vector loaded serves twice the rows of a 6-row block), else 6,
+// else up to 4. From 3 rows to go on, the blocks end with 0, 1 or 2 rows left over.
+inline int block_rows(int left) {
+  return kWideRegs && left >= 12 ? 12 : kWideRegs && left >= 8 ? 8 : left >= 6 ? 6 : std::min(4, left);
+}
+
+// C[:, n0:n1] (+)= A @ W[:, n0:n1]; n0 on a panel boundary; beta is 0 or 1. Panels go two at a
+// time in the outer loop. Within a pair, the row blocks of 3 or more rows take one panel at a
+// time, all blocks of the first panel and then of the second, so that a panel (K x NB: 32 KiB in
+// float32 at K = 256) stays in L1 for all the row blocks of a big batch (a pair, taken a row
+// block at a time, overflowed the 48 KiB L1 and came back from L2 for every block). The 1 or 2
+// rows left over (all of a batch of 1 or 2) take both panels at once: 4 vector accumulators a row.
+// Each output element is the same sum in every case.
 template <typename T>
 void small_gemm(int M, int n0, int n1, const T* A, long lda, const Packed<T>& W, T beta, T* C, long ldc) {
   constexpr int NB = Vec<T>::NB;
   const bool overwrite = beta == T(0);
   const long ps = W.pstride;
-  if (M <= 2) {
-    for (int n = n0; n < n1; n += 2 * NB) {
-      const T* Wp = W.data + (long)(n / NB) * ps;
-      const int nb = std::min(2 * NB, n1 - n);  // columns in this pair of panels
-      if (M == 2) {
-        if (nb > NB) small_kernel<T, 2, 2>(W.K, A, lda, Wp, ps, nb, overwrite, C + n, ldc);
-        else small_kernel<T, 2, 1>(W.K, A, lda, Wp, ps, nb, overwrite, C + n, ldc);
-      } else {
-        if (nb > NB) small_kernel<T, 1, 2>(W.K, A, lda, Wp, ps, nb, overwrite, C + n, ldc);
-        else small_kernel<T, 1, 1>(W.K, A, lda, Wp, ps, nb, overwrite, C + n, ldc);
+  int blocked = 0;  // rows [0, blocked) go in blocks of 3 or more
+  while (M - blocked >= 3) blocked += block_rows(M - blocked);
+  const int tail = M - blocked;
+  for (int n = n0; n < n1; n += 2 * NB) {
+    const T* Wp = W.data + (long)(n / NB) * ps;
+    const int nb = std::min(2 * NB, n1 - n);  // columns in this pair of panels
+    for (int q = 0; q < 2 && q * NB < nb; ++q) {
+      const T* Wq = Wp + q * ps;
+      const int nq = std::min(NB, nb - q * NB);  // columns in this panel
+      for (int m = 0; m < blocked;) {
+        const T* Am = A + m * lda;
+        T* Cm = C + m * ldc + n + q * NB;
+        const int rows = block_rows(M - m);
+        m += rows;
+        switch (rows) {
+          case 3: small_kernel<T, 3, 1>(W.K, Am, lda, Wq, ps, nq, overwrite, Cm, ldc); break;
+          case 4: small_kernel<T, 4, 1>(W.K, Am, lda, Wq, ps, nq, overwrite, Cm, ldc); break;
+          case 6: small_kernel<T, 6, 1>(W.K, Am, lda, Wq, ps, nq, overwrite, Cm, ldc); break;
+          case 8: small_kernel<T, kWideRegs ? 8 : 6, 1>(W.K, Am, lda, Wq, ps, nq, overwrite, Cm, ldc); break;
+          default: small_kernel<T, kWideRegs ? 12 : 6, 1>(W.K, Am, lda, Wq, ps, nq, overwrite, Cm, ldc);
+        }
       }
     }
-    return;
-  }
-  for (int n = n0; n < n1; n += NB) {
-    const T* Wp = W.data + (long)(n / NB) * ps;
-    const int nb = std::min(NB, n1 - n);  // columns in this panel
-    for (int m = 0; m < M;) {
-      const T* Am = A + m * lda;
-      T* Cm = C + m * ldc + n;
-      const int left = M - m;
-      // 12 or 8 rows a block where the target has 32 vector registers (AVX-512): each weight
-      // vector loaded serves twice the rows of the 6-row block
-      const int rows = kWideRegs && left >= 12 ? 12 : kWideRegs && left >= 8 ? 8 : left >= 6 ? 6 : std::min(4, left);
-      m += rows;
-      switch (rows) {
-        case 1: small_kernel<T, 1, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc); break;
-        case 2: small_kernel<T, 2, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc); break;
-        case 3: small_kernel<T, 3, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc); break;
-        case 4: small_kernel<T, 4, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc); break;
-        case 6: small_kernel<T, 6, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc); break;
-        case 8: small_kernel<T, kWideRegs ? 8 : 6, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc); break;
-        default: small_kernel<T, kWideRegs ? 12 : 6, 1>(W.K, Am, lda, Wp, ps, nb, overwrite, Cm, ldc);
-      }
+    const T* At = A + blocked * lda;
+    T* Ct = C + blocked * ldc + n;
+    if (tail == 1) {
+      if (nb > NB) small_kernel<T, 1, 2>(W.K, At, lda, Wp, ps, nb, overwrite, Ct, ldc);
+      else small_kernel<T, 1, 1>(W.K, At, lda, Wp, ps, nb, overwrite, Ct, ldc);
+    } else if (tail == 2) {
+      if (nb > NB) small_kernel<T, 2, 2>(W.K, At, lda, Wp, ps, nb, overwrite, Ct, ldc);
+      else small_kernel<T, 2, 1>(W.K, At, lda, Wp, ps, nb, overwrite, Ct, ldc);
     }
   }
 }
