@@ -666,7 +666,7 @@ def _time_point(prepared, p, threads, cfg, best_rate, say):
     times = {name: {"fwd": [], "fwdbwd": []} for name in prepared}
     for r in range(rounds):
         for name, (impl, rec) in prepared.items():
-            if rec["status"] != "ok" and rec["status"] != "failed":
+            if rec["status"] not in ("ok", "failed"):  # an error in an earlier round
                 continue
             budget = rec["budget"] / rounds
             # >= 3 runs in all, >= min_time seconds in all, every round its share
