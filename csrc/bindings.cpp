@@ -264,12 +264,23 @@ py::tuple backward_t(const Call& c, const py::object& hs, const py::object& gate
   return py::make_tuple(dx, dwx, dwh, db_ih, db_hh, dh0, dc0);
 }
 
+// Arrays of fewer elements are scanned with the GIL held: releasing and taking it again costs
+// more than the scan.
+constexpr long kScanReleaseGil = 1 << 16;
+
 template <typename T>
 bool all_finite_t(const py::array& a) {
   const Ops<T>& o = ops<T>();
   const T* d = static_cast<const T*>(a.data());
+  const long n = (long)a.size();
+  if (n < kScanReleaseGil) return o.all_finite(d, n);
   py::gil_scoped_release release;
-  return o.all_finite(d, (long)a.size());
+  return o.all_finite(d, n);
+}
+
+bool all_finite_any(const py::array& a) {
+  if (!(a.flags() & py::array::c_style)) throw std::invalid_argument("expected a C-contiguous array");
+  return is_double(a) ? all_finite_t<double>(a) : all_finite_t<float>(a);
 }
 
 template <typename T>
@@ -509,12 +520,15 @@ PYBIND11_MODULE(_core, m) {
       [](const py::array& a) { return is_double(a, "array") ? sum_squares_t<double>(a) : sum_squares_t<float>(a); },
       "Sum of squares in float64, the same bits for any thread count.");
   m.def(
-      "all_finite",
-      [](const py::array& a) {
-        if (!(a.flags() & py::array::c_style)) throw std::invalid_argument("expected a C-contiguous array");
-        return is_double(a) ? all_finite_t<double>(a) : all_finite_t<float>(a);
+      "all_finite", &all_finite_any, "True when no element is NaN or infinite.");
+  m.def(
+      "first_nonfinite",
+      [](const py::sequence& arrays) {
+        for (size_t i = 0; i < arrays.size(); ++i)
+          if (!all_finite_any(arrays[i].cast<py::array>())) return (long)i;
+        return -1L;
       },
-      "True when no element is NaN or infinite.");
+      "Index of the first array that holds a NaN or an infinity, -1 when none does.");
 
   m.def(
       "set_isa", [](const std::string& name) { set_isa(name); }, py::arg("isa"),

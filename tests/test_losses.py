@@ -80,6 +80,23 @@ def test_ignored_positions_and_out_in_place():
     assert np.isnan(softmax_cross_entropy(x, all_ignored)[0])
 
 
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+@pytest.mark.parametrize("ignore", [-1, 0, 3, 7, -100])
+def test_ignore_index_inside_and_outside_the_classes(backend, ignore):
+    """Positions count by their target alone: with ignore_index a class (0, 3), the positions of
+    that class drop out of the loss and the mean; outside [0, V) every position counts."""
+    x, t = _case(np.float64, shape=(6, 5), V=7, seed=3, ignore_some=False)
+    t.flat[[1, 2, 9]] = 3
+    with rnncore.use_backend(backend):
+        loss, p = softmax_cross_entropy(x, t, ignore_index=ignore)
+        g = softmax_cross_entropy_backward(p, t, ignore_index=ignore)
+    ref_loss, _, ref_g = _plain(x, t, ignore=ignore)
+    assert abs(loss - ref_loss) <= 1e-12 * abs(ref_loss)
+    np.testing.assert_allclose(g, ref_g, rtol=0, atol=1e-14)
+    if 0 <= ignore < 7:
+        assert np.all(g.reshape(-1, 7)[t.reshape(-1) == ignore] == 0)
+
+
 def test_pytorch_cross_entropy():
     torch = pytest.importorskip("torch")
     x, t = _case(np.float64, shape=(5, 4), V=9, seed=11)

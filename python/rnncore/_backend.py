@@ -51,7 +51,14 @@ def use_backend(name: str):
         stack.pop()
 
 
-def implementation():
-    from . import _native, reference
+_impls = {}  # backend name -> module, filled at the first call (reference imports this module)
 
-    return _native if get_backend() == "native" else reference
+
+def implementation():
+    try:
+        return _impls[get_backend()]
+    except KeyError:
+        from . import _native, reference
+
+        _impls.update(native=_native, numpy=reference)
+        return _impls[get_backend()]

@@ -16,17 +16,22 @@ from ._checks import check_array
 
 
 def _targets(op, targets, lead_shape, V, ignore_index):
+    """The targets as a flat int64 array, and how many positions count (target not ignore_index)."""
     t = np.asarray(targets)
     if t.dtype.kind not in "iu":
         raise TypeError(f"{op}: targets must be integers, got dtype {t.dtype}")
     if t.shape != lead_shape:
         raise ValueError(f"{op}: targets must have shape {lead_shape} (logits without the class axis), got {t.shape}")
     t = np.ascontiguousarray(t.reshape(-1), dtype=np.int64)
-    bad = (t != ignore_index) & ((t < 0) | (t >= V))
-    if bad.any():
-        raise ValueError(f"{op}: targets must lie in [0, V) = [0, {V}) or equal ignore_index={ignore_index}, "
-                         f"got {t[bad][0]}")
-    return t
+    if t.size and 0 <= t.min() and t.max() < V:  # every target a class (the common case: two reductions)
+        if ignore_index < 0 or ignore_index >= V:
+            return t, t.size
+    else:
+        bad = (t != ignore_index) & ((t < 0) | (t >= V))
+        if bad.any():
+            raise ValueError(f"{op}: targets must lie in [0, V) = [0, {V}) or equal ignore_index={ignore_index}, "
+                             f"got {t[bad][0]}")
+    return t, int(np.count_nonzero(t != ignore_index))
 
 
 def _core(op):
@@ -46,9 +51,8 @@ def softmax_cross_entropy(logits, targets, *, ignore_index=-1):
     if logits.ndim < 2 or logits.shape[-1] < 1 or logits.size == 0:
         raise ValueError(f"{op}: logits must have shape (..., V) with V >= 1 and no empty axis, got {logits.shape}")
     V = logits.shape[-1]
-    t = _targets(op, targets, logits.shape[:-1], V, ignore_index)
+    t, count = _targets(op, targets, logits.shape[:-1], V, ignore_index)
     probs, row_loss = _core(op).softmax_xent_forward(logits.reshape(-1, V), t, int(ignore_index))
-    count = int(np.count_nonzero(t != ignore_index))
     loss = float(row_loss.sum() / count) if count else float("nan")
     return loss, probs.reshape(logits.shape)
 
@@ -63,13 +67,12 @@ def softmax_cross_entropy_backward(probs, targets, *, ignore_index=-1, dloss=1.0
     if probs.ndim < 2:
         raise ValueError(f"{op}: probs must have shape (..., V), got {probs.shape}")
     V = probs.shape[-1]
-    t = _targets(op, targets, probs.shape[:-1], V, ignore_index)
+    t, count = _targets(op, targets, probs.shape[:-1], V, ignore_index)
     if out is not None:
         check_array(op, "out", out, probs.dtype)
         if out.shape != probs.shape or not out.flags.writeable:
             raise ValueError(f"{op}: out must be a writeable array of shape {probs.shape}")
         out = out.reshape(-1, V)
-    count = int(np.count_nonzero(t != ignore_index))
     scale = float(dloss) / count if count else 0.0
     dx = _core(op).softmax_xent_backward(probs.reshape(-1, V), t, int(ignore_index), scale, out)
     return dx.reshape(probs.shape)
