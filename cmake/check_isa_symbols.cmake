@@ -6,7 +6,7 @@
 # variant's namespace (a std:: template, a helper left out of RNNCORE_NS_BEGIN) would let the
 # AVX-512 copy serve the AVX2 and generic kernels, or the reverse (csrc/isa.h).
 string(LENGTH "${NS}" len)
-set(ok "^_Z(GV|TW|TH|TV|TI|TS)?Z?N7rnncore${len}${NS}")
+set(ok "^_Z(GV|TW|TH|TV|TI|TS)?Z*N7rnncore${len}${NS}")
 set(bad "")
 foreach(obj IN LISTS OBJS)
   execute_process(COMMAND "${NM}" --defined-only --extern-only "${obj}" OUTPUT_VARIABLE out

@@ -20,51 +20,58 @@ RNNCORE_NS_BEGIN
 // op(W) is W (D, M) row-major, or, when wt, the transpose of a row-major (M, D) matrix (a
 // tied weight passed as a transposed view needs no copy).
 
-// y (N, M) = x (N, D) @ op(W) + b (M, or null), split over fixed row chunks.
+// Which axis of an (R, C) output a GEMM's chunks cut: rows, unless its columns make more
+// chunks (a small batch before a wide layer: 50 rows of 418 outputs). A function of the shape.
+inline bool chunk_rows(long R, long C) { return num_chunks(R) >= num_chunks(C); }
+
+// y (N, M) = x (N, D) @ op(W) + b (M, or null), in fixed chunks of rows or columns.
 template <typename T>
 void affine_forward(const T* x, const T* W, bool wt, const T* b, long N, long D, long M, T* y) {
-  parallel_region(bulk_threads((double)N * D * M, num_chunks(N)), [&](int tid, int nt) {
-    for_chunks(N, tid, nt, [&](long lo, long hi) {
-      T* yr = y + lo * M;
-      const long n = hi - lo;
+  const bool rows = chunk_rows(N, M);
+  bulk_region(bulk_threads((double)N * D * M, rows ? num_chunks(N) : num_chunks(M)), [&](Claims& cl) {
+    cl.for_chunks(rows ? N : M, [&](long lo, long hi) {
+      const long r0 = rows ? lo : 0, n = rows ? hi - lo : N;  // the chunk: rows [r0, r0 + n) ...
+      const long c0 = rows ? 0 : lo, m = rows ? M : hi - lo;  // ... of columns [c0, c0 + m)
+      T* yc = y + r0 * M + c0;
       if (b) {
         for (long r = 0; r < n; ++r)
-          for (long j = 0; j < M; ++j) yr[r * M + j] = b[j];
+          for (long j = 0; j < m; ++j) yc[r * M + j] = b[c0 + j];
       }
-      gemm(false, wt, (int)n, (int)M, (int)D, T(1), x + lo * D, (int)D, W, wt ? (int)D : (int)M, b ? T(1) : T(0),
-           yr, (int)M);
+      gemm(false, wt, (int)n, (int)m, (int)D, T(1), x + r0 * D, (int)D, wt ? W + c0 * D : W + c0,
+           wt ? (int)D : (int)M, b ? T(1) : T(0), yc, (int)M);
     });
   });
 }
 
-// C (P, Q) = A^T B for A (N, P), B (N, Q), this thread's share of fixed chunks of C's longer axis.
+// C (P, Q) = A^T B for A (N, P), B (N, Q), in fixed chunks of C's longer axis.
 template <typename T>
-void gram_chunks(const T* A, long P, const T* B, long Q, long N, T* C, int tid, int nt) {
+void gram_chunks(const T* A, long P, const T* B, long Q, long N, T* C, Claims& cl) {
   if (P >= Q) {
-    for_chunks(P, tid, nt, [&](long lo, long hi) {
+    cl.for_chunks(P, [&](long lo, long hi) {
       gemm(true, false, (int)(hi - lo), (int)Q, (int)N, T(1), A + lo, (int)P, B, (int)Q, T(0), C + lo * Q, (int)Q);
     });
   } else {
-    for_chunks(Q, tid, nt, [&](long lo, long hi) {
+    cl.for_chunks(Q, [&](long lo, long hi) {
       gemm(true, false, (int)P, (int)(hi - lo), (int)N, T(1), A, (int)P, B + lo, (int)Q, T(0), C + lo, (int)Q);
     });
   }
 }
 
 // dW = x^T dy (D, M), or its transpose (M, D) = dy^T x when dwt; db (M) = column sums of dy
-// (if db); dx (N, D) = dy op(W)^T (if dx).
+// (if db); dx (N, D) = dy op(W)^T (if dx), in fixed chunks of its rows or columns.
 template <typename T>
 void affine_backward(const T* dy, const T* x, const T* W, bool wt, long N, long D, long M, T* dW, bool dwt, T* db,
                      T* dx) {
-  const long units = std::max(num_chunks(std::max(D, M)), dx ? num_chunks(N) : 1L);
+  const bool rows = chunk_rows(N, D);
+  const long units = std::max(num_chunks(std::max(D, M)), dx ? (rows ? num_chunks(N) : num_chunks(D)) : 1L);
   const double work = (double)N * D * M * (dx ? 2.0 : 1.0);
-  parallel_region(bulk_threads(work, units), [&](int tid, int nt) {
+  bulk_region(bulk_threads(work, units), [&](Claims& cl) {
     if (dwt)
-      gram_chunks(dy, M, x, D, N, dW, tid, nt);
+      gram_chunks(dy, M, x, D, N, dW, cl);
     else
-      gram_chunks(x, D, dy, M, N, dW, tid, nt);
+      gram_chunks(x, D, dy, M, N, dW, cl);
     if (db) {
-      for_chunks(M, tid, nt, [&](long lo, long hi) {
+      cl.for_chunks(M, [&](long lo, long hi) {
         for (long j = lo; j < hi; ++j) db[j] = T(0);
         for (long r = 0; r < N; ++r) {
           const T* d = dy + r * M;
@@ -74,9 +81,12 @@ void affine_backward(const T* dy, const T* x, const T* W, bool wt, long N, long 
       });
     }
     if (dx) {
-      for_chunks(N, tid, nt, [&](long lo, long hi) {
-        gemm(false, !wt, (int)(hi - lo), (int)D, (int)M, T(1), dy + lo * M, (int)M, W, wt ? (int)D : (int)M, T(0),
-             dx + lo * D, (int)D);
+      cl.for_chunks(rows ? N : D, [&](long lo, long hi) {
+        // rows [r0, r0 + n) of dx, columns [c0, c0 + m): columns c0.. of op(W)^T are rows c0.. of op(W)
+        const long r0 = rows ? lo : 0, n = rows ? hi - lo : N;
+        const long c0 = rows ? 0 : lo, m = rows ? D : hi - lo;
+        gemm(false, !wt, (int)n, (int)m, (int)M, T(1), dy + r0 * M, (int)M, wt ? W + c0 : W + c0 * M,
+             wt ? (int)D : (int)M, T(0), dx + r0 * D + c0, (int)D);
       });
     }
   });
@@ -86,8 +96,8 @@ void affine_backward(const T* dy, const T* x, const T* W, bool wt, long N, long 
 // split in fixed chunks (so duplicate ids accumulate in the same order for any thread count).
 template <typename T>
 void embedding_backward(const int64_t* ids, const T* dout, long N, long V, long D, T* dW) {
-  parallel_region(bulk_threads((double)N * D * 4.0 + (double)V * D, num_chunks(D)), [&](int tid, int nt) {
-    for_chunks(D, tid, nt, [&](long lo, long hi) {
+  bulk_region(bulk_threads((double)N * D * 4.0 + (double)V * D, num_chunks(D)), [&](Claims& cl) {
+    cl.for_chunks(D, [&](long lo, long hi) {
       for (long v = 0; v < V; ++v)
         for (long j = lo; j < hi; ++j) dW[v * D + j] = T(0);
       for (long n = 0; n < N; ++n) {
@@ -121,8 +131,8 @@ void adam_range(T* p, const T* g, T* m, T* v, long lo, long hi, T lr_c1, T b1, T
 
 template <typename T>
 void adam_update(T* p, const T* g, T* m, T* v, long n, T lr_c1, T b1, T a1, T b2, T a2, T eps, T c2) {
-  parallel_region(bulk_threads((double)n * 16.0, num_chunks(n)), [&](int tid, int nt) {
-    for_chunks(n, tid, nt, [&](long lo, long hi) { adam_range(p, g, m, v, lo, hi, lr_c1, b1, a1, b2, a2, eps, c2); });
+  bulk_region(bulk_threads((double)n * 16.0, num_chunks(n)), [&](Claims& cl) {
+    cl.for_chunks(n, [&](long lo, long hi) { adam_range(p, g, m, v, lo, hi, lr_c1, b1, a1, b2, a2, eps, c2); });
   });
 }
 
@@ -133,8 +143,8 @@ void adam_update(T* p, const T* g, T* m, T* v, long n, T lr_c1, T b1, T a1, T b2
 template <typename T>
 double sum_squares(const T* a, long n, double* partial) {
   const long nc = num_chunks(n), w = chunk_width(n);
-  parallel_region(bulk_threads((double)n * 4.0, nc), [&](int tid, int nt) {
-    for_chunks(n, tid, nt, [&](long lo, long hi) {
+  bulk_region(bulk_threads((double)n * 4.0, nc), [&](Claims& cl) {
+    cl.for_chunks(n, [&](long lo, long hi) {
       constexpr int L = 8;
       double s[L] = {};
       long i = lo;

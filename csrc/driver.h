@@ -652,14 +652,14 @@ void backward(Problem<T>& p) {
   const T* dGh = ctx.dGh;
 
   const long units = std::max(num_chunks(GH), num_chunks(rows));
-  parallel_region(bulk_threads((double)rows * GH * (2.0 * D + H), units), [&](int tid, int nt) {
-    for_chunks(GH, tid, nt, [&](long lo, long hi) {
+  bulk_region(bulk_threads((double)rows * GH * (2.0 * D + H), units), [&](Claims& cl) {
+    cl.for_chunks(GH, [&](long lo, long hi) {
       weight_grad(p.wt, D, lo, hi, (int)rows, p.x, D, dG + lo, GH, T(0), p.dwx);
       hidden_weight_grad<T, Cell>(p, dGh, prev, lo, hi);
       column_sums(dG, rows, GH, lo, hi, p.db_ih);
       if (p.db_hh) column_sums(dGh, rows, GH, lo, hi, p.db_hh);
     });
-    for_chunks(rows, tid, nt, [&](long lo, long hi) {
+    cl.for_chunks(rows, [&](long lo, long hi) {
       gemm(false, !p.wt, (int)(hi - lo), D, GH, T(1), dG + lo * GH, GH, p.wx, p.wt ? D : GH, T(0), p.dx + lo * D,
            D);
     });

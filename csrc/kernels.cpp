@@ -107,12 +107,12 @@ double sum_squares_entry(const T* a, long n) {
 template <typename T>
 bool all_finite_entry(const T* d, long n) {
   int bad = 0;  // written by the threads that find one (any nonzero store suffices)
-  parallel_region(threads_for((double)n, n, 1 << 20), [&](int tid, int nt) {
-    long lo, hi;
-    split_range(n, nt, tid, 1, lo, hi);
-    int b = 0;
-    for (long i = lo; i < hi; ++i) b |= !std::isfinite(d[i]);
-    if (b) __atomic_store_n(&bad, 1, __ATOMIC_RELAXED);
+  bulk_region(threads_for((double)n, num_chunks(n), 1 << 20), [&](Claims& cl) {
+    cl.for_chunks(n, [&](long lo, long hi) {
+      int b = 0;
+      for (long i = lo; i < hi; ++i) b |= !std::isfinite(d[i]);
+      if (b) __atomic_store_n(&bad, 1, __ATOMIC_RELAXED);
+    });
   });
   return !__atomic_load_n(&bad, __ATOMIC_RELAXED);
 }

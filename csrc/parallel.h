@@ -9,6 +9,7 @@
 #include "isa.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdlib>
 #include <new>
@@ -31,11 +32,12 @@ inline int call_threads() {
   return cap > 0 ? std::min(n, cap) : n;
 }
 
-// parallel_region's entry: f(tid, nt) on nt threads of the team (team.h).
+// parallel_region's entry: f(tid, nt) on nt threads of the team (team.h); flexible: the
+// threads that join in time (bulk_region).
 template <typename F>
-inline int team_run(int nt, F& f) {
-  return rnncore_team_run(
-      nt, [](void* ctx, int tid, int n) { (*static_cast<F*>(ctx))(tid, n); }, &f);
+inline int team_run(int nt, F& f, bool flexible = false) {
+  auto fn = [](void* ctx, int tid, int n) { (*static_cast<F*>(ctx))(tid, n); };
+  return flexible ? rnncore_team_run_flexible(nt, fn, &f) : rnncore_team_run(nt, fn, &f);
 }
 
 inline void barrier() { rnncore_team_barrier(); }
@@ -85,14 +87,28 @@ inline long chunk_width(long n) {
 
 inline long num_chunks(long n) { return (n + chunk_width(n) - 1) / chunk_width(n); }
 
-// Call f(lo, hi) for each of this thread's chunks of [0, n).
-template <typename F>
-inline void for_chunks(long n, int tid, int nt, F&& f) {
-  const long w = chunk_width(n);
-  long c0, c1;
-  split_range(num_chunks(n), nt, tid, 1, c0, c1);
-  for (long c = c0; c < c1; ++c) f(c * w, std::min(n, (c + 1) * w));
-}
+// The loops of a bulk region (bulk_region): each cut into the fixed chunks above, which the
+// region's threads claim one at a time, whoever comes first. Every thread runs the region's
+// loops in the same order (at most kMaxLoops), and its k-th loop claims from the k-th counter;
+// the loops need no barrier between them (no loop reads what another writes). Each chunk is
+// one piece of work whoever runs it, so the bits do not depend on the thread count or on who
+// ran what.
+class Claims {
+ public:
+  static constexpr int kMaxLoops = 8;
+  explicit Claims(std::atomic<long>* next) : next_(next) {}
+  // f(lo, hi) for each chunk of [0, n) this thread claims.
+  template <typename F>
+  void for_chunks(long n, F&& f) {
+    std::atomic<long>& next = next_[loop_++];
+    const long w = chunk_width(n), nc = num_chunks(n);
+    for (long c; (c = next.fetch_add(1, std::memory_order_relaxed)) < nc;) f(c * w, std::min(n, (c + 1) * w));
+  }
+
+ private:
+  std::atomic<long>* next_;
+  int loop_ = 0;
+};
 
 // The calling thread's workspace for one native call: at least n elements, contents
 // undefined. Kept between calls (up to kKeep elements) so that a training loop does
@@ -158,6 +174,23 @@ inline void parallel_region(int nt, F&& f) {
     f(tid, n);
   };
   team_run(nt, body);
+}
+
+// Run f(claims) on up to nt threads of the team, each with denormals flushed: the work of bulk
+// operations, whose loops (claims.for_chunks) share their chunks among the threads that come.
+// The caller claims from the start and waits only for workers that joined before it ran out of
+// chunks (team.h: a flexible region), so a sleeping or descheduled worker never holds it up.
+// No barrier inside.
+template <typename F>
+inline void bulk_region(int nt, F&& f) {
+  std::atomic<long> next[Claims::kMaxLoops];
+  for (auto& a : next) a.store(0, std::memory_order_relaxed);
+  auto body = [&](int, int) {
+    DenormalGuard guard;
+    Claims claims(next);
+    f(claims);
+  };
+  team_run(nt, body, true);
 }
 
 RNNCORE_NS_END

@@ -20,46 +20,46 @@ RNNCORE_NS_BEGIN
 template <typename T>
 void softmax_xent_forward(const T* x, const int64_t* t, long N, long V, int64_t ignore, T* probs,
                           double* row_loss) {
-  parallel_region(threads_for((double)N * V, N, 1 << 16), [&](int tid, int nt) {
-    long lo, hi;
-    split_range(N, nt, tid, 1, lo, hi);
-    for (long n = lo; n < hi; ++n) {
-      const T* xr = x + n * V;
-      T* pr = probs + n * V;
-      T m = xr[0];
+  bulk_region(threads_for((double)N * V, num_chunks(N), 1 << 16), [&](Claims& cl) {
+    cl.for_chunks(N, [&](long lo, long hi) {
+      for (long n = lo; n < hi; ++n) {
+        const T* xr = x + n * V;
+        T* pr = probs + n * V;
+        T m = xr[0];
 #pragma omp simd reduction(max : m)
-      for (long v = 0; v < V; ++v) m = xr[v] > m ? xr[v] : m;
-      T s = 0;
+        for (long v = 0; v < V; ++v) m = xr[v] > m ? xr[v] : m;
+        T s = 0;
 #pragma omp simd reduction(+ : s)
-      for (long v = 0; v < V; ++v) {
-        pr[v] = vexp(xr[v] - m);
-        s += pr[v];
-      }
-      const T inv = T(1) / s;
+        for (long v = 0; v < V; ++v) {
+          pr[v] = vexp(xr[v] - m);
+          s += pr[v];
+        }
+        const T inv = T(1) / s;
 #pragma omp simd
-      for (long v = 0; v < V; ++v) pr[v] *= inv;
-      row_loss[n] = t[n] == ignore ? 0.0 : -((double)(xr[t[n]] - m) - std::log((double)s));
-    }
+        for (long v = 0; v < V; ++v) pr[v] *= inv;
+        row_loss[n] = t[n] == ignore ? 0.0 : -((double)(xr[t[n]] - m) - std::log((double)s));
+      }
+    });
   });
 }
 
 // dx (N, V) = scale * (probs - onehot(t)), zero rows where t[n] == ignore. dx may be probs.
 template <typename T>
 void softmax_xent_backward(const T* probs, const int64_t* t, long N, long V, int64_t ignore, T scale, T* dx) {
-  parallel_region(threads_for((double)N * V, N, 1 << 16), [&](int tid, int nt) {
-    long lo, hi;
-    split_range(N, nt, tid, 1, lo, hi);
-    for (long n = lo; n < hi; ++n) {
-      const T* pr = probs + n * V;
-      T* dr = dx + n * V;
-      if (t[n] == ignore) {
-        for (long v = 0; v < V; ++v) dr[v] = T(0);
-        continue;
-      }
+  bulk_region(threads_for((double)N * V, num_chunks(N), 1 << 16), [&](Claims& cl) {
+    cl.for_chunks(N, [&](long lo, long hi) {
+      for (long n = lo; n < hi; ++n) {
+        const T* pr = probs + n * V;
+        T* dr = dx + n * V;
+        if (t[n] == ignore) {
+          for (long v = 0; v < V; ++v) dr[v] = T(0);
+          continue;
+        }
 #pragma omp simd
-      for (long v = 0; v < V; ++v) dr[v] = pr[v] * scale;
-      dr[t[n]] -= scale;
-    }
+        for (long v = 0; v < V; ++v) dr[v] = pr[v] * scale;
+        dr[t[n]] -= scale;
+      }
+    });
   });
 }
 

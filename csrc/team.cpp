@@ -44,21 +44,31 @@ bool spin_until(P&& pred, int budget_us) {
   }
 }
 
-// One worker's mailbox: the region it is to run, posted by the caller.
+// One worker's mailbox: the doorbell and the generation of the region last posted to it.
 struct alignas(64) Slot {
   std::atomic<unsigned> seq{0};  // bumped once per region posted to this worker
+  std::atomic<unsigned> gen{0};  // that region's generation (Team::join), stored before the bump
   std::atomic<int> sleeping{0};
-  long long posted_ns = 0;  // when the region was posted (to see how late the worker started)
-  void (*fn)(void*, int, int) = nullptr;
-  void* ctx = nullptr;
-  int nt = 1;
+  std::atomic<long long> posted_ns{0};  // when the region was posted (to see how late the worker started)
 };
-
 struct Team {
   std::mutex run_mutex;  // one region at a time
   int started = 0;       // workers 1..started exist (guarded by run_mutex)
   Slot slots[kMaxThreads];
-  alignas(64) std::atomic<int> pending{0};  // workers still inside the current region
+  // The region being run: written by the caller only while no worker can join it (before it
+  // opens the join word, after every worker that joined has finished), read by a worker only
+  // after it joined.
+  void (*fn)(void*, int, int) = nullptr;
+  void* ctx = nullptr;
+  int nt = 1;
+  unsigned last_gen = 0;  // the generation of the last region posted (guarded by run_mutex)
+  // The join word: the region's generation (high 32 bits), whether it is open (kOpen) and how
+  // many workers joined (the low bits). A worker joins by incrementing it while it is open and
+  // names the generation it was posted for, and takes the count before it as its tid - 1; a
+  // worker that comes after the caller closed a flexible region, or that was posted for an
+  // older one, never touches the region.
+  alignas(64) std::atomic<unsigned long long> join{0};
+  std::atomic<int> finished{0};  // workers of the current region that returned
   std::atomic<int> caller_sleeping{0};
   alignas(64) std::atomic<int> arrived{0};  // barrier
   std::atomic<unsigned> generation{0};
@@ -88,7 +98,18 @@ struct Team {
   std::atomic<long long> backoff_until_ns{0};
   long long backoff_ns = kBackoffMin;
   static constexpr long long kLongWait = 300000, kLateStart = 1000000, kBackoffMin = 100000000, kBackoffMax = 1600000000;
+  static constexpr unsigned long long kOpen = 1ull << 31, kCount = kOpen - 1;
 };
+
+// Join the region of generation `gen` if it is still open: true, with this worker's tid.
+bool try_join(Team* team, unsigned gen, int& tid) {
+  unsigned long long w = team->join.load(std::memory_order_acquire);
+  do {
+    if ((unsigned)(w >> 32) != gen || !(w & Team::kOpen)) return false;
+  } while (!team->join.compare_exchange_weak(w, w + 1, std::memory_order_acq_rel, std::memory_order_acquire));
+  tid = (int)(w & Team::kCount) + 1;
+  return true;
+}
 
 long long now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
@@ -185,8 +206,10 @@ int default_threads() {
   return n;
 }
 
-// `seen`: the slot's sequence number when the worker was created, before anything was posted.
-void worker_main(Team* team, int w, unsigned seen) {
+// `seen`, `handled`: the slot's sequence number and generation when the worker was created,
+// before anything was posted to it (the thread may start after the first post). Each generation
+// posted to the slot is handled once: joined, if still open, and run.
+void worker_main(Team* team, int w, unsigned seen, unsigned handled) {
   Slot& s = team->slots[w];
   pthread_setname_np(pthread_self(), "rnncore-team");  // as /proc, top and the tests see it
   team->awake.fetch_add(1, std::memory_order_relaxed);
@@ -200,15 +223,23 @@ void worker_main(Team* team, int w, unsigned seen) {
       s.sleeping.store(0);
     }
     seen = s.seq.load(std::memory_order_acquire);
+    const unsigned gen = s.gen.load(std::memory_order_acquire);
+    if (gen == handled) continue;
+    handled = gen;
     // Started a millisecond or more after it was posted: the worker waited for a core.
-    if (now_ns() - s.posted_ns > Team::kLateStart) team->preempted.fetch_add(1, std::memory_order_relaxed);
-    run_part(team, s.fn, s.ctx, w, s.nt);
-    if (team->pending.fetch_sub(1) == 1 && team->caller_sleeping.load()) team->pending.notify_all();
+    if (now_ns() - s.posted_ns.load(std::memory_order_relaxed) > Team::kLateStart)
+      team->preempted.fetch_add(1, std::memory_order_relaxed);
+    int tid;
+    if (!try_join(team, gen, tid)) continue;  // a flexible region its caller finished alone
+    run_part(team, team->fn, team->ctx, tid, team->nt);
+    team->finished.fetch_add(1);
+    if (team->caller_sleeping.load()) team->finished.notify_all();
   }
 }
 
 void start_workers(Team* team, int n) {  // under run_mutex
-  for (int w = team->started + 1; w <= n; ++w) std::thread(worker_main, team, w, team->slots[w].seq.load()).detach();
+  for (int w = team->started + 1; w <= n; ++w)
+    std::thread(worker_main, team, w, team->slots[w].seq.load(), team->slots[w].gen.load()).detach();
   team->started = std::max(team->started, n);
 }
 
@@ -221,27 +252,36 @@ void after_fork_child() {
 }
 const int g_atfork = pthread_atfork(nullptr, nullptr, after_fork_child);
 
-// Post the region to workers 1..nt-1, run part 0 on the caller, wait for the workers.
-void run_on_workers(Team* team, int nt, void (*fn)(void*, int, int), void* ctx, long long t0) {
+// Post the region to workers 1..nt-1, run part 0 on the caller, wait for the workers: all nt - 1
+// of them, or (flexible) only those that joined before the caller finished its part.
+void run_on_workers(Team* team, int nt, void (*fn)(void*, int, int), void* ctx, long long t0, bool flexible) {
   if (team->started < nt - 1) start_workers(team, nt - 1);
-  team->pending.store(nt - 1);
+  const unsigned gen = ++team->last_gen;
+  team->fn = fn;
+  team->ctx = ctx;
+  team->nt = nt;
+  team->finished.store(0, std::memory_order_relaxed);
+  team->join.store((unsigned long long)gen << 32 | Team::kOpen, std::memory_order_release);
   for (int w = 1; w < nt; ++w) {
     Slot& s = team->slots[w];
-    s.fn = fn;
-    s.ctx = ctx;
-    s.nt = nt;
-    s.posted_ns = t0;
+    s.posted_ns.store(t0, std::memory_order_relaxed);
+    s.gen.store(gen, std::memory_order_release);
     s.seq.fetch_add(1);
     if (s.sleeping.load()) s.seq.notify_one();
   }
   run_part(team, fn, ctx, 0, nt);
-  auto done = [&] { return team->pending.load(std::memory_order_acquire) == 0; };
+  // A flexible region's part 0 claims work until none is left (parallel.h, bulk_region): close
+  // it, so that a worker still on its way stays out, and wait for those inside. Every worker of
+  // a fixed region (its parts split by tid) joins; the caller waits for all.
+  const int joined = flexible ? (int)(team->join.fetch_and(~Team::kOpen) & Team::kCount) : nt - 1;
+  auto done = [&] { return team->finished.load(std::memory_order_acquire) == joined; };
   if (!spin_until(done, team->barrier_spin_us.load(std::memory_order_relaxed))) {
     const long long since = now_ns();
     team->caller_sleeping.store(1);
-    for (int p; (p = team->pending.load()) != 0;) sleep_wait(team, team->pending, p, since);
+    for (int f; (f = team->finished.load()) != joined;) sleep_wait(team, team->finished, f, since);
     team->caller_sleeping.store(0);
   }
+  team->join.store((unsigned long long)gen << 32, std::memory_order_relaxed);  // closed
 }
 
 }  // namespace
@@ -263,7 +303,9 @@ void rnncore_set_num_threads(int n) { g_setting.store(std::max(0, std::min(n, kM
 
 int rnncore_thread_setting(void) { return g_setting.load(); }
 
-int rnncore_team_run(int nt, void (*fn)(void*, int, int), void* ctx) {
+namespace {
+
+int team_run(int nt, void (*fn)(void*, int, int), void* ctx, bool flexible) {
   Team* team = g_team;
   nt = std::min(nt, kMaxThreads);
   if (nt <= 1 || tl_region_nt > 0) {
@@ -306,7 +348,7 @@ int rnncore_team_run(int nt, void (*fn)(void*, int, int), void* ctx) {
     omp->parallel(borrowed_part, &r, (unsigned)nt, 0);
     team->borrowed.fetch_add(1, std::memory_order_relaxed);
   } else {
-    run_on_workers(team, nt, fn, ctx, t0);
+    run_on_workers(team, nt, fn, ctx, t0, flexible);
   }
   team->regions.fetch_add(1, std::memory_order_relaxed);
   if (adaptive) {
@@ -316,6 +358,14 @@ int rnncore_team_run(int nt, void (*fn)(void*, int, int), void* ctx) {
       team->backoff_until_ns.store(t1 + team->backoff_ns, std::memory_order_relaxed);
   }
   return nt;
+}
+
+}  // namespace
+
+int rnncore_team_run(int nt, void (*fn)(void*, int, int), void* ctx) { return team_run(nt, fn, ctx, false); }
+
+int rnncore_team_run_flexible(int nt, void (*fn)(void*, int, int), void* ctx) {
+  return team_run(nt, fn, ctx, true);
 }
 
 void rnncore_team_barrier(void) {

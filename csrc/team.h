@@ -35,6 +35,11 @@ int rnncore_num_cpus(void);
 // team's workers; returns when all have returned. Runs fn(ctx, 0, 1) inline when nt <= 1 or the
 // team is busy. Returns the nt that ran.
 int rnncore_team_run(int nt, void (*fn)(void* ctx, int tid, int nt), void* ctx);
+// The same for a flexible region, whose parts share its work by claiming it (parallel.h:
+// bulk_region) rather than by tid, and have no barrier: the caller waits only for the workers
+// that joined before its own part returned. A worker that wakes late (asleep, or its core
+// taken by another process) then costs the call nothing; the caller has done its share.
+int rnncore_team_run_flexible(int nt, void (*fn)(void* ctx, int tid, int nt), void* ctx);
 // Wait until every thread of the current region has arrived (no-op outside a region or at nt 1).
 void rnncore_team_barrier(void);
 // The spin budgets in microseconds before a waiting thread sleeps: idle workers between regions
