@@ -580,12 +580,12 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "team_stats",
       [] {
-        long r = 0, b = 0, s = 0, c = 0, o = 0;
-        rnncore_team_stats(&r, &b, &s, &c, &o);
-        return py::make_tuple(r, b, s, c, o);
+        long r = 0, b = 0, s = 0, c = 0, o = 0, l = 0;
+        rnncore_team_stats(&r, &b, &s, &c, &o, &l);
+        return py::make_tuple(r, b, s, c, o, l);
       },
       "(regions on the team, inline as the team was busy, barrier waits that slept, inline as the cores were "
-      "taken, on a borrowed OpenMP team).");
+      "taken, on a borrowed OpenMP team, workers that came to a flexible region after its caller finished it).");
   m.def(
       "team_borrow_openmp",
       [](uintptr_t parallel, uintptr_t thread_num, uintptr_t num_threads) {

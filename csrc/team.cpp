@@ -83,7 +83,7 @@ struct Team {
   // 2 ms spins let almost none. A partner that lost its core for longer still ends in a sleep,
   // which the contention check below counts.
   std::atomic<int> barrier_spin_us{2000};
-  std::atomic<long> regions{0}, inline_busy{0}, barrier_sleeps{0}, inline_contended{0}, borrowed{0};
+  std::atomic<long> regions{0}, inline_busy{0}, barrier_sleeps{0}, inline_contended{0}, borrowed{0}, late{0};
   // Contention: waits at a barrier or at a region's end longer than kLongWait mean a thread of
   // the region lost its core. When they add up to more than a fifth of a region's time and the
   // kernel confirms it (the region's threads were preempted or a worker started late, and other
@@ -230,7 +230,10 @@ void worker_main(Team* team, int w, unsigned seen, unsigned handled) {
     if (now_ns() - s.posted_ns.load(std::memory_order_relaxed) > Team::kLateStart)
       team->preempted.fetch_add(1, std::memory_order_relaxed);
     int tid;
-    if (!try_join(team, gen, tid)) continue;  // a flexible region its caller finished alone
+    if (!try_join(team, gen, tid)) {  // a flexible region its caller finished alone
+      team->late.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
     run_part(team, team->fn, team->ctx, tid, team->nt);
     team->finished.fetch_add(1);
     if (team->caller_sleeping.load()) team->finished.notify_all();
@@ -413,7 +416,8 @@ void rnncore_team_set_spin(int idle_us, int barrier_us) {
 }
 
 void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps, long* inline_contended,
-                        long* borrowed) {
+                        long* borrowed, long* late) {
+  if (late) *late = g_team->late.load();
   if (borrowed) *borrowed = g_team->borrowed.load();
   if (inline_contended) *inline_contended = g_team->inline_contended.load();
   if (regions) *regions = g_team->regions.load();

@@ -48,9 +48,10 @@ void rnncore_team_set_spin(int idle_us, int barrier_us);
 // Counters since load, for tests and benchmarks: regions run on the team, regions run inline
 // because the team was busy, barrier waits that ended asleep, regions run inline because the
 // team had found its threads descheduled (the cores taken by other work) shortly before, and
-// regions run on a borrowed OpenMP team.
+// regions run on a borrowed OpenMP team, and workers that came to a flexible region after its
+// caller had finished it.
 void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps, long* inline_contended,
-                        long* borrowed);
+                        long* borrowed, long* late);
 // Whether the team falls back to the calling thread alone while the cores are taken (default on).
 void rnncore_team_set_adaptive(int on);
 // Run the regions from now on on another runtime's OpenMP team instead of rnncore's workers:

@@ -237,6 +237,44 @@ def test_one_and_two_threads_bit_identical(cid, cell, kw, dtype):
     _assert_equal(limited, one, "threadpool_limits(1): ")
 
 
+def test_bulk_calls_with_workers_asleep_or_late_give_the_same_bits():
+    """Workers that sleep after every call (no idle spin, no barrier spin) come late to most
+    regions: a bulk call (affine, loss) then runs on whoever joined before its caller ran out
+    of chunks, and the step loop of the recurrent call between them waits for all. Every
+    result is bit-identical to one thread's, and the team serves both kinds of region in turn."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((512, 128)).astype(np.float32)
+    W = rng.standard_normal((128, 256)).astype(np.float32)
+    b = rng.standard_normal(256).astype(np.float32)
+    dy = rng.standard_normal((512, 256)).astype(np.float32)
+    t = rng.integers(0, 256, 512)
+    case = _case("lstm", T=6, B=64, D=32, H=256, dtype=np.float32, seed=2)
+
+    def calls():
+        y = rnncore.dense.affine_forward(x, W, b)
+        dx, dW, db = rnncore.dense.affine_backward(dy, x, W)
+        loss, probs = rnncore.softmax_cross_entropy(y, t)
+        return {"y": y, "dx": dx, "dW": dW, "db": db, "loss": np.float64(loss), "probs": probs,
+                **_run("lstm", {}, case)}
+
+    with rnncore.num_threads(1):
+        one = calls()
+    core = rnncore._native.core
+    core.team_set_adaptive(False)
+    core.team_set_spin(0, 0)
+    try:
+        with rnncore.num_threads(2):
+            before = rnncore.threads.team_stats()
+            runs = [calls() for _ in range(40)]
+            after = rnncore.threads.team_stats()
+    finally:
+        core.team_set_spin(50, 2000)
+        core.team_set_adaptive(True)
+    assert after["regions"] - before["regions"] >= 40 * 4  # each call of the round ran on the team
+    for got in runs:
+        _assert_equal(got, one)
+
+
 # -- several Python threads at once ---------------------------------------------------------------
 
 def test_a_call_of_a_few_tiny_steps_stays_on_the_caller():

@@ -209,9 +209,12 @@ def team_stats() -> dict:
     (regions run on the caller alone because another thread held the team), and
     ``barrier_sleeps`` (barrier waits that ended asleep), ``inline_contended`` (regions run
     on the caller alone because the team had just found its threads descheduled) and
-    ``borrowed`` (regions run on a borrowed OpenMP team: :func:`borrow_openmp`)."""
-    r, b, s, c, o = _core().team_stats()
-    return {"regions": r, "inline_busy": b, "barrier_sleeps": s, "inline_contended": c, "borrowed": o}
+    ``borrowed`` (regions run on a borrowed OpenMP team: :func:`borrow_openmp`), ``late``
+    (workers that came to a bulk call after its caller had done all of it: the caller never
+    waits for a worker that is still waking up)."""
+    r, b, s, c, o, late = _core().team_stats()
+    return {"regions": r, "inline_busy": b, "barrier_sleeps": s, "inline_contended": c, "borrowed": o,
+            "late": late}
 
 
 def borrow_openmp(library) -> bool:
