@@ -51,6 +51,7 @@ struct alignas(64) Slot {
   std::atomic<int> sleeping{0};
   std::atomic<long long> posted_ns{0};  // when the region was posted (to see how late the worker started)
 };
+
 struct Team {
   std::mutex run_mutex;  // one region at a time
   int started = 0;       // workers 1..started exist (guarded by run_mutex)

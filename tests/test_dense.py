@@ -158,6 +158,28 @@ def test_dense_ops_same_bits_for_any_thread_count(rng):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_small_batch_wide_layer_cut_by_columns(rng, tied):
+    """40 rows before 1024 outputs (one row chunk, several column chunks): the output and dx
+    are cut by columns, the same bits for any thread count, and equal to NumPy's products
+    to rounding; a tied weight (W.T of the embedding) as well."""
+    x = rng.standard_normal((40, 512)).astype(np.float32)
+    E = rng.standard_normal((1024, 512)).astype(np.float32)
+    W = E.T if tied else np.ascontiguousarray(E.T)
+    b = rng.standard_normal(1024).astype(np.float32)
+    dy = rng.standard_normal((40, 1024)).astype(np.float32)
+    outs = []
+    for n in (1, 2, 3):
+        with rnncore.num_threads(n):
+            outs.append((dense.affine_forward(x, W, b), *dense.affine_backward(dy, x, W)))
+    for other in outs[1:]:
+        for a, c in zip(outs[0], other):
+            np.testing.assert_array_equal(a, c)
+    x64, W64, dy64 = x.astype(np.float64), W.astype(np.float64), dy.astype(np.float64)
+    for got, ref in zip(outs[0], (x64 @ W64 + b, dy64 @ W64.T, x64.T @ dy64, dy64.sum(0))):
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
 def test_mixed_dtypes_follow_numpy(rng):
     """Inputs the native kernels do not take (mixed or integer dtypes) run on the twin, with
     NumPy's promotion, as the textbook's layers would."""
