@@ -100,6 +100,7 @@ class Claims {
   // f(lo, hi) for each chunk of [0, n) this thread claims.
   template <typename F>
   void for_chunks(long n, F&& f) {
+    if (loop_ >= kMaxLoops) std::abort();  // a region with more loops than counters: a bug here
     std::atomic<long>& next = next_[loop_++];
     const long w = chunk_width(n), nc = num_chunks(n);
     for (long c; (c = next.fetch_add(1, std::memory_order_relaxed)) < nc;) f(c * w, std::min(n, (c + 1) * w));
