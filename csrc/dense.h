@@ -20,50 +20,55 @@ RNNCORE_NS_BEGIN
 // op(W) is W (D, M) row-major, or, when wt, the transpose of a row-major (M, D) matrix (a
 // tied weight passed as a transposed view needs no copy).
 
-// Which axis of an (R, C) output a GEMM's chunks cut: rows, unless its columns make more
-// chunks (a small batch before a wide layer: 50 rows of 418 outputs). A function of the shape.
-inline bool chunk_rows(long R, long C) { return num_chunks(R) >= num_chunks(C); }
+// A chunk of an (R, C) output: rows [r0, r0 + n), columns [c0, c0 + m).
+struct Tile {
+  long r0, n, c0, m;
+};
 
-// y (N, M) = x (N, D) @ op(W) + b (M, or null), in fixed chunks of rows or columns.
+// f(tile) for each chunk of an (R, C) output this thread claims: the output cut in fixed chunks
+// of its longer axis (rows on a tie; a small batch before a wide layer, 50 rows of 418 outputs,
+// is cut by columns), a function of the shape alone; tile_units of them.
+template <typename F>
+inline void for_tiles(Claims& cl, long R, long C, F&& f) {
+  const bool rows = R >= C;
+  cl.for_chunks(rows ? R : C, [&](long lo, long hi) {
+    f(rows ? Tile{lo, hi - lo, 0, C} : Tile{0, R, lo, hi - lo});
+  });
+}
+
+inline long tile_units(long R, long C) { return num_chunks(std::max(R, C)); }
+
+// y (N, M) = x (N, D) @ op(W) + b (M, or null).
 template <typename T>
 void affine_forward(const T* x, const T* W, bool wt, const T* b, long N, long D, long M, T* y) {
-  const bool rows = chunk_rows(N, M);
-  bulk_region(bulk_threads((double)N * D * M, rows ? num_chunks(N) : num_chunks(M)), [&](Claims& cl) {
-    cl.for_chunks(rows ? N : M, [&](long lo, long hi) {
-      const long r0 = rows ? lo : 0, n = rows ? hi - lo : N;  // the chunk: rows [r0, r0 + n) ...
-      const long c0 = rows ? 0 : lo, m = rows ? M : hi - lo;  // ... of columns [c0, c0 + m)
-      T* yc = y + r0 * M + c0;
+  bulk_region(bulk_threads((double)N * D * M, tile_units(N, M)), [&](Claims& cl) {
+    for_tiles(cl, N, M, [&](const Tile& t) {
+      T* yc = y + t.r0 * M + t.c0;
       if (b) {
-        for (long r = 0; r < n; ++r)
-          for (long j = 0; j < m; ++j) yc[r * M + j] = b[c0 + j];
+        for (long r = 0; r < t.n; ++r)
+          for (long j = 0; j < t.m; ++j) yc[r * M + j] = b[t.c0 + j];
       }
-      gemm(false, wt, (int)n, (int)m, (int)D, T(1), x + r0 * D, (int)D, wt ? W + c0 * D : W + c0,
+      gemm(false, wt, (int)t.n, (int)t.m, (int)D, T(1), x + t.r0 * D, (int)D, wt ? W + t.c0 * D : W + t.c0,
            wt ? (int)D : (int)M, b ? T(1) : T(0), yc, (int)M);
     });
   });
 }
 
-// C (P, Q) = A^T B for A (N, P), B (N, Q), in fixed chunks of C's longer axis.
+// C (P, Q) = A^T B for A (N, P), B (N, Q).
 template <typename T>
 void gram_chunks(const T* A, long P, const T* B, long Q, long N, T* C, Claims& cl) {
-  if (P >= Q) {
-    cl.for_chunks(P, [&](long lo, long hi) {
-      gemm(true, false, (int)(hi - lo), (int)Q, (int)N, T(1), A + lo, (int)P, B, (int)Q, T(0), C + lo * Q, (int)Q);
-    });
-  } else {
-    cl.for_chunks(Q, [&](long lo, long hi) {
-      gemm(true, false, (int)P, (int)(hi - lo), (int)N, T(1), A, (int)P, B + lo, (int)Q, T(0), C + lo, (int)Q);
-    });
-  }
+  for_tiles(cl, P, Q, [&](const Tile& t) {
+    gemm(true, false, (int)t.n, (int)t.m, (int)N, T(1), A + t.r0, (int)P, B + t.c0, (int)Q, T(0),
+         C + t.r0 * Q + t.c0, (int)Q);
+  });
 }
 
 // dW = x^T dy (D, M), or its transpose (M, D) = dy^T x when dwt; db (M) = column sums of dy
-// (if db); dx (N, D) = dy op(W)^T (if dx), in fixed chunks of its rows or columns.
+// (if db); dx (N, D) = dy op(W)^T (if dx).
 template <typename T>
 void affine_backward(const T* dy, const T* x, const T* W, bool wt, long N, long D, long M, T* dW, bool dwt, T* db,
                      T* dx) {
-  const bool rows = chunk_rows(N, D);
-  const long units = std::max(num_chunks(std::max(D, M)), dx ? (rows ? num_chunks(N) : num_chunks(D)) : 1L);
+  const long units = std::max(tile_units(D, M), dx ? tile_units(N, D) : 1L);
   const double work = (double)N * D * M * (dx ? 2.0 : 1.0);
   bulk_region(bulk_threads(work, units), [&](Claims& cl) {
     if (dwt)
@@ -80,13 +85,10 @@ void affine_backward(const T* dy, const T* x, const T* W, bool wt, long N, long 
         }
       });
     }
-    if (dx) {
-      cl.for_chunks(rows ? N : D, [&](long lo, long hi) {
-        // rows [r0, r0 + n) of dx, columns [c0, c0 + m): columns c0.. of op(W)^T are rows c0.. of op(W)
-        const long r0 = rows ? lo : 0, n = rows ? hi - lo : N;
-        const long c0 = rows ? 0 : lo, m = rows ? D : hi - lo;
-        gemm(false, !wt, (int)n, (int)m, (int)M, T(1), dy + r0 * M, (int)M, wt ? W + c0 : W + c0 * M,
-             wt ? (int)D : (int)M, T(0), dx + r0 * D + c0, (int)D);
+    if (dx) {  // columns c0.. of op(W)^T are rows c0.. of op(W)
+      for_tiles(cl, N, D, [&](const Tile& t) {
+        gemm(false, !wt, (int)t.n, (int)t.m, (int)M, T(1), dy + t.r0 * M, (int)M, wt ? W + t.c0 : W + t.c0 * M,
+             wt ? (int)D : (int)M, T(0), dx + t.r0 * D + t.c0, (int)D);
       });
     }
   });

@@ -276,7 +276,8 @@ void run_on_workers(Team* team, int nt, void (*fn)(void*, int, int), void* ctx, 
   run_part(team, fn, ctx, 0, nt);
   // A flexible region's part 0 claims work until none is left (parallel.h, bulk_region): close
   // it, so that a worker still on its way stays out, and wait for those inside. Every worker of
-  // a fixed region (its parts split by tid) joins; the caller waits for all.
+  // a fixed region (its parts split by tid) joins, and no other was posted for it: the caller
+  // waits for all, and the next region's generation shuts the word.
   const int joined = flexible ? (int)(team->join.fetch_and(~Team::kOpen) & Team::kCount) : nt - 1;
   auto done = [&] { return team->finished.load(std::memory_order_acquire) == joined; };
   if (!spin_until(done, team->barrier_spin_us.load(std::memory_order_relaxed))) {
@@ -285,7 +286,6 @@ void run_on_workers(Team* team, int nt, void (*fn)(void*, int, int), void* ctx, 
     for (int f; (f = team->finished.load()) != joined;) sleep_wait(team, team->finished, f, since);
     team->caller_sleeping.store(0);
   }
-  team->join.store((unsigned long long)gen << 32, std::memory_order_relaxed);  // closed
 }
 
 }  // namespace
