@@ -570,6 +570,11 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "set_local_thread_cap", [](int n) { local_thread_cap() = n < 0 ? 0 : n; },
       "Cap the threads of this OS thread's native calls (0: no cap).");
+  m.def(
+      "set_step_split", [](int mode) { step_split_mode() = mode < 0 || mode > 2 ? 0 : mode; }, py::arg("mode"),
+      "How the time loops split a step among their threads: 0 automatic (by rows from 16 rows a "
+      "thread, else by hidden units), 1 by units, 2 by rows whenever each thread gets one (tests).");
+  m.def("step_split", [] { return step_split_mode(); }, "The time loops' split setting.");
   m.def("cached_output_bytes", [] { return BufferCache::instance().cached_bytes(); },
         "Bytes of freed large outputs kept for reuse (buffers.h).");
   m.def("thread_setting", &rnncore_thread_setting, "The stored thread setting (0: the default).");

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -26,6 +28,22 @@ namespace rnncore {
 int& local_thread_cap() {
   thread_local int cap = 0;
   return cap;
+}
+
+int& step_split_mode() {
+  static int mode = 0;
+  return mode;
+}
+
+long l2_cache_bytes() {
+  static const long bytes = [] {
+    long n = -1;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    n = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return n > 0 ? n : 1L << 20;
+  }();
+  return bytes;
 }
 
 namespace {

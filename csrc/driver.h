@@ -58,18 +58,52 @@ inline int step_threads(int B, int H, int G, int D, int steps) {
   return std::min(threads_for(step, unit_blocks<T>(H), 65536.0), bulk_threads(step * steps, unit_blocks<T>(H)));
 }
 
-// This thread's unit blocks [u0, u1) and hidden units [j0, j1).
+// This thread's share of every step: unit blocks [u0, u1) (hidden units [j0, j1)) of batch rows
+// [b0, b1). The step plan above gives each thread its units of all rows. With enough rows a
+// thread (`by_rows`) instead takes all units of its own rows: rows never read each other's
+// states, so its steps need nothing from the other threads and the loop runs without a barrier
+// (on a shared machine every barrier waits for whichever core is slowest at that step: 10-25% of
+// a 2-thread LSTM loop at B 32 went to those waits here). Each thread then streams all of wh
+// every step instead of its part, which pays only when its rows reuse every weight enough.
 struct UnitRange {
   long u0, u1, j0, j1;
+  int b0, b1;
+  bool by_rows;
 };
 
 template <typename T>
-inline UnitRange unit_range(int H, int tid, int nt) {
+inline UnitRange unit_range(int H, int B, int tid, int nt, bool by_rows) {
   UnitRange u;
-  split_range(unit_blocks<T>(H), nt, tid, 1, u.u0, u.u1);
+  u.by_rows = by_rows && nt > 1;
+  if (u.by_rows) {
+    long b0, b1;
+    split_range(B, nt, tid, 1, b0, b1);
+    u.u0 = 0, u.u1 = unit_blocks<T>(H), u.b0 = (int)b0, u.b1 = (int)b1;
+  } else {
+    split_range(unit_blocks<T>(H), nt, tid, 1, u.u0, u.u1);
+    u.b0 = 0, u.b1 = B;
+  }
   u.j0 = std::min<long>(H, u.u0 * kUnitBlock<T>);
   u.j1 = std::min<long>(H, u.u1 * kUnitBlock<T>);
   return u;
+}
+
+// Whether the time loop on nt threads splits rows, for recurrent weights of `wbytes`: the
+// setting (step_split_mode: 1 units, 2 rows whenever each thread gets a row), else (0) when all
+// of wh fits in half a core's L2, where each thread keeps it for the whole loop. Measured on the
+// 2-core Xeon (2 MiB L2), forward + backward against the unit split: 1.10-1.21x faster at H 128
+// (B 2-8, LSTM and GRU), 1.00-1.05x at H 256 (LSTM 1 MiB, GRU 768 KiB; B 8-64); 0.90x for an
+// LSTM at H 512 (4 MiB) and B 16, 0.96-0.98x at B 32, 1.00-1.02x at B 64: there a row split
+// streams all of wh from L3 at every step.
+inline bool split_rows(int B, int nt, double wbytes) {
+  if (nt <= 1 || B < nt) return false;
+  const int mode = step_split_mode();
+  return mode == 2 || (mode == 0 && 2 * wbytes <= (double)l2_cache_bytes());
+}
+
+// A barrier between the threads of a unit split (a row split needs none).
+inline void step_barrier(const UnitRange& u) {
+  if (!u.by_rows) barrier();
 }
 
 // Units [j0, j1) of `blocks` consecutive blocks of H set to zero.
@@ -240,13 +274,16 @@ inline void gate_gemm(const StepContext<T>& c, int G, int k0, int k1, const Unit
       }
     return;
   }
+  const int m = u.b1 - u.b0;  // this thread's rows
+  A += u.b0 * lda;
+  T* S = c.scratch + u.b0 * c.sld;
   if (nk == G) {  // the blocks' columns are contiguous in the scratch: one call
-    small_gemm(c.p.B, (int)(u.u0 * G * NB), (int)(u.u1 * G * NB), A, lda, W, T(0), c.scratch, c.sld);
+    small_gemm(m, (int)(u.u0 * G * NB), (int)(u.u1 * G * NB), A, lda, W, T(0), S, c.sld);
     return;
   }
   for (long b = u.u0; b < u.u1; ++b) {
     const long n = b * nk * NB;  // the block's first packed column; its scratch column b*G*NB + k0*NB
-    small_gemm(c.p.B, (int)n, (int)(n + nk * NB), A, lda, W, T(0), c.scratch + b * G * NB + k0 * NB - n, c.sld);
+    small_gemm(m, (int)n, (int)(n + nk * NB), A, lda, W, T(0), S + b * G * NB + k0 * NB - n, c.sld);
   }
 }
 
@@ -279,12 +316,15 @@ void input_projection(const StepContext<T>& c, int G, int t0, int t1, const Unit
       }
     }
   };
-  if (!p.batch_first)
+  const int b0 = u.b0, m = u.b1 - u.b0;  // this thread's rows of a step
+  if (!p.batch_first && m == p.B)
     rows((long)t0 * p.B, (t1 - t0) * p.B, 1);
-  else if (p.B >= t1 - t0)  // the longer run of rows: a step's B rows (T rows apart) ...
-    for (int t = t0; t < t1; ++t) rows(t, p.B, p.T_);
+  else if (!p.batch_first)
+    for (int t = t0; t < t1; ++t) rows((long)t * p.B + b0, m, 1);
+  else if (m >= t1 - t0)  // the longer run of rows: a step's rows (T rows apart) ...
+    for (int t = t0; t < t1; ++t) rows((long)b0 * p.T_ + t, m, p.T_);
   else  // ... or a sequence's steps
-    for (int b = 0; b < p.B; ++b) rows((long)b * p.T_ + t0, t1 - t0, 1);
+    for (int b = b0; b < u.b1; ++b) rows((long)b * p.T_ + t0, t1 - t0, 1);
 }
 
 // Steps of a forward chunk: the thread's share of a chunk's pre-activations (G*H/nt columns of
@@ -359,7 +399,7 @@ RNNCORE_INLINE void forward_step(const StepContext<T>& c, int t, const UnitRange
   const T* hp = c.hprev(t, ldh);
   // the outputs the cell pass writes, while the GEMM runs (its gate rows this thread's
   // input_projection wrote a moment ago)
-  for (int b = 0; b < p.B; ++b) {
+  for (int b = u.b0; b < u.b1; ++b) {
     if (t >= p.len[b]) continue;
     const long r = p.off(t, 1) + b * p.ld(1);  // row (t, b)
     prefetch_blocks(p.hs + r * H, 1, H, j0, j1, true);
@@ -377,15 +417,15 @@ RNNCORE_INLINE void forward_step(const StepContext<T>& c, int t, const UnitRange
     return true;
   };
   if constexpr (extra) {  // the extra GEMM reads every unit of the vector forward_pre caches
-    for (int b = 0; b < p.B; ++b) {
+    for (int b = u.b0; b < u.b1; ++b) {
       const Row<T> r = row_of<T, Cell, false>(c, t, b);
       if (!padded(r, b))
         for_blocks<T, G>(r, u, [](const Row<T>& rb, long a, long e) { Cell::template forward_pre<ACT>(rb, a, e); });
     }
-    barrier();
+    step_barrier(u);
     gate_gemm(c, G, R, G, u, p.gates + p.off(t, GC * H) + (long)Cell::extra_in * H, p.ld(GC * H), c.wrec2);
   }
-  for (int b = 0; b < p.B; ++b) {
+  for (int b = u.b0; b < u.b1; ++b) {
     const Row<T> r = row_of<T, Cell, false>(c, t, b);
     if (extra ? t >= p.len[b] : padded(r, b)) continue;
     for_blocks<T, G>(r, u, [](const Row<T>& rb, long a, long e) { Cell::template forward_row<ACT>(rb, a, e); });
@@ -397,7 +437,7 @@ RNNCORE_INLINE void forward_step(const StepContext<T>& c, int t, const UnitRange
   }
   if (c.hstage) {  // this thread's units of h_t, contiguous for the next step's GEMM
     T* st = c.stage_of(t);
-    for (int b = 0; b < p.B; ++b) copy(p.hs + p.off(t, H) + b * p.ld(H) + j0, p.hs + p.off(t, H) + b * p.ld(H) + j1,
+    for (int b = u.b0; b < u.b1; ++b) copy(p.hs + p.off(t, H) + b * p.ld(H) + j0, p.hs + p.off(t, H) + b * p.ld(H) + j1,
                                        st + (long)b * H + j0);
   }
 }
@@ -431,9 +471,9 @@ RNNCORE_INLINE void backward_step(const StepContext<T>& c, int t, const UnitRang
   constexpr int G = Cell::G, R = Cell::R;
   constexpr bool extra = R < G;
   const Problem<T>& p = c.p;
-  const int H = p.H, GH = G * H;
+  const int H = p.H, GH = G * H, m = u.b1 - u.b0;
   const long j0 = u.j0, j1 = u.j1;
-  for (int b = 0; b < p.B; ++b) {
+  for (int b = u.b0; b < u.b1; ++b) {
     const Row<T> r = row_of<T, Cell, true>(c, t, b);
     if (t >= p.len[b]) {  // no gradient past the length
       zero_blocks(r.dg, G, H, j0, j1);
@@ -445,10 +485,10 @@ RNNCORE_INLINE void backward_step(const StepContext<T>& c, int t, const UnitRang
     gather_grads<T, Cell>(c, t, b, j0, j1);
     Cell::template backward_row<ACT>(r, j0, j1);
   }
-  barrier();  // dG_t complete: every thread's GEMM reads all of it
+  step_barrier(u);  // dG_t complete: every thread's GEMM reads all of it
   if (t > 0) {  // what the cell pass of step t - 1 reads and writes, while the GEMMs run
     const int s = t - 1;
-    for (int b = 0; b < p.B; ++b) {
+    for (int b = u.b0; b < u.b1; ++b) {
       if (s >= p.len[b]) continue;
       const long r = p.off(s, 1) + b * p.ld(1);
       if constexpr (Cell::GC > 0) prefetch_blocks(p.gates + r * Cell::GC * H, Cell::GC, H, j0, j1, false);
@@ -459,39 +499,44 @@ RNNCORE_INLINE void backward_step(const StepContext<T>& c, int t, const UnitRang
     }
   }
   if constexpr (extra) {  // dextra = dG[:, R*H:] @ wh[:, R*H:]^T (own units), then the cell's second pass
-    small_gemm(p.B, (int)j0, (int)j1, c.dG + p.off(t, GH) + (long)R * H, p.ld(GH), c.wrec.rows(R * H, GH), T(0),
-               c.dextra, H);
-    for (int b = 0; b < p.B; ++b)
+    small_gemm(m, (int)j0, (int)j1, c.dG + p.off(t, GH) + u.b0 * p.ld(GH) + (long)R * H, p.ld(GH),
+               c.wrec.rows(R * H, GH), T(0), c.dextra + (long)u.b0 * H, H);
+    for (int b = u.b0; b < u.b1; ++b)
       if (t < p.len[b]) Cell::template backward_post<ACT>(row_of<T, Cell, true>(c, t, b), j0, j1);
-    barrier();  // backward_post wrote dG_t's first block
+    step_barrier(u);  // backward_post wrote dG_t's first block
   }
-  small_gemm(p.B, (int)j0, (int)j1, c.dGh + p.off(t, GH), p.ld(GH), c.wrec.rows(0, R * H),
-             T(Cell::direct_dh ? 1 : 0), c.dh_rec, H);
+  small_gemm(m, (int)j0, (int)j1, c.dGh + p.off(t, GH) + u.b0 * p.ld(GH), p.ld(GH), c.wrec.rows(0, R * H),
+             T(Cell::direct_dh ? 1 : 0), c.dh_rec + (long)u.b0 * H, H);
 }
 
 // The time loop on the step team: forward t = 0 .. T-1, or (BWD) backward t = T-1 .. 0. Each
-// thread first packs the weight panels of its own unit blocks (no one else reads them).
+// thread first packs the weight panels of its unit blocks (in a row split, its part of all
+// blocks, which every thread then reads: one barrier).
 template <typename T, typename Cell, bool BWD, int ACT>
 void steps(StepContext<T>& c) {
   constexpr int G = Cell::G, R = Cell::R;
   const Problem<T>& p = c.p;
   const int H = p.H;
   parallel_region(step_threads<T>(p.B, H, G, BWD ? 0 : p.D, p.T_), [&](int tid, int nt) {
-    const UnitRange u = unit_range<T>(H, tid, nt);
+    const bool by_rows = split_rows(p.B, nt, (double)H * G * H * sizeof(T));
+    const UnitRange pack = unit_range<T>(H, p.B, tid, nt, false);  // the blocks this thread packs
+    const UnitRange u = unit_range<T>(H, p.B, tid, nt, by_rows);
     if constexpr (BWD) {
-      pack_unit_blocks(p.wh, p.wt, H, G, u.u0, u.u1, c.wbuf);
+      pack_unit_blocks(p.wh, p.wt, H, G, pack.u0, pack.u1, c.wbuf);
+      if (by_rows) barrier();
       for (int k = 0; k < p.T_; ++k) backward_step<T, Cell, ACT>(c, p.T_ - 1 - k, u);
     } else {
       if (!c.in_place) {
-        pack_gate_blocks(p.wx, p.wt, p.D, H, G, 0, G, u.u0, u.u1, c.wxbuf);
-        pack_gate_blocks(p.wh, p.wt, H, H, G, 0, R, u.u0, u.u1, c.wbuf);
-        if constexpr (R < G) pack_gate_blocks(p.wh, p.wt, H, H, G, R, G, u.u0, u.u1, c.wbuf2);
+        pack_gate_blocks(p.wx, p.wt, p.D, H, G, 0, G, pack.u0, pack.u1, c.wxbuf);
+        pack_gate_blocks(p.wh, p.wt, H, H, G, 0, R, pack.u0, pack.u1, c.wbuf);
+        if constexpr (R < G) pack_gate_blocks(p.wh, p.wt, H, H, G, R, G, pack.u0, pack.u1, c.wbuf2);
+        if (by_rows) barrier();
       }
       const int chunk = chunk_steps<T>(p.T_, p.B, G * H, nt);
       for (int k = 0; k < p.T_; ++k) {
         if (k % chunk == 0) input_projection(c, G, k, std::min(p.T_, k + chunk), u);
         forward_step<T, Cell, ACT>(c, k, u);
-        barrier();  // h_t complete: the next step's GEMM reads all of it
+        step_barrier(u);  // h_t complete: the next step's GEMM reads all of it
       }
     }
   });
@@ -689,7 +734,8 @@ void backward(Problem<T>& p) {
       weight_grad(p.wt, D, lo, hi, (int)rows, p.x, D, dG + lo, GH, T(0), p.dwx);
       hidden_weight_grad<T, Cell>(p, dGh, prev, lo, hi);
       column_sums(dG, rows, GH, lo, hi, p.db_ih);
-      if (p.db_hh) column_sums(dGh, rows, GH, lo, hi, p.db_hh);
+      if (p.db_hh && split) column_sums(dGh, rows, GH, lo, hi, p.db_hh);
+      else if (p.db_hh) copy(p.db_ih + lo, p.db_ih + hi, p.db_hh + lo);  // the same sums (dGh is dG)
     });
     cl.for_chunks(rows, [&](long lo, long hi) {
       gemm(false, !p.wt, (int)(hi - lo), D, GH, T(1), dG + lo * GH, GH, p.wx, p.wt ? D : GH, T(0), p.dx + lo * D,

@@ -466,3 +466,32 @@ def test_other_openblas_pools_are_quieted_safely():
     assert r["after_call"] >= 1, r
     assert r["numpy_ok"] and r["restarted"] >= 1, r
     assert r["with_thread"] == 0, r
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
+@pytest.mark.parametrize("cid,cell,kw", CELLS, ids=CELL_IDS)
+def test_row_and_unit_splits_of_the_time_loop_give_the_same_bits(cid, cell, kw, batch_first):
+    """The time loop splits a step among its threads by hidden units (barriers between the
+    phases) or by batch rows (no barrier; driver.h, split_rows). Both, forced on 2 and 3 threads
+    with workers that sleep at every wait, with a batch two threads share unevenly (9 rows), and
+    sequence lengths: one thread's bits, forward and backward."""
+    case = _case(cell, T=64, B=9, D=32, H=128, dtype=np.float64, seed=7 + len(cid), batch_first=batch_first)
+    kw = {**kw, "batch_first": batch_first}
+    core = rnncore._native.core
+    assert core.step_split() == 0  # the default: chosen from the sizes
+    with rnncore.num_threads(1):
+        one = _run(cell, kw, case)
+    core.team_set_adaptive(False)
+    core.team_set_spin(0, 0)
+    try:
+        for mode in (1, 2):
+            core.set_step_split(mode)
+            for n in (2, 3):
+                with rnncore.num_threads(n):
+                    before = rnncore.threads.team_stats()["regions"]
+                    _assert_equal(_run(cell, kw, case), one, f"split {mode}, {n} threads: ")
+                    assert rnncore.threads.team_stats()["regions"] >= before + 2  # both loops on a team
+    finally:
+        core.set_step_split(0)
+        core.team_set_spin(50, 2000)
+        core.team_set_adaptive(True)
