@@ -58,45 +58,51 @@ inline int step_threads(int B, int H, int G, int D, int steps) {
   return std::min(threads_for(step, unit_blocks<T>(H), 65536.0), bulk_threads(step * steps, unit_blocks<T>(H)));
 }
 
-// This thread's share of every step: unit blocks [u0, u1) (hidden units [j0, j1)) of batch rows
-// [b0, b1). The step plan above gives each thread its units of all rows. With enough rows a
-// thread (`by_rows`) instead takes all units of its own rows: rows never read each other's
-// states, so its steps need nothing from the other threads and the loop runs without a barrier
-// (on a shared machine every barrier waits for whichever core is slowest at that step: 10-25% of
-// a 2-thread LSTM loop at B 32 went to those waits here). Each thread then streams all of wh
-// every step instead of its part, which pays only when its rows reuse every weight enough.
+// A thread's share of every step: unit blocks [u0, u1) (hidden units [j0, j1)) of batch rows
+// [b0, b1). The step plan above gives each thread its units of all rows. When the recurrent
+// weights fit a core's cache, the loop is instead cut by rows (`by_rows`): rows never read each
+// other's states, so a group of rows runs through all steps on one thread, with all units and
+// no barrier. The groups are claimed one at a time like bulk work (parallel.h: Claims): the
+// caller starts at once and waits only for workers that joined, so a worker whose core another
+// process holds costs the loop nothing, and no barrier waits for whichever core is slowest at a
+// step (10-25% of a 2-thread LSTM loop at B 32 went to those waits on the shared VMs here).
 struct UnitRange {
   long u0, u1, j0, j1;
   int b0, b1;
   bool by_rows;
 };
 
+// The unit split: thread tid's blocks of all rows.
 template <typename T>
-inline UnitRange unit_range(int H, int B, int tid, int nt, bool by_rows) {
+inline UnitRange unit_range(int H, int B, int tid, int nt) {
   UnitRange u;
-  u.by_rows = by_rows && nt > 1;
-  if (u.by_rows) {
-    long b0, b1;
-    split_range(B, nt, tid, 1, b0, b1);
-    u.u0 = 0, u.u1 = unit_blocks<T>(H), u.b0 = (int)b0, u.b1 = (int)b1;
-  } else {
-    split_range(unit_blocks<T>(H), nt, tid, 1, u.u0, u.u1);
-    u.b0 = 0, u.b1 = B;
-  }
+  split_range(unit_blocks<T>(H), nt, tid, 1, u.u0, u.u1);
   u.j0 = std::min<long>(H, u.u0 * kUnitBlock<T>);
   u.j1 = std::min<long>(H, u.u1 * kUnitBlock<T>);
+  u.b0 = 0, u.b1 = B, u.by_rows = false;
   return u;
 }
 
+// The row split: all units of rows [b0, b1).
+template <typename T>
+inline UnitRange row_range(int H, long b0, long b1) {
+  return UnitRange{0, unit_blocks<T>(H), 0, H, (int)b0, (int)b1, true};
+}
+
+// Rows in a group of the row split: the batch cut into as many groups as the machine has cores
+// (max_chunks), so that every thread has one, and a thread that finds no worker beside it
+// runs them all.
+inline long row_group(int B) { return std::max(1L, (B + max_chunks() - 1) / max_chunks()); }
+
 // Whether the time loop on nt threads splits rows, for recurrent weights of `wbytes`: the
-// setting (step_split_mode: 1 units, 2 rows whenever each thread gets a row), else (0) when all
+// setting (step_split_mode: 1 units, 2 rows from 2 rows on), else (0) when all
 // of wh fits in half a core's L2, where each thread keeps it for the whole loop. Measured on the
 // 2-core Xeon (2 MiB L2), forward + backward against the unit split: 1.10-1.21x faster at H 128
 // (B 2-8, LSTM and GRU), 1.00-1.05x at H 256 (LSTM 1 MiB, GRU 768 KiB; B 8-64); 0.90x for an
 // LSTM at H 512 (4 MiB) and B 16, 0.96-0.98x at B 32, 1.00-1.02x at B 64: there a row split
 // streams all of wh from L3 at every step.
 inline bool split_rows(int B, int nt, double wbytes) {
-  if (nt <= 1 || B < nt) return false;
+  if (nt <= 1 || B < 2) return false;
   const int mode = step_split_mode();
   return mode == 2 || (mode == 0 && 2 * wbytes <= (double)l2_cache_bytes());
 }
@@ -509,36 +515,60 @@ RNNCORE_INLINE void backward_step(const StepContext<T>& c, int t, const UnitRang
              T(Cell::direct_dh ? 1 : 0), c.dh_rec + (long)u.b0 * H, H);
 }
 
-// The time loop on the step team: forward t = 0 .. T-1, or (BWD) backward t = T-1 .. 0. Each
-// thread first packs the weight panels of its unit blocks (in a row split, its part of all
-// blocks, which every thread then reads: one barrier).
-template <typename T, typename Cell, bool BWD, int ACT>
-void steps(StepContext<T>& c) {
+// The weight panels of unit blocks [u0, u1): forward all gates of wx and wh (wh's extra
+// blocks in wbuf2), backward wh^T.
+template <typename T, typename Cell, bool BWD>
+void pack_blocks(StepContext<T>& c, long u0, long u1) {
   constexpr int G = Cell::G, R = Cell::R;
   const Problem<T>& p = c.p;
   const int H = p.H;
-  parallel_region(step_threads<T>(p.B, H, G, BWD ? 0 : p.D, p.T_), [&](int tid, int nt) {
-    const bool by_rows = split_rows(p.B, nt, (double)H * G * H * sizeof(T));
-    const UnitRange pack = unit_range<T>(H, p.B, tid, nt, false);  // the blocks this thread packs
-    const UnitRange u = unit_range<T>(H, p.B, tid, nt, by_rows);
+  if constexpr (BWD) {
+    pack_unit_blocks(p.wh, p.wt, H, G, u0, u1, c.wbuf);
+  } else {
+    pack_gate_blocks(p.wx, p.wt, p.D, H, G, 0, G, u0, u1, c.wxbuf);
+    pack_gate_blocks(p.wh, p.wt, H, H, G, 0, R, u0, u1, c.wbuf);
+    if constexpr (R < G) pack_gate_blocks(p.wh, p.wt, H, H, G, R, G, u0, u1, c.wbuf2);
+  }
+}
+
+// All steps of the share u, in order: forward t = 0 .. T-1 (the input projection a chunk of
+// `chunk` steps ahead), or (BWD) backward t = T-1 .. 0; a barrier after each step of a unit split.
+template <typename T, typename Cell, bool BWD, int ACT>
+void run_steps(StepContext<T>& c, const UnitRange& u, int chunk) {
+  const Problem<T>& p = c.p;
+  for (int k = 0; k < p.T_; ++k) {
     if constexpr (BWD) {
-      pack_unit_blocks(p.wh, p.wt, H, G, pack.u0, pack.u1, c.wbuf);
-      if (by_rows) barrier();
-      for (int k = 0; k < p.T_; ++k) backward_step<T, Cell, ACT>(c, p.T_ - 1 - k, u);
+      backward_step<T, Cell, ACT>(c, p.T_ - 1 - k, u);
     } else {
-      if (!c.in_place) {
-        pack_gate_blocks(p.wx, p.wt, p.D, H, G, 0, G, pack.u0, pack.u1, c.wxbuf);
-        pack_gate_blocks(p.wh, p.wt, H, H, G, 0, R, pack.u0, pack.u1, c.wbuf);
-        if constexpr (R < G) pack_gate_blocks(p.wh, p.wt, H, H, G, R, G, pack.u0, pack.u1, c.wbuf2);
-        if (by_rows) barrier();
-      }
-      const int chunk = chunk_steps<T>(p.T_, p.B, G * H, nt);
-      for (int k = 0; k < p.T_; ++k) {
-        if (k % chunk == 0) input_projection(c, G, k, std::min(p.T_, k + chunk), u);
-        forward_step<T, Cell, ACT>(c, k, u);
-        step_barrier(u);  // h_t complete: the next step's GEMM reads all of it
-      }
+      if (k % chunk == 0) input_projection(c, Cell::G, k, std::min(p.T_, k + chunk), u);
+      forward_step<T, Cell, ACT>(c, k, u);
+      step_barrier(u);  // h_t complete: the next step's GEMM reads all of it
     }
+  }
+}
+
+// The time loop on the step team. Unit split: each thread packs the panels of its own unit
+// blocks (no one else reads them) and runs every step on them. Row split: the caller packs all
+// panels (every group reads them all), then the groups of rows are claimed one at a time.
+template <typename T, typename Cell, bool BWD, int ACT>
+void steps(StepContext<T>& c) {
+  constexpr int G = Cell::G;
+  const Problem<T>& p = c.p;
+  const int H = p.H;
+  const int nt = step_threads<T>(p.B, H, G, BWD ? 0 : p.D, p.T_);
+  if (!c.in_place && split_rows(p.B, nt, (double)H * G * H * sizeof(T))) {
+    pack_blocks<T, Cell, BWD>(c, 0, unit_blocks<T>(H));
+    const long group = row_group(p.B);
+    const int chunk = chunk_steps<T>(p.T_, (int)group, G * H, 1);
+    bulk_region(nt, [&](Claims& cl) {
+      cl.for_chunks(p.B, group, [&](long b0, long b1) { run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, b0, b1), chunk); });
+    });
+    return;
+  }
+  parallel_region(nt, [&](int tid, int n) {
+    const UnitRange u = unit_range<T>(H, p.B, tid, n);
+    if (!c.in_place) pack_blocks<T, Cell, BWD>(c, u.u0, u.u1);
+    run_steps<T, Cell, BWD, ACT>(c, u, chunk_steps<T>(p.T_, p.B, G * H, n));
   });
 }
 

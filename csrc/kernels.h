@@ -100,9 +100,9 @@ std::vector<std::pair<std::string, bool>> cpu_features();
 // The cap on the threads of the calling OS thread's native calls (0: none), one per thread
 // for all variants (defined in dispatch.cpp; parallel.h reads it).
 int& local_thread_cap();
-// How the time loops split a step among their threads (driver.h): 0 (default) by rows when
-// each thread gets enough of them, else by hidden units; 1 always by units; 2 by rows whenever
-// each thread gets a row (tests). One setting for all variants (dispatch.cpp).
+// How the time loops split their work among their threads (driver.h): 0 (default) by rows when
+// the recurrent weights fit a core's cache, else by hidden units; 1 always by units; 2 by rows
+// from 2 rows on (tests). One setting for all variants (dispatch.cpp).
 int& step_split_mode();
 // The L2 cache of a core in bytes (sysconf; 1 MiB where the system does not say).
 long l2_cache_bytes();

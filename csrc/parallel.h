@@ -100,9 +100,14 @@ class Claims {
   // f(lo, hi) for each chunk of [0, n) this thread claims.
   template <typename F>
   void for_chunks(long n, F&& f) {
+    for_chunks(n, chunk_width(n), f);
+  }
+  // The same with chunks of w items.
+  template <typename F>
+  void for_chunks(long n, long w, F&& f) {
     if (loop_ >= kMaxLoops) std::abort();  // a region with more loops than counters: a bug here
     std::atomic<long>& next = next_[loop_++];
-    const long w = chunk_width(n), nc = num_chunks(n);
+    const long nc = (n + w - 1) / w;
     for (long c; (c = next.fetch_add(1, std::memory_order_relaxed)) < nc;) f(c * w, std::min(n, (c + 1) * w));
   }
 
