@@ -70,6 +70,7 @@ struct UnitRange {
   long u0, u1, j0, j1;
   int b0, b1;
   bool by_rows;
+  int slot;  // this share's (B, D) block of the input stage (StepContext::xstage)
 };
 
 // The unit split: thread tid's blocks of all rows.
@@ -79,14 +80,14 @@ inline UnitRange unit_range(int H, int B, int tid, int nt) {
   split_range(unit_blocks<T>(H), nt, tid, 1, u.u0, u.u1);
   u.j0 = std::min<long>(H, u.u0 * kUnitBlock<T>);
   u.j1 = std::min<long>(H, u.u1 * kUnitBlock<T>);
-  u.b0 = 0, u.b1 = B, u.by_rows = false;
+  u.b0 = 0, u.b1 = B, u.by_rows = false, u.slot = tid;
   return u;
 }
 
 // The row split: all units of rows [b0, b1).
 template <typename T>
 inline UnitRange row_range(int H, long b0, long b1) {
-  return UnitRange{0, unit_blocks<T>(H), 0, H, (int)b0, (int)b1, true};
+  return UnitRange{0, unit_blocks<T>(H), 0, H, (int)b0, (int)b1, true, 0};  // groups: rows of one block
 }
 
 // Rows in a group of the row split: the batch cut into as many groups as the machine has cores
@@ -174,6 +175,12 @@ struct StepContext {
   // t's, never step t + 2's before every thread has done step t + 1's GEMM (the barrier). (The
   // backward's rows of dG_t, staged the same way, measured no faster: not done.)
   T* hstage = nullptr;
+  // The same holds for the input projection's rows of x (16 KiB apart at T 64, D 64: a GEMM of
+  // 16 such rows took twice the time of contiguous ones): each share copies its rows of a step
+  // into its block of `xstage` (one (B, D) block a thread of a unit split; the groups of a row
+  // split share one, each in its own rows) and multiplies them there.
+  T* xstage = nullptr;
+  int xslots = 0;  // its blocks: a time loop runs on at most this many threads
 
   // Step t's half of the stage.
   T* stage_of(int t) const { return hstage + (long)(t & 1) * p.B * p.H; }
@@ -305,20 +312,20 @@ void input_projection(const StepContext<T>& c, int G, int t0, int t1, const Unit
   constexpr int NB = kUnitBlock<T>;
   const Problem<T>& p = c.p;
   const int H = p.H, D = p.D;
-  // m rows from row r0, `stride` rows apart
-  auto rows = [&](long r0, int m, long stride) {
-    const T* A = p.x + r0 * D;
+  // m rows from row r0, `stride` rows apart (x's rows read from xs, contiguous, when given)
+  auto rows = [&](long r0, int m, long stride, const T* xs = nullptr) {
+    const T* A = xs ? xs : p.x + r0 * D;
+    const long lda = xs ? D : stride * D;
     T* C = c.pre + r0 * c.F;
     if (c.in_place) {  // all G*H columns, gate by gate as the cache keeps them
-      rowwise_gemm(m, D, G * H, A, stride * D, p.wx, (long)G * H, C, stride * c.F);
+      rowwise_gemm(m, D, G * H, A, lda, p.wx, (long)G * H, C, stride * c.F);
       return;
     }
     for (long b = u.u0; b < u.u1; ++b) {
       const int valid = (int)std::min<long>(NB, H - b * NB);  // past H: the next gate's columns
       for (int k = 0; k < G; ++k) {
         const long n = (b * G + k) * NB;  // the panel's first packed column
-        small_gemm(m, (int)n, (int)(n + valid), A, stride * D, c.wx, T(0), C + (long)k * H + b * NB - n,
-                   stride * c.F);
+        small_gemm(m, (int)n, (int)(n + valid), A, lda, c.wx, T(0), C + (long)k * H + b * NB - n, stride * c.F);
       }
     }
   };
@@ -327,7 +334,14 @@ void input_projection(const StepContext<T>& c, int G, int t0, int t1, const Unit
     rows((long)t0 * p.B, (t1 - t0) * p.B, 1);
   else if (!p.batch_first)
     for (int t = t0; t < t1; ++t) rows((long)t * p.B + b0, m, 1);
-  else if (m >= t1 - t0)  // the longer run of rows: a step's rows (T rows apart) ...
+  else if (m >= t1 - t0 && c.xstage)  // the longer run of rows: a step's rows (T rows apart) ...
+    for (int t = t0; t < t1; ++t) {
+      T* xs = c.xstage + ((long)u.slot * p.B + b0) * D;
+      for (int i = 0; i < m; ++i) copy(p.x + ((long)(b0 + i) * p.T_ + t) * D, p.x + ((long)(b0 + i) * p.T_ + t + 1) * D,
+                                       xs + (long)i * D);
+      rows((long)b0 * p.T_ + t, m, p.T_, xs);
+    }
+  else if (m >= t1 - t0)
     for (int t = t0; t < t1; ++t) rows((long)b0 * p.T_ + t, m, p.T_);
   else  // ... or a sequence's steps
     for (int b = b0; b < u.b1; ++b) rows((long)b * p.T_ + t0, t1 - t0, 1);
@@ -555,7 +569,8 @@ void steps(StepContext<T>& c) {
   constexpr int G = Cell::G;
   const Problem<T>& p = c.p;
   const int H = p.H;
-  const int nt = step_threads<T>(p.B, H, G, BWD ? 0 : p.D, p.T_);
+  int nt = step_threads<T>(p.B, H, G, BWD ? 0 : p.D, p.T_);
+  if (c.xstage) nt = std::min(nt, c.xslots);  // (the count may have changed since the stage was sized)
   if (!c.in_place && split_rows(p.B, nt, (double)H * G * H * sizeof(T))) {
     pack_blocks<T, Cell, BWD>(c, 0, unit_blocks<T>(H));
     const long group = row_group(p.B);
@@ -613,13 +628,19 @@ void forward(Problem<T>& p) {
   const size_t nzeros = std::max((size_t)B * H, (size_t)GH);  // stands in for h0, c0 or b_hh
   Workspace<T>& ws = Workspace<T>::local(Workspace<T>::kForward);
   const bool staged = staged_rows(p);
-  T* scratch = ws.get((size_t)B * sld + nzeros + GH + (staged ? 2 * (size_t)B * H : 0));
+  const int xslots = std::max(1, call_threads());
+  const size_t nxstage = staged ? (size_t)xslots * B * D : 0;  // a block a thread
+  T* scratch = ws.get((size_t)B * sld + nzeros + GH + (staged ? 2 * (size_t)B * H : 0) + nxstage);
   T* zeros = scratch + (size_t)B * sld;
   T* bsum = zeros + nzeros;
   fill(zeros, zeros + nzeros, T(0));
   for (int j = 0; j < GH; ++j) bsum[j] = p.b_ih[j] + (p.b_hh ? p.b_hh[j] : T(0));
   StepContext<T> ctx{p, scratch, sld, bsum, zeros};
-  if (staged) ctx.hstage = bsum + GH;
+  if (staged) {
+    ctx.hstage = bsum + GH;
+    ctx.xstage = ctx.hstage + 2 * (size_t)B * H;
+    ctx.xslots = xslots;
+  }
   ctx.in_place = in_place_step<T, Cell>(p);
   ctx.wbuf = Workspace<T>::local(Workspace<T>::kPacked)
                  .get(ctx.in_place ? (size_t)B * GH : panels_size<T>(nub * R, H));
