@@ -96,16 +96,20 @@ inline UnitRange row_range(int H, long b0, long b1) {
 inline long row_group(int B) { return std::max(1L, (B + max_chunks() - 1) / max_chunks()); }
 
 // Whether the time loop on nt threads splits rows, for recurrent weights of `wbytes`: the
-// setting (step_split_mode: 1 units, 2 rows from 2 rows on), else (0) when all
-// of wh fits in half a core's L2, where each thread keeps it for the whole loop. Measured on the
-// 2-core Xeon (2 MiB L2), forward + backward against the unit split: 1.10-1.21x faster at H 128
-// (B 2-8, LSTM and GRU), 1.00-1.05x at H 256 (LSTM 1 MiB, GRU 768 KiB; B 8-64); 0.90x for an
-// LSTM at H 512 (4 MiB) and B 16, 0.96-0.98x at B 32, 1.00-1.02x at B 64: there a row split
-// streams all of wh from L3 at every step.
+// setting (step_split_mode: 1 units, 2 rows from 2 rows on), else (0) when all of wh fits in
+// half a core's L2, where each group keeps it for the whole loop, and either it is small (an
+// eighth of L2) or there are 8 rows a thread: each thread streams all of wh from its L2 every
+// step, which takes as long as the step's multiply-adds of 4 rows. Measured on the 2-core Xeon
+// (2 MiB L2) against the unit split: forward + backward 1.10-1.21x faster at H 128 (LSTM, GRU,
+// B 2-8), 1.00-1.05x at H 256 (LSTM 1 MiB, GRU 768 KiB) from B 16; forward alone at H 256
+// 0.59-0.66x at B 4 and 0.86-0.91x at B 8 (LSTM, GRU), 0.97-1.05x at B 16, 1.09-1.21x at
+// H 128, B 8; an LSTM at H 512 (4 MiB) 0.90x at B 16 and 0.96-0.98x at B 32.
 inline bool split_rows(int B, int nt, double wbytes) {
   if (nt <= 1 || B < 2) return false;
   const int mode = step_split_mode();
-  return mode == 2 || (mode == 0 && 2 * wbytes <= (double)l2_cache_bytes());
+  if (mode != 0) return mode == 2;
+  const double l2 = (double)l2_cache_bytes();
+  return 2 * wbytes <= l2 && (8 * wbytes <= l2 || B >= 8 * nt);
 }
 
 // A barrier between the threads of a unit split (a row split needs none).
