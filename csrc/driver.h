@@ -9,7 +9,9 @@
 //           and the biases are column sums, all split over output rows/columns.
 // The time loop runs on the step team with a fixed plan (the step plan, below): each thread
 // owns the same blocks of hidden units at every step, with all their gates' weights, which it
-// packs itself; a step has one barrier (two with extra blocks). Every cell-independent part
+// packs itself; a step has one barrier (two with extra blocks). When the recurrent weights fit
+// a core's cache the loop is cut by batch rows instead (UnitRange, split_rows): groups of rows
+// claimed one at a time, each run through all steps with all units, no barrier. Every cell-independent part
 // lives here: row addressing, masking past a sequence's length (a padded row's output, whole
 // cache and gradients are 0, and the cell never sees it), final states, dh_n / dc_n, the cache
 // layout (GC blocks of H a row). One workspace a call, sized before the loops (and kept for
