@@ -545,6 +545,8 @@ PYBIND11_MODULE(_core, m) {
         d["vector_bytes"] = k.vec_bytes;
         d["unit_block"] = py::dict(py::arg("float32") = k.unit_block_f32, py::arg("float64") = k.unit_block_f64);
         d["step_kernel"] = k.step_kernel;
+        d["l2_bytes"] = l2_cache_bytes();
+        d["step_split"] = step_split_mode() == 1 ? "units" : step_split_mode() == 2 ? "rows" : "auto";
 #ifdef RNNCORE_NATIVE_TUNE
         d["build"] = "native";
 #else

@@ -407,7 +407,8 @@ def environment(want_torch, want_ort=False):
         env["rnncore_blas"] = {"error": str(e)}
     try:
         k = kernel_info()
-        env["rnncore_kernels"] = {key: k.get(key) for key in ("isa", "supported", "vector_bytes", "build", "isa_flags")}
+        env["rnncore_kernels"] = {key: k.get(key) for key in ("isa", "supported", "vector_bytes", "build", "isa_flags",
+                                                              "l2_bytes", "step_split")}
     except RuntimeError as e:  # not built, or RNNCORE_ISA names a variant this CPU cannot run
         env["rnncore_kernels"] = {"error": str(e)}
     env["RNNCORE_ISA"] = os.environ.get("RNNCORE_ISA")
@@ -446,6 +447,8 @@ def machine_lines(env):
         lines.append(f"rnncore kernels: {k['isa']} ({k['vector_bytes']}-byte vectors, {k['isa_flags']}; "
                      f"{k['build']} build; this CPU runs {', '.join(k['supported'])})"
                      + (f"  RNNCORE_ISA={env['RNNCORE_ISA']}" if env.get("RNNCORE_ISA") else ""))
+        lines.append(f"rnncore time loop: cut by batch rows when wh fits in half of the {k['l2_bytes'] // 1024} KiB L2 "
+                     f"with 8 rows a thread (or in an eighth of it), else by hidden units (split {k['step_split']})")
     elif "error" in k:
         lines.append(f"rnncore kernels: {k['error']}")
     for lib in env["numpy_blas"]:
