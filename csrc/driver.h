@@ -92,10 +92,11 @@ inline UnitRange row_range(int H, long b0, long b1) {
   return UnitRange{0, unit_blocks<T>(H), 0, H, (int)b0, (int)b1, true, 0};  // groups: rows of one block
 }
 
-// Rows in a group of the row split: the batch cut into as many groups as the machine has cores
-// (max_chunks), so that every thread has one, and a thread that finds no worker beside it
-// runs them all.
-inline long row_group(int B) { return std::max(1L, (B + max_chunks() - 1) / max_chunks()); }
+// Rows in a group of the row split: the batch cut into one group a thread of the region (each
+// group streams all of wh at every step, so no more groups than threads; a thread that finds no
+// worker beside it runs them all). The bits do not depend on the groups: every row's sums are
+// the same whichever rows share its GEMMs.
+inline long row_group(int B, int nt) { return std::max(1L, (long)((B + nt - 1) / std::max(1, nt))); }
 
 // Whether the time loop on nt threads splits rows, for recurrent weights of `wbytes`: the
 // setting (step_split_mode: 1 units, 2 rows from 2 rows on), else (0) when all of wh fits in
@@ -579,7 +580,7 @@ void steps(StepContext<T>& c) {
   if (c.xstage) nt = std::min(nt, c.xslots);  // (the count may have changed since the stage was sized)
   if (!c.in_place && split_rows(p.B, nt, (double)H * G * H * sizeof(T))) {
     pack_blocks<T, Cell, BWD>(c, 0, unit_blocks<T>(H));
-    const long group = row_group(p.B);
+    const long group = row_group(p.B, nt);
     const int chunk = chunk_steps<T>(p.T_, (int)group, G * H, 1);
     bulk_region(nt, [&](Claims& cl) {
       cl.for_chunks(p.B, group, [&](long b0, long b1) { run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, b0, b1), chunk); });
