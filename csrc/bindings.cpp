@@ -574,9 +574,9 @@ PYBIND11_MODULE(_core, m) {
       "Cap the threads of this OS thread's native calls (0: no cap).");
   m.def(
       "set_step_split", [](int mode) { step_split_mode() = mode < 0 || mode > 2 ? 0 : mode; }, py::arg("mode"),
-      "How the time loops split their work among their threads: 0 automatic (by rows when the "
-      "recurrent weights fit in half a core's L2, else by hidden units), 1 by units, 2 by rows "
-      "from 2 rows on (tests).");
+      "How the time loops split their work among their threads: 0 automatic (by batch rows or by "
+      "hidden units, from the sizes and the L2: driver.h, split_rows), 1 by units, 2 by rows from 2 "
+      "rows on (tests).");
   m.def("step_split", [] { return step_split_mode(); }, "The time loops' split setting.");
   m.def("cached_output_bytes", [] { return BufferCache::instance().cached_bytes(); },
         "Bytes of freed large outputs kept for reuse (buffers.h).");

@@ -341,15 +341,14 @@ void input_projection(const StepContext<T>& c, int G, int t0, int t1, const Unit
     rows((long)t0 * p.B, (t1 - t0) * p.B, 1);
   else if (!p.batch_first)
     for (int t = t0; t < t1; ++t) rows((long)t * p.B + b0, m, 1);
-  else if (m >= t1 - t0 && c.xstage)  // the longer run of rows: a step's rows (T rows apart) ...
+  else if (m >= t1 - t0)  // the longer run of rows: a step's rows (T rows apart, copied when staged) ...
     for (int t = t0; t < t1; ++t) {
-      T* xs = c.xstage + ((long)u.slot * p.B + b0) * D;
-      for (int i = 0; i < m; ++i) copy(p.x + ((long)(b0 + i) * p.T_ + t) * D, p.x + ((long)(b0 + i) * p.T_ + t + 1) * D,
-                                       xs + (long)i * D);
-      rows((long)b0 * p.T_ + t, m, p.T_, xs);
+      const long r0 = (long)b0 * p.T_ + t;
+      T* xs = c.xstage ? c.xstage + ((long)u.slot * p.B + b0) * D : nullptr;
+      if (xs)
+        for (int i = 0; i < m; ++i) copy(p.x + (r0 + i * p.T_) * D, p.x + (r0 + i * p.T_ + 1) * D, xs + (long)i * D);
+      rows(r0, m, p.T_, xs);
     }
-  else if (m >= t1 - t0)
-    for (int t = t0; t < t1; ++t) rows((long)b0 * p.T_ + t, m, p.T_);
   else  // ... or a sequence's steps
     for (int b = b0; b < u.b1; ++b) rows((long)b * p.T_ + t0, t1 - t0, 1);
 }
@@ -464,8 +463,10 @@ RNNCORE_INLINE void forward_step(const StepContext<T>& c, int t, const UnitRange
   }
   if (c.hstage) {  // this thread's units of h_t, contiguous for the next step's GEMM
     T* st = c.stage_of(t);
-    for (int b = u.b0; b < u.b1; ++b) copy(p.hs + p.off(t, H) + b * p.ld(H) + j0, p.hs + p.off(t, H) + b * p.ld(H) + j1,
-                                       st + (long)b * H + j0);
+    for (int b = u.b0; b < u.b1; ++b) {
+      const T* h = p.hs + p.off(t, H) + b * p.ld(H);
+      copy(h + j0, h + j1, st + (long)b * H + j0);
+    }
   }
 }
 
@@ -618,8 +619,8 @@ bool in_place_step(const Problem<T>& p) {
   return p.T_ == 1 && p.B <= 4 && !p.wt && Cell::R == Cell::G && step_threads<T>(p.B, p.H, Cell::G, p.D, 1) == 1;
 }
 
-// Whether the forward's step GEMMs read h_{t-1} from the stage (StepContext::hstage):
-// batch-first, with rows that are apart, and a step after the first.
+// Whether the forward reads its rows of h_{t-1} and x_t from the stages (StepContext::hstage,
+// xstage): batch-first, with rows that are apart, and a step after the first.
 template <typename T>
 bool staged_rows(const Problem<T>& p) {
   return p.batch_first && p.B > 1 && p.T_ > 1;

@@ -173,9 +173,12 @@ def test_kernel_info_reports_the_switch():
     assert set(info["unit_block"]) == {"float32", "float64"}
     assert info["l2_bytes"] >= 64 * 1024 and info["step_split"] == "auto"
     core = rnncore._native.core
-    for mode, name in ((1, "units"), (2, "rows"), (0, "auto")):
-        core.set_step_split(mode)
-        assert rnncore.kernel_info()["step_split"] == name
+    try:
+        for mode, name in ((1, "units"), (2, "rows"), (0, "auto")):
+            core.set_step_split(mode)
+            assert rnncore.kernel_info()["step_split"] == name
+    finally:
+        core.set_step_split(0)
     widths = {"avx512": 64, "avx2": 32, "generic": 16}
     for isa in SUPPORTED:
         with rnncore.use_isa(isa):

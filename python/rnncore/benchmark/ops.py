@@ -447,8 +447,8 @@ def machine_lines(env):
         lines.append(f"rnncore kernels: {k['isa']} ({k['vector_bytes']}-byte vectors, {k['isa_flags']}; "
                      f"{k['build']} build; this CPU runs {', '.join(k['supported'])})"
                      + (f"  RNNCORE_ISA={env['RNNCORE_ISA']}" if env.get("RNNCORE_ISA") else ""))
-        lines.append(f"rnncore time loop: cut by batch rows when wh fits in half of the {k['l2_bytes'] // 1024} KiB L2 "
-                     f"with 8 rows a thread (or in an eighth of it), else by hidden units (split {k['step_split']})")
+        lines.append(f"rnncore time loop: split {k['step_split']} (by batch rows or hidden units, from the sizes and "
+                     f"the {k['l2_bytes'] // 1024} KiB L2 a core: rnncore.kernel_info)")
     elif "error" in k:
         lines.append(f"rnncore kernels: {k['error']}")
     for lib in env["numpy_blas"]:
