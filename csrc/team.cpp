@@ -29,12 +29,15 @@ using Clock = std::chrono::steady_clock;
 thread_local int tl_region_nt = 0;  // > 0 while this thread runs a team region
 constexpr int kMaxThreads = 256;
 
-// Spin until pred() holds or budget_us microseconds have passed; true when pred() holds.
+// Spin until pred() holds or budget_us microseconds have passed; true when pred() holds. When
+// pred() did not hold at once and `began` is given, *began is when the wait began (now_ns's clock).
 template <typename P>
-bool spin_until(P&& pred, int budget_us) {
+bool spin_until(P&& pred, int budget_us, long long* began = nullptr) {
   if (pred()) return true;
+  const auto start = Clock::now();
+  if (began) *began = std::chrono::duration_cast<std::chrono::nanoseconds>(start.time_since_epoch()).count();
   if (budget_us <= 0) return false;
-  const auto deadline = Clock::now() + std::chrono::microseconds(budget_us);
+  const auto deadline = start + std::chrono::microseconds(budget_us);
   for (;;) {
     for (int i = 0; i < 32; ++i) {
       if (pred()) return true;
@@ -85,8 +88,8 @@ struct Team {
   // which the contention check below counts.
   std::atomic<int> barrier_spin_us{2000};
   std::atomic<long> regions{0}, inline_busy{0}, barrier_sleeps{0}, inline_contended{0}, borrowed{0}, late{0};
-  // Contention: waits at a barrier or at a region's end longer than kLongWait mean a thread of
-  // the region lost its core. When they add up to more than a fifth of a region's time and the
+  // Contention: waits at a barrier or at a region's end longer than kLongWait (spun or slept)
+  // mean a thread of the region lost its core. When they add up to more than a fifth of a region's time and the
   // kernel confirms it (the region's threads were preempted or a worker started late, and other
   // threads are runnable
   // now: procs_running in /proc/stat beyond ours), the calls of the next `backoff` run on the
@@ -164,12 +167,17 @@ bool cores_taken(Team* team, int nt) {
   return others > rnncore_num_cpus() - nt;
 }
 
-// Sleep-wait on `word` until it leaves `old`, counting a long wait as contention.
-template <typename A, typename V>
-void sleep_wait(Team* team, A& word, V old, long long since) {
-  while (word.load() == old) word.wait(old);
+// A wait that began at `since` and ended now: a long one counts as contention, spun or slept
+// (a partner descheduled for a slice of a few milliseconds is mostly waited for in the spin).
+void count_wait(Team* team, long long since) {
   const long long waited = now_ns() - since;
   if (waited > Team::kLongWait) team->long_wait_ns.fetch_add(waited, std::memory_order_relaxed);
+}
+
+// Sleep on `word` until it leaves `old`.
+template <typename A, typename V>
+void sleep_wait(A& word, V old) {
+  while (word.load() == old) word.wait(old);
 }
 
 Team* g_team = new Team();  // leaked on purpose: workers outlive static destructors
@@ -280,12 +288,13 @@ void run_on_workers(Team* team, int nt, void (*fn)(void*, int, int), void* ctx, 
   // waits for all, and the next region's generation shuts the word.
   const int joined = flexible ? (int)(team->join.fetch_and(~Team::kOpen) & Team::kCount) : nt - 1;
   auto done = [&] { return team->finished.load(std::memory_order_acquire) == joined; };
-  if (!spin_until(done, team->barrier_spin_us.load(std::memory_order_relaxed))) {
-    const long long since = now_ns();
+  long long since = 0;
+  if (!spin_until(done, team->barrier_spin_us.load(std::memory_order_relaxed), &since)) {
     team->caller_sleeping.store(1);
-    for (int f; (f = team->finished.load()) != joined;) sleep_wait(team, team->finished, f, since);
+    for (int f; (f = team->finished.load()) != joined;) sleep_wait(team->finished, f);
     team->caller_sleeping.store(0);
   }
+  if (since) count_wait(team, since);
 }
 
 }  // namespace
@@ -384,13 +393,14 @@ void rnncore_team_barrier(void) {
     return;
   }
   auto opened = [&] { return team->generation.load(std::memory_order_acquire) != gen; };
-  if (!spin_until(opened, team->barrier_spin_us.load(std::memory_order_relaxed))) {
-    const long long since = now_ns();
+  long long since = 0;
+  if (!spin_until(opened, team->barrier_spin_us.load(std::memory_order_relaxed), &since)) {
     team->barrier_sleeps.fetch_add(1, std::memory_order_relaxed);
     team->barrier_sleepers.fetch_add(1);
-    sleep_wait(team, team->generation, gen, since);
+    sleep_wait(team->generation, gen);
     team->barrier_sleepers.fetch_sub(1);
   }
+  if (since) count_wait(team, since);
 }
 
 void rnncore_team_set_adaptive(int on) { g_adaptive.store(on ? 1 : 0); }
