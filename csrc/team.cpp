@@ -89,13 +89,12 @@ struct Team {
   std::atomic<int> barrier_spin_us{2000};
   std::atomic<long> regions{0}, inline_busy{0}, barrier_sleeps{0}, inline_contended{0}, borrowed{0}, late{0};
   // Contention: waits at a barrier or at a region's end longer than kLongWait (spun or slept)
-  // mean a thread of the region lost its core. When they add up to more than a fifth of a region's time and the
-  // kernel confirms it (the region's threads were preempted or a worker started late, and other
-  // threads are runnable
-  // now: procs_running in /proc/stat beyond ours), the calls of the next `backoff` run on the
-  // caller alone. When it expires, /proc/stat is
-  // read: other threads still runnable, the backoff doubles (up to kBackoffMax); else the team
-  // runs again.
+  // mean a thread of the region lost its core. When they add up to more than a fifth of a
+  // region's time and the kernel confirms it (the region's threads were preempted or a worker
+  // started late, and other threads are runnable now: procs_running in /proc/stat beyond ours),
+  // the calls of the next `backoff` run on the caller alone. When it expires, /proc/stat is read:
+  // other threads still runnable, the backoff doubles (up to kBackoffMax); else the team runs
+  // again.
   std::atomic<int> awake{0};  // workers spinning or working (runnable, as the kernel counts)
   alignas(64) std::atomic<long long> long_wait_ns{0};
   std::atomic<long> preempted{0};  // involuntary context switches of the region's threads
