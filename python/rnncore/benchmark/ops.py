@@ -42,6 +42,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -306,6 +307,42 @@ def _time_runs(fn, budget, min_time, min_runs, repeat, max_runs=10000):
         if gc_was:
             gc.enable()
     return times
+
+
+#: longest wait for the other threads of this process to stop running before a turn (seconds)
+SETTLE_MAX_S = 1.0
+
+
+def _settle(max_s=SETTLE_MAX_S):
+    """Wait until no other thread of this process is running (state R in /proc), at most
+    ``max_s`` seconds. The peers' thread pools spin after their calls: ONNX Runtime's for some
+    50-200 ms (an rnncore LSTM forward right after an ORT session's run took 1.7x its time,
+    0.2 s later its own), PyTorch's OpenMP team and NumPy's OpenBLAS for milliseconds; timed
+    then, the next implementation would be paying for the previous one's idle threads, which a
+    program using only one of them does not. rnncore's own workers sleep after 50 us. Returns
+    the seconds waited (0 where /proc is not there)."""
+    me = str(threading.get_native_id())
+    start = time.perf_counter()
+    while True:
+        try:
+            busy = False
+            for tid in os.listdir("/proc/self/task"):
+                if tid == me:
+                    continue
+                try:
+                    with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                        stat = f.read()
+                except OSError:  # the thread ended
+                    continue
+                if stat[stat.rindex(b")") + 2:][:1] == b"R":
+                    busy = True
+                    break
+        except OSError:
+            return 0.0
+        waited = time.perf_counter() - start
+        if not busy or waited >= max_s:
+            return waited
+        time.sleep(0.005)
 
 
 def _stats(times):
@@ -663,6 +700,7 @@ def _time_point(prepared, p, threads, cfg, best_rate, say):
     """Time the prepared implementations at one point in ``cfg["rounds"]`` rounds, the
     implementations taking turns within each round, so that a slower or faster spell of a shared
     machine (other tenants' work, which comes and goes over seconds) falls on all of them alike;
+    each turn starts once the other implementations' threads have stopped spinning (_settle);
     every record gets the median and minimum over all its rounds' runs."""
     fwd_only = bool(cfg.get("forward"))
     rounds = max(1, int(cfg.get("rounds") or 1))
@@ -676,6 +714,7 @@ def _time_point(prepared, p, threads, cfg, best_rate, say):
             share = dict(budget=budget, min_time=cfg["min_time"] / rounds, min_runs=-(-3 // rounds),
                          repeat=cfg["repeat"])
             try:
+                _settle()
                 with impl.threads(threads):
                     if fwd_only:
                         times[name]["fwd"] += _time_runs(getattr(impl, "infer", impl.forward), **share)
