@@ -41,7 +41,8 @@ inline long tile_units(long R, long C) { return num_chunks(std::max(R, C)); }
 // y (N, M) = x (N, D) @ op(W) + b (M, or null).
 template <typename T>
 void affine_forward(const T* x, const T* W, bool wt, const T* b, long N, long D, long M, T* y) {
-  bulk_region(bulk_threads((double)N * D * M, tile_units(N, M)), [&](Claims& cl) {
+  const double work = (double)N * D * M;
+  bulk_region(bulk_threads(work, tile_units(N, M)), [&](Claims& cl) {
     for_tiles(cl, N, M, [&](const Tile& t) {
       T* yc = y + t.r0 * M + t.c0;
       if (b) {
@@ -51,7 +52,7 @@ void affine_forward(const T* x, const T* W, bool wt, const T* b, long N, long D,
       gemm(false, wt, (int)t.n, (int)t.m, (int)D, T(1), x + t.r0 * D, (int)D, wt ? W + t.c0 * D : W + t.c0,
            wt ? (int)D : (int)M, b ? T(1) : T(0), yc, (int)M);
     });
-  });
+  }, work);
 }
 
 // C (P, Q) = A^T B for A (N, P), B (N, Q).
@@ -91,7 +92,7 @@ void affine_backward(const T* dy, const T* x, const T* W, bool wt, long N, long 
              wt ? (int)D : (int)M, T(0), dx + t.r0 * D + t.c0, (int)D);
       });
     }
-  });
+  }, work);
 }
 
 // dW (V, D) = sum over n of onehot(ids[n]) dout[n]: rows added in the order of n, the columns

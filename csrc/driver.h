@@ -578,6 +578,7 @@ void steps(StepContext<T>& c) {
   const Problem<T>& p = c.p;
   const int H = p.H;
   int nt = step_threads<T>(p.B, H, G, BWD ? 0 : p.D, p.T_);
+  const double work = (double)p.B * G * H * ((double)H + (BWD ? 0 : p.D)) * p.T_;
   if (c.xstage) nt = std::min(nt, c.xslots);  // (the count may have changed since the stage was sized)
   if (!c.in_place && split_rows(p.B, nt, (double)H * G * H * sizeof(T))) {
     pack_blocks<T, Cell, BWD>(c, 0, unit_blocks<T>(H));
@@ -585,14 +586,14 @@ void steps(StepContext<T>& c) {
     const int chunk = chunk_steps<T>(p.T_, (int)group, G * H, 1);
     bulk_region(nt, [&](Claims& cl) {
       cl.for_chunks(p.B, group, [&](long b0, long b1) { run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, b0, b1), chunk); });
-    });
+    }, work);
     return;
   }
   parallel_region(nt, [&](int tid, int n) {
     const UnitRange u = unit_range<T>(H, p.B, tid, n);
     if (!c.in_place) pack_blocks<T, Cell, BWD>(c, u.u0, u.u1);
     run_steps<T, Cell, BWD, ACT>(c, u, chunk_steps<T>(p.T_, p.B, G * H, n));
-  });
+  }, work);
 }
 
 // The time loop for the call's Rnn activation (a cell without one ignores ACT).
@@ -788,7 +789,8 @@ void backward(Problem<T>& p) {
   const T* dGh = ctx.dGh;
 
   const long units = std::max(num_chunks(GH), num_chunks(rows));
-  bulk_region(bulk_threads((double)rows * GH * (2.0 * D + H), units), [&](Claims& cl) {
+  const double bulk_work = (double)rows * GH * (2.0 * D + H);
+  bulk_region(bulk_threads(bulk_work, units), [&](Claims& cl) {
     cl.for_chunks(GH, [&](long lo, long hi) {
       weight_grad(p.wt, D, lo, hi, (int)rows, p.x, D, dG + lo, GH, T(0), p.dwx);
       hidden_weight_grad<T, Cell>(p, dGh, prev, lo, hi);
@@ -800,7 +802,7 @@ void backward(Problem<T>& p) {
       gemm(false, !p.wt, (int)(hi - lo), D, GH, T(1), dG + lo * GH, GH, p.wx, p.wt ? D : GH, T(0), p.dx + lo * D,
            D);
     });
-  });
+  }, bulk_work);
   Workspace<T>::release_all_large();
 }
 

@@ -34,9 +34,14 @@ inline int call_threads() {
 
 // parallel_region's entry: f(tid, nt) on nt threads of the team (team.h); flexible: the
 // threads that join in time (bulk_region).
+// A region of at least kLongRegion multiply-adds (about a millisecond) checks the cores first
+// (team.h: rnncore_team_run_long).
+constexpr double kLongRegion = 67108864.0;
+
 template <typename F>
-inline int team_run(int nt, F& f, bool flexible = false) {
+inline int team_run(int nt, F& f, bool flexible = false, double work = 0) {
   auto fn = [](void* ctx, int tid, int n) { (*static_cast<F*>(ctx))(tid, n); };
+  if (work >= kLongRegion) return rnncore_team_run_long(nt, fn, &f, flexible ? 1 : 0);
   return flexible ? rnncore_team_run_flexible(nt, fn, &f) : rnncore_team_run(nt, fn, &f);
 }
 
@@ -172,23 +177,25 @@ struct DenormalGuard {
 };
 
 // Run f(tid, nt) on nt threads of the team (inline when nt == 1 or the team is busy), each
-// with denormals flushed. Phases inside f are separated by barrier() (team.h).
+// with denormals flushed. Phases inside f are separated by barrier() (team.h). `work`: the
+// region's multiply-adds, where known (a long region checks the cores first: team_run).
 template <typename F>
-inline void parallel_region(int nt, F&& f) {
+inline void parallel_region(int nt, F&& f, double work = 0) {
   auto body = [&](int tid, int n) {
     DenormalGuard guard;
     f(tid, n);
   };
-  team_run(nt, body);
+  team_run(nt, body, false, work);
 }
 
 // Run f(claims) on up to nt threads of the team, each with denormals flushed: the work of bulk
 // operations, whose loops (claims.for_chunks) share their chunks among the threads that come.
 // The caller claims from the start and waits only for workers that joined before it ran out of
 // chunks (team.h: a flexible region), so a sleeping or descheduled worker never holds it up.
+// `work` as for parallel_region.
 // No barrier inside.
 template <typename F>
-inline void bulk_region(int nt, F&& f) {
+inline void bulk_region(int nt, F&& f, double work = 0) {
   std::atomic<long> next[Claims::kMaxLoops];
   for (auto& a : next) a.store(0, std::memory_order_relaxed);
   auto body = [&](int, int) {
@@ -196,7 +203,7 @@ inline void bulk_region(int nt, F&& f) {
     Claims claims(next);
     f(claims);
   };
-  team_run(nt, body, true);
+  team_run(nt, body, true, work);
 }
 
 RNNCORE_NS_END

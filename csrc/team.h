@@ -40,6 +40,14 @@ int rnncore_team_run(int nt, void (*fn)(void* ctx, int tid, int nt), void* ctx);
 // that joined before its own part returned. A worker that wakes late (asleep, or its core
 // taken by another process) then costs the call nothing; the caller has done its share.
 int rnncore_team_run_flexible(int nt, void (*fn)(void* ctx, int tid, int nt), void* ctx);
+// Either of the two for a long region (milliseconds of work): unless the team is backing off
+// already, it first reads /proc/stat (some 6 us; twice more over 300 us when the first read
+// says so) and runs the region on the caller alone when other threads hold the cores at that
+// moment (procs_running beyond the team's own): another
+// runtime's pool spinning after its last op (ONNX Runtime's spins some 40 ms; an LSTM forward
+// of a unit split started then took up to 10x its time, every step's barrier waiting for a
+// worker without a core) or a busy process. Only that call: the next one looks again.
+int rnncore_team_run_long(int nt, void (*fn)(void* ctx, int tid, int nt), void* ctx, int flexible);
 // Wait until every thread of the current region has arrived (no-op outside a region or at nt 1).
 void rnncore_team_barrier(void);
 // The spin budgets in microseconds before a waiting thread sleeps: idle workers between regions

@@ -275,6 +275,45 @@ def test_bulk_calls_with_workers_asleep_or_late_give_the_same_bits():
         _assert_equal(got, one)
 
 
+def test_a_long_call_that_finds_the_cores_taken_runs_on_the_caller():
+    """A long region starting while another thread of the process spins (another runtime's pool
+    after its last op) runs on the calling thread alone, with the same bits; with the team's
+    adaptivity off it takes the team."""
+    cpus = len(os.sched_getaffinity(0))
+    if not 2 <= cpus <= 8:
+        pytest.skip("needs 2-8 CPUs, so that one spinning thread takes a core the team would use")
+    core = rnncore._native.core
+    x, (wx, wh, b_ih, b_hh) = _case("lstm", T=100, B=32, D=64, H=256, dtype=np.float32, seed=5, lengths=False)[:2]
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    out = {}
+    with rnncore.num_threads(cpus):
+        core.team_set_adaptive(False)
+        try:
+            before = rnncore.threads.team_stats()
+            out["team"] = rnncore.lstm_forward(x, wx, wh, b_ih, b_hh)[0]
+            assert rnncore.threads.team_stats()["regions"] > before["regions"]
+        finally:
+            core.team_set_adaptive(True)
+        spinner = threading.Thread(target=spin, daemon=True)
+        spinner.start()
+        try:
+            time.sleep(0.01)
+            before = rnncore.threads.team_stats()
+            out["alone"] = rnncore.lstm_forward(x, wx, wh, b_ih, b_hh)[0]
+            after = rnncore.threads.team_stats()
+        finally:
+            stop.set()
+            spinner.join()
+    assert after["inline_contended"] > before["inline_contended"]
+    assert after["regions"] == before["regions"]
+    np.testing.assert_array_equal(out["alone"], out["team"])
+
+
 # -- several Python threads at once ---------------------------------------------------------------
 
 def test_a_call_of_a_few_tiny_steps_stays_on_the_caller():
