@@ -585,7 +585,10 @@ void steps(StepContext<T>& c) {
     const long group = row_group(p.B, nt);
     const int chunk = chunk_steps<T>(p.T_, (int)group, G * H, 1);
     bulk_region(nt, [&](Claims& cl) {
-      cl.for_chunks(p.B, group, [&](long b0, long b1) { run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, b0, b1), chunk); });
+      if (cl.threads() == 1)  // on the caller alone (team.h: the cores were taken): all rows at once
+        run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, 0, p.B), chunk_steps<T>(p.T_, p.B, G * H, 1));
+      else
+        cl.for_chunks(p.B, group, [&](long b0, long b1) { run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, b0, b1), chunk); });
     }, work);
     return;
   }

@@ -101,7 +101,11 @@ inline long num_chunks(long n) { return (n + chunk_width(n) - 1) / chunk_width(n
 class Claims {
  public:
   static constexpr int kMaxLoops = 8;
-  explicit Claims(std::atomic<long>* next) : next_(next) {}
+  explicit Claims(std::atomic<long>* next, int threads = 0) : next_(next), threads_(threads) {}
+  // The threads the region was opened for; 1 when it runs on the caller alone (no worker will
+  // come: the team was busy or backing off), where a caller free to choose its chunks may take
+  // larger ones.
+  int threads() const { return threads_; }
   // f(lo, hi) for each chunk of [0, n) this thread claims.
   template <typename F>
   void for_chunks(long n, F&& f) {
@@ -118,6 +122,7 @@ class Claims {
 
  private:
   std::atomic<long>* next_;
+  int threads_;
   int loop_ = 0;
 };
 
@@ -198,9 +203,9 @@ template <typename F>
 inline void bulk_region(int nt, F&& f, double work = 0) {
   std::atomic<long> next[Claims::kMaxLoops];
   for (auto& a : next) a.store(0, std::memory_order_relaxed);
-  auto body = [&](int, int) {
+  auto body = [&](int, int n) {
     DenormalGuard guard;
-    Claims claims(next);
+    Claims claims(next, n);
     f(claims);
   };
   team_run(nt, body, true, work);

@@ -46,7 +46,8 @@ int rnncore_team_run_flexible(int nt, void (*fn)(void* ctx, int tid, int nt), vo
 // moment (procs_running beyond the team's own): another
 // runtime's pool spinning after its last op (ONNX Runtime's spins some 40 ms; an LSTM forward
 // of a unit split started then took up to 10x its time, every step's barrier waiting for a
-// worker without a core) or a busy process. Only that call: the next one looks again.
+// worker without a core) or a busy process; so do the calls of the next backoff (as after the
+// waits described above).
 int rnncore_team_run_long(int nt, void (*fn)(void* ctx, int tid, int nt), void* ctx, int flexible);
 // Wait until every thread of the current region has arrived (no-op outside a region or at nt 1).
 void rnncore_team_barrier(void);
