@@ -276,21 +276,23 @@ def test_bulk_calls_with_workers_asleep_or_late_give_the_same_bits():
 
 
 def test_a_long_call_that_finds_the_cores_taken_runs_on_the_caller():
-    """A long region starting while another thread of the process spins (another runtime's pool
-    after its last op) runs on the calling thread alone, with the same bits; with the team's
-    adaptivity off it takes the team."""
+    """A long region starting while another process spins on a core the team would use (or
+    another runtime's pool after its last op) runs on the calling thread alone, with the same
+    bits; with the team's adaptivity off it takes the team."""
+    import subprocess
+    import sys
+
     cpus = len(os.sched_getaffinity(0))
     if not 2 <= cpus <= 8:
-        pytest.skip("needs 2-8 CPUs, so that one spinning thread takes a core the team would use")
+        pytest.skip("needs 2-8 CPUs, so that one busy process takes a core the team would use")
     core = rnncore._native.core
     x, (wx, wh, b_ih, b_hh) = _case("lstm", T=100, B=32, D=64, H=256, dtype=np.float32, seed=5, lengths=False)[:2]
-    stop = threading.Event()
-
-    def spin():
-        while not stop.is_set():
-            pass
-
     out = {}
+    borrowing = core.team_borrowing()  # (rnncore.torch's layers borrow torch's OpenMP team, whose
+    if borrowing:                      # threads count as the team's own whether they run or not)
+        from rnncore import torch as rtorch
+
+        rtorch.share_threads(False)
     with rnncore.num_threads(cpus):
         core.team_set_adaptive(False)
         try:
@@ -299,16 +301,17 @@ def test_a_long_call_that_finds_the_cores_taken_runs_on_the_caller():
             assert rnncore.threads.team_stats()["regions"] > before["regions"]
         finally:
             core.team_set_adaptive(True)
-        spinner = threading.Thread(target=spin, daemon=True)
-        spinner.start()
+        busy = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
         try:
-            time.sleep(0.01)
+            time.sleep(0.3)  # started and runnable
             before = rnncore.threads.team_stats()
             out["alone"] = rnncore.lstm_forward(x, wx, wh, b_ih, b_hh)[0]
             after = rnncore.threads.team_stats()
         finally:
-            stop.set()
-            spinner.join()
+            busy.kill()
+            busy.wait()
+            if borrowing:
+                rtorch.share_threads(True)
     assert after["inline_contended"] > before["inline_contended"]
     assert after["regions"] == before["regions"]
     np.testing.assert_array_equal(out["alone"], out["team"])
