@@ -54,9 +54,12 @@ inline long unit_blocks(int H) { return (H + kUnitBlock<T> - 1) / kUnitBlock<T>;
 // us, bulk_threads), so that waking a sleeping worker pays for itself: a call of a few tiny steps
 // (the textbook's SimpleRnnlm: T 5, B 10, H 100) stays on the caller. Never more threads than
 // unit blocks. The team falls back to one thread by itself when other work holds the cores.
+// Multiply-adds of one step's GEMMs (D 0: the backward's, no input projection).
+inline double step_work(int B, int H, int G, int D) { return (double)B * G * H * ((double)H + D); }
+
 template <typename T>
 inline int step_threads(int B, int H, int G, int D, int steps) {
-  const double step = (double)B * G * H * ((double)H + D);
+  const double step = step_work(B, H, G, D);
   return std::min(threads_for(step, unit_blocks<T>(H), 65536.0), bulk_threads(step * steps, unit_blocks<T>(H)));
 }
 
@@ -341,15 +344,15 @@ void input_projection(const StepContext<T>& c, int G, int t0, int t1, const Unit
     rows((long)t0 * p.B, (t1 - t0) * p.B, 1);
   else if (!p.batch_first)
     for (int t = t0; t < t1; ++t) rows((long)t * p.B + b0, m, 1);
-  else if (m >= t1 - t0)  // the longer run of rows: a step's rows (T rows apart, copied when staged) ...
+  else if (m >= t1 - t0) {  // the longer run of rows: a step's rows (T rows apart, copied when staged) ...
+    T* xs = c.xstage ? c.xstage + ((long)u.slot * p.B + b0) * D : nullptr;
     for (int t = t0; t < t1; ++t) {
       const long r0 = (long)b0 * p.T_ + t;
-      T* xs = c.xstage ? c.xstage + ((long)u.slot * p.B + b0) * D : nullptr;
       if (xs)
         for (int i = 0; i < m; ++i) copy(p.x + (r0 + i * p.T_) * D, p.x + (r0 + i * p.T_ + 1) * D, xs + (long)i * D);
       rows(r0, m, p.T_, xs);
     }
-  else  // ... or a sequence's steps
+  } else  // ... or a sequence's steps
     for (int b = b0; b < u.b1; ++b) rows((long)b * p.T_ + t0, t1 - t0, 1);
 }
 
@@ -577,18 +580,17 @@ void steps(StepContext<T>& c) {
   constexpr int G = Cell::G;
   const Problem<T>& p = c.p;
   const int H = p.H;
-  int nt = step_threads<T>(p.B, H, G, BWD ? 0 : p.D, p.T_);
-  const double work = (double)p.B * G * H * ((double)H + (BWD ? 0 : p.D)) * p.T_;
+  const int D = BWD ? 0 : p.D;
+  int nt = step_threads<T>(p.B, H, G, D, p.T_);
+  const double work = step_work(p.B, H, G, D) * p.T_;
   if (c.xstage) nt = std::min(nt, c.xslots);  // (the count may have changed since the stage was sized)
   if (!c.in_place && split_rows(p.B, nt, (double)H * G * H * sizeof(T))) {
     pack_blocks<T, Cell, BWD>(c, 0, unit_blocks<T>(H));
-    const long group = row_group(p.B, nt);
-    const int chunk = chunk_steps<T>(p.T_, (int)group, G * H, 1);
     bulk_region(nt, [&](Claims& cl) {
-      if (cl.threads() == 1)  // on the caller alone (team.h: the cores were taken): all rows at once
-        run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, 0, p.B), chunk_steps<T>(p.T_, p.B, G * H, 1));
-      else
-        cl.for_chunks(p.B, group, [&](long b0, long b1) { run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, b0, b1), chunk); });
+      // a group a thread of the region; on the caller alone (team.h: the cores were taken) all rows
+      const long group = row_group(p.B, cl.threads());
+      const int chunk = chunk_steps<T>(p.T_, (int)group, G * H, 1);
+      cl.for_chunks(p.B, group, [&](long b0, long b1) { run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, b0, b1), chunk); });
     }, work);
     return;
   }

@@ -32,12 +32,12 @@ inline int call_threads() {
   return cap > 0 ? std::min(n, cap) : n;
 }
 
-// parallel_region's entry: f(tid, nt) on nt threads of the team (team.h); flexible: the
-// threads that join in time (bulk_region).
 // A region of at least kLongRegion multiply-adds (about a millisecond) checks the cores first
 // (team.h: rnncore_team_run_long).
 constexpr double kLongRegion = 67108864.0;
 
+// parallel_region's entry: f(tid, nt) on nt threads of the team (team.h); flexible: the
+// threads that join in time (bulk_region); `work` the region's multiply-adds, where known.
 template <typename F>
 inline int team_run(int nt, F& f, bool flexible = false, double work = 0) {
   auto fn = [](void* ctx, int tid, int n) { (*static_cast<F*>(ctx))(tid, n); };
@@ -101,7 +101,7 @@ inline long num_chunks(long n) { return (n + chunk_width(n) - 1) / chunk_width(n
 class Claims {
  public:
   static constexpr int kMaxLoops = 8;
-  explicit Claims(std::atomic<long>* next, int threads = 0) : next_(next), threads_(threads) {}
+  Claims(std::atomic<long>* next, int threads) : next_(next), threads_(threads) {}
   // The threads the region was opened for; 1 when it runs on the caller alone (no worker will
   // come: the team was busy or backing off), where a caller free to choose its chunks may take
   // larger ones.

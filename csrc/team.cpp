@@ -156,24 +156,6 @@ struct Borrowed {
 };
 std::atomic<const Borrowed*> g_borrowed{nullptr};
 
-void pause_us(int us) {
-  const auto until = Clock::now() + std::chrono::microseconds(us);
-  while (Clock::now() < until) cpu_relax();
-}
-
-// cores_taken (below) three times over 300 us: the other threads hold the cores, not a moment's
-// visitor (the kernel's rcu thread, a monitor's poll): on one look, 1-10% of the long regions
-// of a training loop on an otherwise idle 2-core VM (LSTM, B 32, H 256) went to the caller
-// alone, on three over 300 us 0-1% (4 of 420 at most in five runs: a task held a core that long).
-bool cores_taken(Team* team, int nt);
-bool cores_held(Team* team, int nt) {
-  for (int i = 0; i < 3; ++i) {
-    if (i) pause_us(150);
-    if (!cores_taken(team, nt)) return false;
-  }
-  return true;
-}
-
 // Whether threads other than this team's want the cores a region of nt threads would use.
 // The region's own threads are the caller and, on a borrowed team, its nt - 1 threads (awake or
 // not), else rnncore's awake workers.
@@ -189,6 +171,18 @@ bool cores_taken(Team* team, int nt) {
   }
   const int others = running - 1 - ours;
   return others > rnncore_num_cpus() - nt;
+}
+
+// cores_taken three times over 300 us: the other threads hold the cores, not a moment's
+// visitor (the kernel's rcu thread, a monitor's poll): on one look, 1-10% of the long regions
+// of a training loop on an otherwise idle 2-core VM (LSTM, B 32, H 256) went to the caller
+// alone, on three over 300 us 0-1% (4 of 420 at most in five runs: a task held a core that long).
+bool cores_held(Team* team, int nt) {
+  for (int i = 0; i < 3; ++i) {
+    if (i) spin_until([] { return false; }, 150);  // a pause
+    if (!cores_taken(team, nt)) return false;
+  }
+  return true;
 }
 
 // A wait that began at `since` and ended now: a long one counts as contention, spun or slept

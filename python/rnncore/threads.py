@@ -171,9 +171,9 @@ def kernel_info() -> dict:
     ``vector_bytes`` (the vector width of the recurrent step's GEMM), ``step_kernel`` (its
     register blocking), ``unit_block`` (per dtype, the hidden units of one block of the time
     loop: each thread owns whole blocks, all their gates), ``l2_bytes`` (a core's L2, as the
-    system reports it) and ``step_split`` (``"auto"``: the time loop is cut by batch rows when
-    the recurrent weights fit in half of that L2 with 8 rows a thread, or in an eighth of it,
-    else by hidden units; ``"units"`` / ``"rows"`` when forced), ``isa_flags`` (the
+    system reports it) and ``step_split`` (``"auto"``: the time loop is cut by batch rows or by
+    hidden units from the sizes and that L2, as csrc/driver.h's split_rows says; ``"units"`` /
+    ``"rows"`` when forced), ``isa_flags`` (the
     variant's compiler flags), ``build`` (``"native"``: tuned for the building CPU,
     ``"portable"``: RNNCORE_NATIVE=OFF), ``build_flags``, ``sanitizers`` (an ASan + UBSan build)
     and ``cpu_features``."""
