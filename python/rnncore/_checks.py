@@ -46,17 +46,21 @@ def _layout(batch_first: bool) -> str:
     return "(B, T, D)" if batch_first else "(T, B, D)"
 
 
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def check_array(op: str, name: str, a, dtype=None, ndim: Optional[int] = None) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
-    if type(a) is not np.ndarray:  # a subclass whose meaning the kernels would ignore
+    if type(a) is not np.ndarray:
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+        # a subclass whose meaning the kernels would ignore
         if isinstance(a, np.ma.MaskedArray):
             raise TypeError(f"{op}: {name} is a masked array; rnncore ignores no mask silently: pass "
                             f"{name}.filled(0) (and lengths= for padded sequences)")
         if isinstance(a, np.matrix):
             raise TypeError(f"{op}: {name} is a numpy.matrix; pass np.asarray({name})")
     if dtype is None:
-        if a.dtype not in (np.float32, np.float64):
+        if a.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
     elif a.dtype != dtype:
         raise TypeError(
