@@ -64,23 +64,16 @@ size_t panels_size(long panels, int K) {
 }
 
 // One panel: dst (K, NB) <- the `ncols` (<= NB) columns at src, element (k, j) at
-// src[k * sk + j * sn], the columns past ncols zero.
+// src[k * sk + j * sn], the columns past ncols zero. A row of the panel at a time, also when the
+// columns are contiguous along k (sk == 1: wh^T for the backward, PyTorch's layout forward):
+// writing whole rows, reading NB columns side by side, is 1.3x (K 100) to 4x (K 1024, an LSTM
+// backward's wh^T at H 256: 0.53 -> 0.14 ms) faster than a column at a time, whose every
+// element lands in another cache line of the panel.
 template <typename T>
 void pack_panel(const T* src, long sk, long sn, int K, int ncols, T* dst) {
   constexpr int NB = Vec<T>::NB;
   if (sn == 1 && ncols == NB) {  // whole rows of NB: fixed-size copies (the compiler's vector moves)
     for (int k = 0; k < K; ++k) std::memcpy(dst + (long)k * NB, src + k * sk, NB * sizeof(T));
-    return;
-  }
-  if (sk == 1) {  // columns contiguous along k: read each column in order
-    for (int j = 0; j < NB; ++j) {
-      if (j < ncols) {
-        const T* c = src + j * sn;
-        for (int k = 0; k < K; ++k) dst[(long)k * NB + j] = c[k];
-      } else {
-        for (int k = 0; k < K; ++k) dst[(long)k * NB + j] = T(0);
-      }
-    }
     return;
   }
   for (int k = 0; k < K; ++k) {

@@ -430,6 +430,8 @@ def foreign(before, after):
                if tid != me and name != "rnncore-team")
 
 threadpoolctl.threadpool_limits(2, user_api="blas")  # NumPy's pool would wake for any matmul
+from rnncore import _native
+_native.core.team_set_adaptive(False)  # the team runs even when other processes hold the cores now
 model, opt = LanguageModel(96, 256, cell=os.environ["CELL"]), Adam(lr=1e-3)
 rng = np.random.default_rng(0)
 xs, ts = rng.integers(0, 96, (32, 64)), rng.integers(0, 96, (32, 64))
