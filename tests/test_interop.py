@@ -156,3 +156,26 @@ def test_torch_tensors_accepted_directly_and_bias_false():
     with torch.no_grad():
         out_t = m(torch.from_numpy(x))[0]
     np.testing.assert_allclose(out, out_t.numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["D1", "H1", "fortran"])
+def test_from_state_dict_returns_copies(case):
+    """The weights come back as arrays of their own, also where the transpose of the state
+    dict's array is already contiguous (input size 1, H 1, Fortran order): writing into them
+    leaves the state dict alone."""
+    rng = np.random.default_rng(0)
+    H, D = (4, 1) if case == "D1" else (1, 3) if case == "H1" else (4, 5)
+    sd = {"weight_ih_l0": rng.standard_normal((4 * H, D)).astype(np.float32),
+          "weight_hh_l0": rng.standard_normal((4 * H, H)).astype(np.float32),
+          "bias_ih_l0": rng.standard_normal(4 * H).astype(np.float32),
+          "bias_hh_l0": rng.standard_normal(4 * H).astype(np.float32)}
+    if case == "fortran":
+        sd = {k: np.asfortranarray(v) for k, v in sd.items()}
+    before = {k: v.copy() for k, v in sd.items()}
+    _, weights, _, _ = rnncore.from_state_dict(sd)
+    for w in weights[0]:
+        assert w.flags.c_contiguous and w.flags.writeable
+        assert not any(np.shares_memory(w, a) for a in sd.values())
+        w -= 1
+    for k in sd:
+        np.testing.assert_array_equal(sd[k], before[k], err_msg=k)

@@ -186,7 +186,9 @@ def from_state_dict(state_dict: Mapping, mode: Optional[str] = None, prefix: str
                                     f"convert them all")
                 arrays.append(a)
             wih, whh, bih, bhh = arrays
-            weights.append((np.ascontiguousarray(wih.T), np.ascontiguousarray(whh.T),
+            # copies, always: ascontiguousarray would return the caller's own memory when the
+            # transpose happens to be contiguous (input size 1, H 1, Fortran-ordered weights)
+            weights.append((np.array(wih.T, order="C", copy=True), np.array(whh.T, order="C", copy=True),
                             np.array(bih, copy=True), np.array(bhh, copy=True)))
     return mode, weights, num_layers, bidirectional
 
