@@ -122,3 +122,20 @@ def test_bad_input(bad, exc, match):
     xb, tb = bad(x, t)
     with pytest.raises(exc, match=match):
         softmax_cross_entropy(xb, tb)
+
+
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+@pytest.mark.parametrize("ignore,exc", [(1.5, TypeError), (None, TypeError), ("x", TypeError), (True, TypeError),
+                                        (2**70, ValueError)])
+def test_bad_ignore_index(backend, ignore, exc):
+    """ignore_index must be an integer within int64: a float was truncated for the kernel while the
+    mean counted every position (a silently wrong loss)."""
+    x, t = _case(np.float32)
+    with rnncore.use_backend(backend):
+        with pytest.raises(exc, match="ignore_index"):
+            softmax_cross_entropy(x, t, ignore_index=ignore)
+        _, p = softmax_cross_entropy(x, t)
+        with pytest.raises(exc, match="ignore_index"):
+            softmax_cross_entropy_backward(p, t, ignore_index=ignore)
+        loss, _ = softmax_cross_entropy(x, np.maximum(t, 0), ignore_index=np.int64(1))  # NumPy integers are
+        assert np.isfinite(loss)  # integers too

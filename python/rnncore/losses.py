@@ -15,6 +15,18 @@ from ._backend import implementation
 from ._checks import check_array
 
 
+_INT64 = np.iinfo(np.int64)
+
+
+def _ignore(op, ignore_index) -> int:
+    """ignore_index as a Python int: an integer (not a bool) within int64, as the targets are."""
+    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
+        raise TypeError(f"{op}: ignore_index must be an integer, got {ignore_index!r}")
+    if not _INT64.min <= ignore_index <= _INT64.max:
+        raise ValueError(f"{op}: ignore_index must fit int64, got {ignore_index}")
+    return int(ignore_index)
+
+
 def _targets(op, targets, lead_shape, V, ignore_index):
     """The targets as a flat int64 array, and how many positions count (target not ignore_index)."""
     t = np.asarray(targets)
@@ -51,8 +63,9 @@ def softmax_cross_entropy(logits, targets, *, ignore_index=-1):
     if logits.ndim < 2 or logits.shape[-1] < 1 or logits.size == 0:
         raise ValueError(f"{op}: logits must have shape (..., V) with V >= 1 and no empty axis, got {logits.shape}")
     V = logits.shape[-1]
+    ignore_index = _ignore(op, ignore_index)
     t, count = _targets(op, targets, logits.shape[:-1], V, ignore_index)
-    probs, row_loss = _core(op).softmax_xent_forward(logits.reshape(-1, V), t, int(ignore_index))
+    probs, row_loss = _core(op).softmax_xent_forward(logits.reshape(-1, V), t, ignore_index)
     loss = float(row_loss.sum() / count) if count else float("nan")
     return loss, probs.reshape(logits.shape)
 
@@ -67,6 +80,7 @@ def softmax_cross_entropy_backward(probs, targets, *, ignore_index=-1, dloss=1.0
     if probs.ndim < 2:
         raise ValueError(f"{op}: probs must have shape (..., V), got {probs.shape}")
     V = probs.shape[-1]
+    ignore_index = _ignore(op, ignore_index)
     t, count = _targets(op, targets, probs.shape[:-1], V, ignore_index)
     if out is not None:
         check_array(op, "out", out, probs.dtype)
@@ -74,5 +88,5 @@ def softmax_cross_entropy_backward(probs, targets, *, ignore_index=-1, dloss=1.0
             raise ValueError(f"{op}: out must be a writeable array of shape {probs.shape}")
         out = out.reshape(-1, V)
     scale = float(dloss) / count if count else 0.0
-    dx = _core(op).softmax_xent_backward(probs.reshape(-1, V), t, int(ignore_index), scale, out)
+    dx = _core(op).softmax_xent_backward(probs.reshape(-1, V), t, ignore_index, scale, out)
     return dx.reshape(probs.shape)
