@@ -240,3 +240,42 @@ def test_large_outputs_reuse_freed_buffers_without_aliasing(rng):
         big = dense.affine_forward(rng.standard_normal((3000, 64)).astype(np.float32), W)
         del big
     assert core.cached_output_bytes() <= 512 << 20
+
+
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+def test_bad_gradient_buffers_and_weights(rng, backend):
+    """The caller's gradient buffers and weights are checked before any work, on both backends:
+    a dW of the transposed shape (same size) was filled natively with the (D, M) bytes."""
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    W = rng.standard_normal((3, 5)).astype(np.float32)
+    dy = rng.standard_normal((4, 5)).astype(np.float32)
+    ro = np.zeros((3, 5), np.float32)
+    ro.flags.writeable = False
+    with rnncore.use_backend(backend):
+        for kw, exc, match in [(dict(dW=np.zeros((5, 3), np.float32)), ValueError, r"dW must have shape \(3, 5\)"),
+                               (dict(dW=[[0.0] * 5] * 3), TypeError, "dW must be a numpy.ndarray"),
+                               (dict(dW=ro), ValueError, "dW is read-only"),
+                               (dict(db=np.zeros(4, np.float32)), ValueError, r"db must have shape \(5,\)")]:
+            with pytest.raises(exc, match=match):
+                dense.affine_backward(dy, x, W, **kw)
+        with pytest.raises(ValueError, match="W must be 2-D"):
+            dense.affine_backward(dy, x, W[0])
+        with pytest.raises(TypeError, match="dW must be a 2-D numpy.ndarray"):
+            dense.embedding_backward(np.array([0, 1]), np.zeros((2, 3), np.float32), [[0.0] * 3] * 4)
+        with pytest.raises(ValueError, match="dW is read-only"):
+            dense.embedding_backward(np.array([0, 1]), np.zeros((2, 5), np.float32), ro)
+        p, m, v = (np.ones(4, np.float32) for _ in range(3))
+        with pytest.raises(ValueError, match="g must have the parameter's shape"):
+            dense.adam_update(p, np.full(1, 0.5, np.float32), m, v, 0.1, 0.9, 0.999, 1e-8, 0.001)
+        assert (p == 1).all()
+        with pytest.raises(ValueError, match=r"grads\[0\] must have the shape of params\[0\]"):
+            Adam(lr=0.1).update([np.ones((4, 2), np.float32)[:, 0]], [np.full(1, 0.5, np.float32)])
+        with pytest.raises(TypeError, match="lr must be a real number"):
+            Adam(lr="a")
+        with pytest.raises(TypeError, match=r"grads\[0\] must be a numpy.ndarray"):
+            clip_grads([[1.0, 2.0]], 1.0)
+        with pytest.raises(TypeError, match="max_norm must be a real number"):
+            clip_grads([np.ones(3)], "a")
+        # a layer of no inputs (D 0) gives its bias
+        y = dense.affine_forward(np.zeros((2, 0), np.float32), np.zeros((0, 5), np.float32), np.arange(5, dtype=np.float32))
+        np.testing.assert_array_equal(y, np.tile(np.arange(5, dtype=np.float32), (2, 1)))

@@ -50,14 +50,32 @@ def _rows(name, a, D):
     a = np.asarray(a)
     if a.ndim < 1 or a.shape[-1] != D:
         raise ValueError(f"{name} must have {D} features in its last axis, got shape {a.shape}")
-    return np.ascontiguousarray(a.reshape(-1, D))
+    return np.ascontiguousarray(a.reshape(int(np.prod(a.shape[:-1])), D))  # D may be 0
+
+
+def _weight_matrix(op, W, shape="(D, M)"):
+    W = np.asarray(W)
+    if W.ndim != 2:
+        raise ValueError(f"{op}: W must be 2-D {shape}, got shape {W.shape}")
+    return W
+
+
+def _out_arg(op, name, a, shape):
+    """A caller's output buffer (a layer's gradient): an ndarray of ``shape``, writeable, or None."""
+    if a is None:
+        return None
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{op}: {name} must be a numpy.ndarray of shape {shape}, got {type(a).__name__}")
+    if a.shape != shape:
+        raise ValueError(f"{op}: {name} must have shape {shape}, got {a.shape}")
+    if not a.flags.writeable:
+        raise ValueError(f"{op}: {name} is read-only; it receives the gradient")
+    return a
 
 
 def affine_forward(x, W, b=None):
     """``x (..., D) @ W (D, M) + b (M,)`` -> (..., M). W may be a transposed view (tied weights)."""
-    W = np.asarray(W)
-    if W.ndim != 2:
-        raise ValueError(f"affine_forward: W must be 2-D (D, M), got shape {W.shape}")
+    W = _weight_matrix("affine_forward", W)
     D, M = W.shape
     x = np.asarray(x)
     lead = x.shape[:-1]
@@ -89,8 +107,11 @@ def affine_backward(dy, x, W, *, dW=None, db=None, bias=True, need_dx=True):
     returned; else new arrays are. ``db`` is None when not ``bias``, ``dx`` (x's shape) None
     unless ``need_dx``.
     """
-    W = np.asarray(W)
+    op = "affine_backward"
+    W = _weight_matrix(op, W)
     D, M = W.shape
+    dW = _out_arg(op, "dW", dW, (D, M))
+    db = _out_arg(op, "db", db, (M,)) if bias else None
     x = np.asarray(x)
     x2 = _rows("affine_backward: x", x, D)
     dy2 = _rows("affine_backward: dy", dy, M)
@@ -114,6 +135,12 @@ def affine_backward(dy, x, W, *, dW=None, db=None, bias=True, need_dx=True):
 def embedding_backward(ids, dout, dW):
     """``dW (V, D)[...] = 0`` then ``dW[ids[n]] += dout[n]`` for every position n, in place
     (duplicate ids accumulate, in order). ``ids`` any integer shape, ``dout`` (*ids.shape, D)."""
+    op = "embedding_backward"
+    if not isinstance(dW, np.ndarray) or dW.ndim != 2:
+        raise TypeError(f"{op}: dW must be a 2-D numpy.ndarray (V, D), got "
+                        f"{type(dW).__name__ if not isinstance(dW, np.ndarray) else f'shape {dW.shape}'}")
+    if not dW.flags.writeable:
+        raise ValueError(f"{op}: dW is read-only; it receives the gradient")
     V, D = dW.shape
     ids = np.asarray(ids)
     if ids.dtype.kind not in "iu":
@@ -136,6 +163,14 @@ def adam_update(p, g, m, v, lr_c1, b1, b2, eps, c2):
     """One Adam step in place (see :func:`rnncore.reference.adam_update`); the same bits on
     both backends."""
     arrays = (p, g, m, v)
+    for name, a in zip(("p", "g", "m", "v"), arrays):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"adam_update: {name} must be a numpy.ndarray, got {type(a).__name__}")
+        if a.shape != p.shape:
+            raise ValueError(f"adam_update: {name} must have the parameter's shape {p.shape}, got {a.shape}")
+    for name, a in (("p", p), ("m", m), ("v", v)):
+        if not a.flags.writeable:
+            raise ValueError(f"adam_update: {name} is read-only; it is updated in place")
     if _impl(*arrays) is not reference and all(a.flags.c_contiguous for a in arrays) and \
             p.flags.writeable and m.flags.writeable and v.flags.writeable:
         _native.core.adam_update(p, g, m, v, float(lr_c1), float(b1), float(b2), float(eps), float(c2))

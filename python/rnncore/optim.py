@@ -14,9 +14,21 @@ from . import dense
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "clip_grads", "OPTIMIZERS"]
 
 
+def _real(owner, name, value):
+    """A hyperparameter as a float: a real number (not a bool), else TypeError naming it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
+    return float(value)
+
+
 def clip_grads(grads, max_norm: float) -> float:
     """Scale every gradient by ``max_norm / norm`` (in place) when their global L2 norm
     exceeds ``max_norm``; returns the norm before clipping."""
+    if max_norm is not None:
+        max_norm = _real("clip_grads", "max_norm", max_norm)
+    for i, g in enumerate(grads):
+        if not isinstance(g, np.ndarray):
+            raise TypeError(f"clip_grads: grads[{i}] must be a numpy.ndarray, got {type(g).__name__}")
     total = float(np.sqrt(sum(dense.sum_squares(g) for g in grads)))
     if max_norm is not None and max_norm > 0 and total > max_norm:
         rate = max_norm / (total + 1e-6)
@@ -31,6 +43,7 @@ class Optimizer:
     slots: tuple = ()
 
     def __init__(self, lr: float):
+        lr = _real(type(self).__name__, "lr", lr)
         if not lr > 0:
             raise ValueError(f"{type(self).__name__}: lr must be > 0, got {lr}")
         self.lr = float(lr)
@@ -43,6 +56,16 @@ class Optimizer:
         return self.state[name]
 
     def update(self, params, grads):
+        params, grads = list(params), list(grads)
+        if len(params) != len(grads):
+            raise ValueError(f"{type(self).__name__}.update: {len(params)} params but {len(grads)} grads")
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if not isinstance(p, np.ndarray) or not isinstance(g, np.ndarray):
+                raise TypeError(f"{type(self).__name__}.update: params[{i}] and grads[{i}] must be numpy.ndarrays, "
+                                f"got {type(p).__name__} and {type(g).__name__}")
+            if g.shape != p.shape:
+                raise ValueError(f"{type(self).__name__}.update: grads[{i}] must have the shape of params[{i}] "
+                                 f"{p.shape}, got {g.shape}")
         self.t += 1
         self._update(params, grads)
 
