@@ -546,3 +546,53 @@ def test_layer_flags_must_be_bools(flag):
 
     with pytest.raises(TypeError, match=rf"GRU: {flag} must be a bool"):
         GRU(3, 4, **{flag: "False"})
+
+
+def _R(*shape):
+    return np.ones(shape, np.float32)
+
+
+# Bad arguments to the layers, time layers, models and helpers: each a TypeError / ValueError /
+# RuntimeError naming what was wrong (they were IndexError, AttributeError, ZeroDivisionError,
+# MemoryError after asking for 29 TiB, pybind's generic message, or silently accepted).
+_LAYER_MISUSE = [
+    ("linear-0d-x", lambda: rnncore.layers.Linear(3, 5).forward(np.float32(1)), ValueError, "x must have 3 features"),
+    ("linear-1d-W", lambda: rnncore.layers.Linear(W=_R(3)), ValueError, "W must be a 2-D"),
+    ("linear-float-size", lambda: rnncore.layers.Linear(3.5, 5), ValueError, "in_features must be an integer"),
+    ("lstm-float-size", lambda: rnncore.layers.LSTM(1.5, 4), ValueError, "input_size must be an integer"),
+    ("lstm-huge", lambda: rnncore.layers.LSTM(3, 10**6), ValueError, "need .* GiB"),
+    ("init-weights-huge", lambda: rnncore.init_weights("lstm", 3, 10**9), ValueError, "hidden_size"),
+    ("dropout-p-str", lambda: rnncore.layers.Dropout("a"), TypeError, "p must be a real number"),
+    ("laststep-float-lengths", lambda: rnncore.layers.LastStep().forward(_R(2, 3, 1), lengths=[1.5, 2.5]),
+     TypeError, "lengths must be integers"),
+    ("timernn-backward-first", lambda: rnncore.time_layers.TimeRNN(_R(3, 4), _R(4, 4), _R(4)).backward(_R(1, 2, 4)),
+     RuntimeError, "call forward first"),
+    ("timelstm-2d-xs", lambda: rnncore.time_layers.TimeLSTM(_R(3, 16), _R(4, 16), _R(16)).forward(_R(2, 3)),
+     ValueError, r"xs must be 3-D"),
+    ("perplexity-seq-len-0", lambda: rnncore.models.LanguageModel(5, 7).perplexity(np.arange(20) % 5, seq_len=0),
+     ValueError, "seq_len must be an integer"),
+    ("xent-backward-empty", lambda: rnncore.softmax_cross_entropy_backward(_R(3, 0), np.array([-1, -1, -1])),
+     ValueError, "probs must have shape"),
+]
+
+
+@pytest.mark.parametrize("name,call,exc,match", _LAYER_MISUSE, ids=[c[0] for c in _LAYER_MISUSE])
+def test_layer_misuse_is_named(name, call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_array_likes_where_arrays_are_natural():
+    """Lists where the book's code passes arrays: Dropout's input, the loss's targets, and a thread
+    count beyond the team's size (capped, as OpenMP caps it)."""
+    d = rnncore.layers.Dropout(0.5, rng=0)
+    assert d.forward([1.0, 2.0, 3.0, 4.0]).shape == (4,)
+    loss = rnncore.time_layers.TimeSoftmaxWithLoss().forward(_R(2, 3, 4), [[0, 1, 2], [0, 1, 2]])
+    assert np.isclose(loss, np.log(4))
+    before = rnncore.get_num_threads()
+    try:
+        rnncore.set_num_threads(10**12)
+        assert 1 <= rnncore.get_num_threads() <= 256
+    finally:
+        rnncore.set_num_threads(0)
+    assert rnncore.get_num_threads() == before

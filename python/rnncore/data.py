@@ -207,6 +207,9 @@ class StreamBatcher:
     (a new epoch)."""
 
     def __init__(self, ids, batch_size: int, seq_len: int):
+        for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"StreamBatcher: {name} must be an integer >= 1, got {v!r}")
         ids = np.asarray(ids, dtype=np.int32)
         L = len(ids) // batch_size
         if L < 2:

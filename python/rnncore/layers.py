@@ -36,6 +36,13 @@ def _rng(rng):
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
+def _size(owner: str, name: str, v) -> int:
+    """A size argument: an integer (not a bool, not a float) >= 1."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{owner}: {name} must be an integer >= 1, got {v!r}")
+    return int(v)
+
+
 def _as_ids(name: str, ids, V: int) -> np.ndarray:
     ids = np.asarray(ids)
     if ids.dtype.kind not in "iu":
@@ -97,8 +104,8 @@ class Recurrent:
             self.cell = cell
         if self.cell not in cells.cells():
             raise ValueError(f"{type(self).__name__}: cell must be one of {cells.cells()}, got {self.cell!r}")
-        if int(input_size) < 1 or int(hidden_size) < 1 or int(num_layers) < 1:
-            raise ValueError(f"{type(self).__name__}: input_size, hidden_size and num_layers must be >= 1")
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            _size(type(self).__name__, name, v)
         for flag, value in (("bidirectional", bidirectional), ("stateful", stateful), ("batch_first", batch_first)):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{type(self).__name__}: {flag} must be a bool, got {type(value).__name__}")
@@ -274,7 +281,12 @@ class Linear:
         if W is None:
             if in_features is None or out_features is None:
                 raise ValueError("Linear: give in_features and out_features, or W=")
+            in_features = _size("Linear", "in_features", in_features)
+            out_features = _size("Linear", "out_features", out_features)
             W = (_rng(rng).standard_normal((in_features, out_features)) / np.sqrt(in_features)).astype(dtype)
+        elif not isinstance(W, np.ndarray) or W.ndim != 2:
+            raise ValueError(f"Linear: W must be a 2-D numpy.ndarray (in_features, out_features), got "
+                             f"{type(W).__name__ if not isinstance(W, np.ndarray) else f'shape {W.shape}'}")
         if b is None and bias:
             b = np.zeros(W.shape[1], dtype=W.dtype)
         self.params = [W] if b is None else [W, b]
@@ -285,7 +297,7 @@ class Linear:
     def forward(self, x):
         W = self.params[0]
         x = np.asarray(x)
-        if x.shape[-1] != W.shape[0]:
+        if x.ndim < 1 or x.shape[-1] != W.shape[0]:
             raise ValueError(f"Linear.forward: x must have {W.shape[0]} features in its last axis, got {x.shape}")
         self.x = x
         return dense.affine_forward(x, W, self.params[1] if len(self.params) > 1 else None)
@@ -348,8 +360,10 @@ class LastStep:
     def forward(self, hs, lengths=None):
         hs = np.asarray(hs)
         N, T = (hs.shape[0], hs.shape[1]) if self.batch_first else (hs.shape[1], hs.shape[0])
+        if lengths is not None and np.asarray(lengths).dtype.kind not in "iu":
+            raise TypeError(f"LastStep.forward: lengths must be integers, got dtype {np.asarray(lengths).dtype}")
         idx = np.full(N, T - 1) if lengths is None else np.asarray(lengths).astype(np.int64) - 1
-        if idx.shape != (N,) or idx.min() < 0 or idx.max() >= T:
+        if idx.shape != (N,) or (N and (idx.min() < 0 or idx.max() >= T)):
             raise ValueError(f"LastStep.forward: lengths must be (N,) = ({N},) ints in [1, {T}]")
         self.cache = (hs.shape, idx)
         return hs[np.arange(N), idx] if self.batch_first else hs[idx, np.arange(N)]
@@ -371,6 +385,8 @@ class Dropout:
     (``rng`` a seed or ``numpy.random.Generator``)."""
 
     def __init__(self, p: float = 0.5, rng=None):
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)):
+            raise TypeError(f"Dropout: p must be a real number in [0, 1), got {p!r}")
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
         self.params, self.grads = [], []
@@ -384,6 +400,7 @@ class Dropout:
         if not training or self.p == 0.0:
             self.mask = None
             return x
+        x = np.asarray(x)
         self.mask = (self.rng.random(x.shape) >= self.p).astype(x.dtype) / x.dtype.type(1.0 - self.p)
         return x * self.mask
 

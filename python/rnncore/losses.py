@@ -77,8 +77,8 @@ def softmax_cross_entropy_backward(probs, targets, *, ignore_index=-1, dloss=1.0
     """
     op = "softmax_cross_entropy_backward"
     check_array(op, "probs", probs)
-    if probs.ndim < 2:
-        raise ValueError(f"{op}: probs must have shape (..., V), got {probs.shape}")
+    if probs.ndim < 2 or probs.size == 0:
+        raise ValueError(f"{op}: probs must have shape (..., V) with V >= 1 and no empty axis, got {probs.shape}")
     V = probs.shape[-1]
     ignore_index = _ignore(op, ignore_index)
     t, count = _targets(op, targets, probs.shape[:-1], V, ignore_index)

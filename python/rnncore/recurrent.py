@@ -29,7 +29,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _ops, cells
-from ._checks import check_array, check_lengths, check_sequence, grad_input
+from ._checks import INDEX_LIMIT, _memory_bytes, check_array, check_lengths, check_sequence, grad_input
 
 __all__ = ["recurrent_forward", "recurrent_backward", "init_weights", "RecurrentCache", "MODES"]
 
@@ -405,6 +405,21 @@ def recurrent_backward(dout: Optional[np.ndarray], cache: RecurrentCache, dh_n: 
             return dx, dweights, dh0, dc0
 
 
+def _check_weight_sizes(op, D, H, G, L, nd, dtype) -> None:
+    """Weights the kernels can index and this machine can hold (with the float64 draw of the
+    largest one), before anything is allocated."""
+    widest = max(D, nd * H)
+    if G * H > INDEX_LIMIT or widest > INDEX_LIMIT:
+        raise ValueError(f"{op}: hidden_size {H} ({G} gate blocks) or input_size {D} exceeds the 32-bit indices "
+                         f"of the kernels (at most {INDEX_LIMIT} columns)")
+    layer = (widest + H) * G * H + 2 * G * H  # elements of one layer's weights, at most
+    need = L * nd * layer * dtype.itemsize + widest * G * H * 8
+    have = _memory_bytes()
+    if have and need > have:
+        raise ValueError(f"{op}: the weights of input_size {D}, hidden_size {H} ({L} layer(s)) need "
+                         f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB")
+
+
 def init_weights(mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
                  dtype=np.float32, rng=None) -> List[Weights]:
     """Weights for :func:`recurrent_forward`, initialised like PyTorch's.
@@ -422,8 +437,9 @@ def init_weights(mode: str, input_size: int, hidden_size: int, num_layers: int =
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype}")
-    rng = np.random.default_rng(rng)
     H, G = int(hidden_size), spec.gates
+    _check_weight_sizes(op, int(input_size), H, G, L, nd, dtype)
+    rng = np.random.default_rng(rng)
     s = 1.0 / np.sqrt(H)
     weights = []
     for layer in range(L):

@@ -66,7 +66,7 @@ def set_num_threads(n: int) -> None:
         n = 0
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise ValueError(f"set_num_threads: n must be an int >= 0, got {n!r}")
-    _core().set_num_threads(n)
+    _core().set_num_threads(min(n, 2**31 - 1))  # the team caps it at its size (256)
 
 
 @contextlib.contextmanager

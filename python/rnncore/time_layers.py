@@ -408,6 +408,18 @@ class _TimeRecurrent:
     def reset_state(self):
         self.h = None
 
+    def _sequence(self, xs):
+        """xs as an array (N, T, D) -> (xs, N, T, D)."""
+        xs = np.asarray(xs)
+        if xs.ndim != 3:
+            raise ValueError(f"{type(self).__name__}.forward: xs must be 3-D (N, T, D), got shape {xs.shape}")
+        return (xs, *xs.shape)
+
+    def _forward_cache(self):
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward: call forward first")
+        return self._cache
+
 
 class TimeRNN(_TimeRecurrent):
     """T Elman steps over xs (N, T, D) -> hs (N, T, H), one rnncore call each way.
@@ -419,7 +431,7 @@ class TimeRNN(_TimeRecurrent):
     def forward(self, xs):
         Wx, Wh, b = self.params
         dt = Wx.dtype
-        N, T, D = xs.shape
+        xs, N, T, D = self._sequence(xs)
         H = Wh.shape[0]
         h0 = _state(self.h, N, H, dt, not self.stateful)
         hs, self.h, self._cache = _rc.rnn_forward(_c(xs, dt), _c(Wx, dt), _c(Wh, dt), _c(b, dt), h0,
@@ -427,7 +439,7 @@ class TimeRNN(_TimeRecurrent):
         return hs
 
     def backward(self, dhs):
-        dxs, dWx, dWh, db, dh0 = _rc.rnn_backward(_c(dhs, self._cache.inputs.x.dtype), self._cache)
+        dxs, dWx, dWh, db, dh0 = _rc.rnn_backward(_c(dhs, self._forward_cache().inputs.x.dtype), self._cache)
         self.grads[0][...] = dWx
         self.grads[1][...] = dWh
         self.grads[2][...] = db
@@ -449,7 +461,7 @@ class TimeLSTM(_TimeRecurrent):
     def forward(self, xs):
         Wx, Wh, b = self.params
         dt = Wx.dtype
-        N, T, D = xs.shape
+        xs, N, T, D = self._sequence(xs)
         H = Wh.shape[0]
         h0 = _state(self.h, N, H, dt, not self.stateful)
         c0 = _state(self.c, N, H, dt, not self.stateful)
@@ -462,7 +474,7 @@ class TimeLSTM(_TimeRecurrent):
 
     def backward(self, dhs):
         H = self.params[1].shape[0]
-        dxs, dwx, dwh, db, _, dh0, _ = _rc.lstm_backward(_c(dhs, self._cache.inputs.x.dtype), self._cache)
+        dxs, dwx, dwh, db, _, dh0, _ = _rc.lstm_backward(_c(dhs, self._forward_cache().inputs.x.dtype), self._cache)
         for grad, g in zip(self.grads, (dwx, dwh, db)):
             _grad_from_native(grad, g, H, _LSTM_MAP)
         self.dh = dh0
@@ -484,7 +496,7 @@ class TimeGRU(_TimeRecurrent):
     def forward(self, xs):
         Wx, Wh, b = self.params
         dt = Wx.dtype
-        N, T, D = xs.shape
+        xs, N, T, D = self._sequence(xs)
         H = Wh.shape[0]
         h0 = _state(self.h, N, H, dt, not self.stateful)
         wx = _to_native(Wx, H, _GRU_MAP, dt)
@@ -496,7 +508,7 @@ class TimeGRU(_TimeRecurrent):
 
     def backward(self, dhs):
         H = self.params[1].shape[0]
-        dxs, dwx, dwh, db, _, dh0 = _rc.gru_backward(_c(dhs, self._cache.inputs.x.dtype), self._cache)
+        dxs, dwx, dwh, db, _, dh0 = _rc.gru_backward(_c(dhs, self._forward_cache().inputs.x.dtype), self._cache)
         for grad, g in zip(self.grads, (dwx, dwh, db)):
             _grad_from_native(grad, g, H, _GRU_MAP)
         self.dh = dh0
@@ -565,6 +577,7 @@ class TimeSoftmaxWithLoss:
         self._xs = None
 
     def forward(self, xs, ts):
+        ts = np.asarray(ts)
         if ts.ndim == 3:  # one-hot targets
             ts = ts.argmax(axis=2)
         xs = np.ascontiguousarray(xs)
