@@ -262,6 +262,8 @@ def test_bad_gradient_buffers_and_weights(rng, backend):
             dense.affine_backward(dy, x, W[0])
         with pytest.raises(TypeError, match="dW must be a 2-D numpy.ndarray"):
             dense.embedding_backward(np.array([0, 1]), np.zeros((2, 3), np.float32), [[0.0] * 3] * 4)
+        with pytest.raises(ValueError, match=r"dW must be 2-D \(V, D\)"):
+            dense.embedding_backward(np.array([0, 1]), np.zeros((2, 3), np.float32), np.zeros(12, np.float32))
         with pytest.raises(ValueError, match="dW is read-only"):
             dense.embedding_backward(np.array([0, 1]), np.zeros((2, 5), np.float32), ro)
         p, m, v = (np.ones(4, np.float32) for _ in range(3))

@@ -136,9 +136,10 @@ def embedding_backward(ids, dout, dW):
     """``dW (V, D)[...] = 0`` then ``dW[ids[n]] += dout[n]`` for every position n, in place
     (duplicate ids accumulate, in order). ``ids`` any integer shape, ``dout`` (*ids.shape, D)."""
     op = "embedding_backward"
-    if not isinstance(dW, np.ndarray) or dW.ndim != 2:
-        raise TypeError(f"{op}: dW must be a 2-D numpy.ndarray (V, D), got "
-                        f"{type(dW).__name__ if not isinstance(dW, np.ndarray) else f'shape {dW.shape}'}")
+    if not isinstance(dW, np.ndarray):
+        raise TypeError(f"{op}: dW must be a 2-D numpy.ndarray (V, D), got {type(dW).__name__}")
+    if dW.ndim != 2:
+        raise ValueError(f"{op}: dW must be 2-D (V, D), got shape {dW.shape}")
     if not dW.flags.writeable:
         raise ValueError(f"{op}: dW is read-only; it receives the gradient")
     V, D = dW.shape
@@ -171,8 +172,7 @@ def adam_update(p, g, m, v, lr_c1, b1, b2, eps, c2):
     for name, a in (("p", p), ("m", m), ("v", v)):
         if not a.flags.writeable:
             raise ValueError(f"adam_update: {name} is read-only; it is updated in place")
-    if _impl(*arrays) is not reference and all(a.flags.c_contiguous for a in arrays) and \
-            p.flags.writeable and m.flags.writeable and v.flags.writeable:
+    if _impl(*arrays) is not reference and all(a.flags.c_contiguous for a in arrays):
         _native.core.adam_update(p, g, m, v, float(lr_c1), float(b1), float(b2), float(eps), float(c2))
     else:
         reference.adam_update(p, g, m, v, lr_c1, b1, b2, eps, c2)
