@@ -216,3 +216,21 @@ def test_damaged_checkpoints_give_one_value_error(trained, tmp_path):
     with pytest.raises(ValueError, match="not a readable .npz"):
         load_npz(tmp_path / "truncated.npz")
     assert zipfile.is_zipfile(trained / "model.npz")
+
+
+def test_resume_keeps_the_runs_lr_and_clip(tmp_path, capsys):
+    """A run with its own --lr and --clip, cut and resumed without them, continues with them (the
+    defaults took their place: other losses, and the checkpoint rewritten with the defaults); a
+    flag that the checkpoint fixes is named as ignored."""
+    own = ["--lr", "0.02", "--clip", "0.05"]
+    full, half = tmp_path / "full", tmp_path / "half"
+    assert main(["train", "--steps", "8", "--out", str(full), *TINY, *own]) == 0
+    assert main(["train", "--steps", "4", "--out", str(half), *TINY, *own]) == 0
+    capsys.readouterr()
+    assert main(["train", "--steps", "8", "--resume", str(half / "model.npz"), "--no-progress",
+                 "--hidden", "7"]) == 0
+    assert "--hidden ignored" in capsys.readouterr().out
+    assert _losses(half / "model.npz") == _losses(full / "model.npz")
+    cfg = LanguageModel.load(half / "model.npz").checkpoint["meta"]["train_config"]
+    assert (cfg["lr"], cfg["clip"], cfg["hidden"]) == (0.02, 0.05, LanguageModel.load(full / "model.npz").config["hidden_size"])
+    assert cfg["corpus"] is None or os.path.isabs(cfg["corpus"])

@@ -67,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seq-len", type=_positive_int, default=d.seq_len, help="BPTT steps per chunk (default %(default)s)")
     t.add_argument("--batch", type=_positive_int, default=d.batch, help="parallel streams (default %(default)s)")
     t.add_argument("--steps", type=_nonneg_int, default=d.steps, help="training steps (default %(default)s)")
-    t.add_argument("--lr", type=_positive_float, default=d.lr, help="learning rate (default %(default)s)")
-    t.add_argument("--clip", type=_positive_float, default=d.clip, help="max gradient norm (default %(default)s)")
+    t.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (default 3e-3; a resumed run: its own)")
+    t.add_argument("--clip", type=_positive_float, default=None,
+                   help="max gradient norm (default 5.0; a resumed run: its own)")
     t.add_argument("--optimizer", choices=("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"),
                    default=d.optimizer, help="(default %(default)s)")
     t.add_argument("--eval-every", type=_positive_int, default=d.eval_every,

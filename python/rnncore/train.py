@@ -43,6 +43,8 @@ from .optim import OPTIMIZERS, clip_grads
 
 __all__ = ["TrainConfig", "train", "checkpoint_path", "metrics_path"]
 
+DEFAULT_LR, DEFAULT_CLIP = 3e-3, 5.0
+
 #: options a resumed run takes from the checkpoint (they fix the model and the data stream)
 _FROM_CHECKPOINT = ("corpus", "level", "max_chars", "max_vocab", "cell", "hidden", "embed", "layers", "dropout",
                     "seq_len", "batch", "seed", "optimizer", "dtype", "val_fraction")
@@ -60,8 +62,8 @@ class TrainConfig:
     seq_len: int = 64
     batch: int = 32
     steps: int = 1500
-    lr: float = 3e-3
-    clip: float = 5.0
+    lr: Optional[float] = None  # None: 3e-3, or a resumed run's own
+    clip: Optional[float] = None  # None: 5.0, or a resumed run's own
     optimizer: str = "adam"
     eval_every: int = 250
     sample_every: int = 500
@@ -92,7 +94,7 @@ class TrainConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
@@ -376,9 +378,24 @@ def _train(cfg, log, comm) -> dict:
         if "train_config" not in meta or model.tokenizer is None:
             raise ValueError(f"{cfg.resume} has no training state (not written by rnncore train)")
         saved = meta["train_config"]
-        cfg = dataclasses.replace(cfg, **{k: saved[k] for k in _FROM_CHECKPOINT if k in saved})
+        default = TrainConfig()
+        def same(k, a, b):
+            return (os.path.abspath(a) == os.path.abspath(b)) if k == "corpus" and a and b else a == b
+
+        ignored = [k for k in _FROM_CHECKPOINT
+                   if k in saved and getattr(cfg, k) != getattr(default, k) and not same(k, getattr(cfg, k), saved[k])]
+        if ignored:
+            say(f"resuming: {', '.join('--' + k.replace('_', '-') for k in ignored)} ignored (the checkpoint's "
+                f"settings fix the model and the data)")
+        # lr and clip: the run's own unless given again (a resumed run may lower them)
+        own = {k: saved[k] for k in ("lr", "clip") if getattr(cfg, k) is None and saved.get(k) is not None}
+        cfg = dataclasses.replace(cfg, **{k: saved[k] for k in _FROM_CHECKPOINT if k in saved}, **own)
         if cfg.out is None:
             cfg.out = os.path.dirname(os.path.abspath(cfg.resume))
+    elif cfg.corpus is not None:  # a checkpoint names its corpus wherever it is resumed from
+        cfg = dataclasses.replace(cfg, corpus=os.path.abspath(cfg.corpus))
+    cfg = dataclasses.replace(cfg, lr=DEFAULT_LR if cfg.lr is None else cfg.lr,
+                              clip=DEFAULT_CLIP if cfg.clip is None else cfg.clip)
     cfg.validate()
     par = None if comm is None else _Parallel(comm, cfg.batch)  # (a resumed run's batch is the checkpoint's)
     out_dir = cfg.out or _default_out(cfg)
