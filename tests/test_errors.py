@@ -573,6 +573,23 @@ _LAYER_MISUSE = [
      ValueError, "seq_len must be an integer"),
     ("xent-backward-empty", lambda: rnncore.softmax_cross_entropy_backward(_R(3, 0), np.array([-1, -1, -1])),
      ValueError, "probs must have shape"),
+    ("lm-float-size", lambda: rnncore.models.LanguageModel(5, 2.9), ValueError, "hidden_size must be an integer"),
+    ("lm-float-layers", lambda: rnncore.models.LanguageModel(5, 4, num_layers=1.5), ValueError, "num_layers"),
+    ("generate-negative-n", lambda: rnncore.models.LanguageModel(5, 4).generate([1], -1), ValueError, "n must be"),
+    ("recurrent-training-str", lambda: rnncore.recurrent_forward(
+        "gru", _R(3, 2, 4), rnncore.init_weights("gru", 4, 5, rng=0), training="no"), TypeError, "training must be"),
+    ("recurrent-dropout-str", lambda: rnncore.recurrent_forward(
+        "gru", _R(3, 2, 4), rnncore.init_weights("gru", 4, 5, num_layers=2, rng=0), num_layers=2, dropout="0.5"),
+     TypeError, "dropout must be a number"),
+    ("state-dict-bidirectional-str", lambda: rnncore.to_state_dict(
+        "lstm", rnncore.init_weights("lstm", 3, 4, rng=0), bidirectional="no"), TypeError, "bidirectional must be"),
+    ("state-dict-int-weights", lambda: rnncore.to_state_dict(
+        "lstm", [tuple(a.astype(np.int64) for a in rnncore.init_weights("lstm", 3, 4, rng=0)[0])]),
+     TypeError, "must be float32 or float64"),
+    ("state-dict-layer1-width", lambda: rnncore.to_state_dict(
+        "lstm", rnncore.init_weights("lstm", 3, 4, rng=0) * 2, num_layers=2), ValueError, "layer below"),
+    ("gradcheck-no-checks", lambda: __import__("rnncore.gradcheck").gradcheck.gradcheck(
+        rnncore.layers.Linear(3, 2, dtype=np.float64), np.ones((2, 3)), max_checks=0), ValueError, "max_checks"),
 ]
 
 
@@ -596,3 +613,27 @@ def test_array_likes_where_arrays_are_natural():
     finally:
         rnncore.set_num_threads(0)
     assert rnncore.get_num_threads() == before
+
+
+def test_load_npz_takes_the_name_save_npz_was_given(tmp_path):
+    w = rnncore.init_weights("gru", 3, 4, rng=0)
+    rnncore.save_npz(tmp_path / "weights", "gru", w)  # NumPy writes weights.npz
+    mode, w2, _, _ = rnncore.load_npz(tmp_path / "weights")
+    assert mode == "gru" and all(np.array_equal(a, b) for a, b in zip(w[0], w2[0]))
+
+
+def test_from_state_dict_takes_parameters_that_require_grad():
+    torch = pytest.importorskip("torch")
+    m = torch.nn.GRU(3, 4)
+    mode, w, _, _ = rnncore.from_state_dict(dict(m.named_parameters()))
+    assert mode == "gru"
+    np.testing.assert_array_equal(w[0][1], m.weight_hh_l0.detach().numpy().T)
+
+
+def test_onnx_export_refuses_weights_rnncore_does_not_run():
+    pytest.importorskip("onnx")
+    from rnncore import onnx as rnncore_onnx
+
+    w16 = [tuple(a.astype(np.float16) for a in rnncore.init_weights("lstm", 3, 4, rng=0)[0])]
+    with pytest.raises(TypeError, match="weights must be float32 or float64"):
+        rnncore_onnx.export_recurrent("lstm", w16)

@@ -97,6 +97,18 @@ def test_bad_arguments_in_process(capsys, tmp_path):
     assert main([]) == 2
     assert main(["--help"]) == 0
     assert "train" in capsys.readouterr().out
+    for args in (["train", "--seed", "-1"], ["sample", str(tmp_path / "none.npz"), "--seed", "-3"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--seed" in err
+    assert main(["bench", "--load", "-1"]) == 2
+    assert "--load" in capsys.readouterr().err
+
+
+def test_a_learning_rate_that_breaks_the_weights_says_so(tmp_path, capsys):
+    assert main(["train", "--steps", "4", "--lr", "1e300", "--out", str(tmp_path / "x"), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "try a lower --lr" in err
 
 
 @pytest.mark.parametrize("args,needle", [

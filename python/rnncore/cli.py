@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-chars", type=_nonneg_int, default=d.max_chars,
                    help="read at most this many characters of the corpus, 0 for all (default %(default)s)")
     t.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype, help="(default %(default)s)")
-    t.add_argument("--seed", type=int, default=d.seed, help="random seed; the same seed gives the same run "
+    t.add_argument("--seed", type=_nonneg_int, default=d.seed, help="random seed; the same seed gives the same run "
                                                             "(default %(default)s)")
     t.add_argument("--out", metavar="DIR", help="output folder (default runs/<level>-<cell>-<time>)")
     t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (model, data and optimizer "
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=_positive_float, default=0.8, help="(default %(default)s)")
     s.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k most likely tokens")
     s.add_argument("--prime", default=None, help="text to start from (default a newline)")
-    s.add_argument("--seed", type=int, default=None, help="random seed (default: fresh randomness)")
+    s.add_argument("--seed", type=_nonneg_int, default=None, help="random seed (default: fresh randomness)")
     s.add_argument("--backend", choices=("native", "numpy"), help="implementation of the recurrent ops")
 
     _add_export_parser(sub)

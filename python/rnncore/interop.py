@@ -52,6 +52,8 @@ def to_state_dict(mode: str, weights: Sequence[Weights], num_layers: int = 1, bi
         raise ValueError(f"{op}: mode must be one of {cells.cells()}, got {mode!r}")
     if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
         raise ValueError(f"{op}: num_layers must be an integer >= 1, got {num_layers!r}")
+    if not isinstance(bidirectional, (bool, np.bool_)):
+        raise TypeError(f"{op}: bidirectional must be a bool, got {type(bidirectional).__name__}")
     nd = 2 if bidirectional else 1
     n = num_layers * nd
     if not isinstance(weights, (list, tuple)) or len(weights) != n:
@@ -71,6 +73,12 @@ def to_state_dict(mode: str, weights: Sequence[Weights], num_layers: int = 1, bi
         H = wh.shape[0]
         if wx.ndim != 2 or wx.shape[1] != G * H:
             raise ValueError(f"{op}: weights[{k}] wx must have shape (D, {G}*H) = (D, {G * H}), got {wx.shape}")
+        if layer > 0 and wx.shape[0] != nd * H:
+            raise ValueError(f"{op}: weights[{k}] wx (layer {layer}) takes the layer below's output: D = "
+                             f"num_dirs * H = {nd * H}, got {wx.shape}")
+        for name, a in (("wx", wx), ("wh", wh), ("b_ih", b_ih), ("b_hh", b_hh)):
+            if a.dtype not in (np.float32, np.float64) or a.dtype != wx.dtype:
+                raise TypeError(f"{op}: weights[{k}] {name} must be float32 or float64 like wx, got {a.dtype}")
         for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
             if b.shape != (G * H,):
                 raise ValueError(f"{op}: weights[{k}] {name} must have shape ({G * H},), got {b.shape}")
@@ -120,6 +128,8 @@ def from_state_dict(state_dict: Mapping, mode: Optional[str] = None, prefix: str
                 raise ValueError(f"{op}: {key!r}: LSTM projections (proj_size > 0) are not supported")
             raise ValueError(f"{op}: unexpected key {key!r}; expected names like {prefix}weight_ih_l0, "
                              f"{prefix}weight_hh_l0, {prefix}bias_ih_l0, {prefix}bias_hh_l0 (+ '_reverse')")
+        if hasattr(value, "detach") and hasattr(value, "requires_grad"):  # a torch tensor (a Parameter too)
+            value = value.detach().cpu()
         arr = np.asarray(value)
         if arr.dtype.kind != "f":
             raise TypeError(f"{op}: {key!r} must hold floating-point values, got dtype {arr.dtype}")
@@ -221,6 +231,8 @@ def load_npz(path, dtype=None) -> Tuple[str, List[Weights], int, bool]:
     """Read a file written by :func:`save_npz` (or any ``.npz`` of PyTorch-named recurrent
     weights) -> ``(mode, weights, num_layers, bidirectional)``. No pickles are loaded."""
     op = "load_npz"
+    if isinstance(path, (str, os.PathLike)) and not os.path.exists(path) and os.path.exists(f"{os.fspath(path)}.npz"):
+        path = f"{os.fspath(path)}.npz"  # the name save_npz was given (NumPy added the suffix)
     sd = read_npz(path, "file")
     meta = None
     if META_KEY in sd:

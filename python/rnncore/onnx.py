@@ -246,6 +246,8 @@ def _check_flag(op, name, value):
 
 def _export_dtype(op, weights_dtype, dtype):
     if dtype is None:
+        if np.dtype(weights_dtype) not in (np.float32, np.float64):
+            raise TypeError(f"{op}: weights must be float32 or float64 (as rnncore runs them), got {weights_dtype}")
         return np.dtype(weights_dtype)
     try:
         dt = np.dtype(dtype)

@@ -151,6 +151,8 @@ def _check_config(op, mode, num_layers, bidirectional, dropout, activation, rese
         raise ValueError(f"{op}: num_layers must be an integer >= 1, got {num_layers!r}")
     if not isinstance(bidirectional, (bool, np.bool_)):
         raise TypeError(f"{op}: bidirectional must be a bool, got {type(bidirectional).__name__}")
+    if isinstance(dropout, (bool, np.bool_, str, bytes)):  # float() would read "0.5"
+        raise TypeError(f"{op}: dropout must be a number in [0, 1), got {dropout!r}")
     try:
         p = float(dropout)
     except (TypeError, ValueError):
@@ -274,6 +276,8 @@ def recurrent_forward(mode: str, x: np.ndarray, weights: Sequence[Weights], h0: 
     """
     op = "recurrent_forward"
     L, nd, p, spec = _check_config(op, mode, num_layers, bidirectional, dropout, activation, reset_after)
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"{op}: training must be a bool, got {type(training).__name__}")
     T, B, D = check_sequence(op, x, batch_first)
     batch_first = bool(batch_first)
     dt = x.dtype

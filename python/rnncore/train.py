@@ -508,7 +508,13 @@ def _train(cfg, log, comm) -> dict:
                             model.reset_state()
                         xs, ts = batcher.chunk(step)
                         if par is None:
-                            loss = model.loss(xs, ts)
+                            try:
+                                loss = model.loss(xs, ts)
+                            except ValueError as e:  # weights an update made non-finite
+                                if step and "NaN or infinity" in str(e):
+                                    raise FloatingPointError(f"the weights became non-finite at step {step}; "
+                                                             f"try a lower --lr") from e
+                                raise
                             model.backward()
                         else:
                             loss, stop, comm_s = par.step(model, xs, ts, interrupt.pending)

@@ -970,6 +970,10 @@ def main(argv=None) -> int:
         return 2
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
+    if args.load < 0:
+        print(f"rnncore bench: error: --load must be >= 0, got {args.load} (see rnncore bench --help)",
+              file=sys.stderr)
+        return 2
     cfg = _config(args)
     if cfg["json"]:
         d = os.path.dirname(os.path.abspath(cfg["json"]))
