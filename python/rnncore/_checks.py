@@ -74,6 +74,25 @@ def check_array(op: str, name: str, a, dtype=None, ndim: Optional[int] = None) -
     return a
 
 
+def is_int(v) -> bool:
+    """An integer argument: a Python or NumPy integer, not a bool."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_size(op: str, name: str, v, minimum: int = 1) -> int:
+    """A size or count: an integer (not a float, not a bool) >= ``minimum``, as a Python int."""
+    if not is_int(v) or v < minimum:
+        raise ValueError(f"{op}: {name} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def check_real(op: str, name: str, v) -> float:
+    """A real number (a Python or NumPy int or float, not a bool), as a Python float."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{op}: {name} must be a real number, got {v!r}")
+    return float(v)
+
+
 def check_shape(op: str, name: str, a: np.ndarray, expected: tuple, legend: str) -> None:
     if a.shape != expected:
         raise ValueError(f"{op}: {name} must have shape {legend} = {expected}, got {a.shape}")

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checks import check_size
+
 __all__ = ["CharTokenizer", "WordTokenizer", "tokenizer_from_dict", "stdlib_corpus", "load_corpus",
            "split_text", "StreamBatcher", "unigram_perplexity"]
 
@@ -207,9 +209,8 @@ class StreamBatcher:
     (a new epoch)."""
 
     def __init__(self, ids, batch_size: int, seq_len: int):
-        for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"StreamBatcher: {name} must be an integer >= 1, got {v!r}")
+        batch_size = check_size("StreamBatcher", "batch_size", batch_size)
+        seq_len = check_size("StreamBatcher", "seq_len", seq_len)
         ids = np.asarray(ids, dtype=np.int32)
         L = len(ids) // batch_size
         if L < 2:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import check_size
+
 __all__ = ["gradcheck", "numeric_gradient"]
 
 
@@ -56,8 +58,7 @@ def gradcheck(obj, *inputs, eps: float = 1e-6, max_checks: int = 64, seed: int =
     """Max relative error of each parameter's gradient (and the input's) against central
     differences with step ``eps``. ``max_checks`` entries per array are probed (random,
     seeded); ``kwargs`` go to ``forward``/``loss``. Parameters must be float64."""
-    if isinstance(max_checks, (bool, np.bool_)) or not isinstance(max_checks, (int, np.integer)) or max_checks < 1:
-        raise ValueError(f"gradcheck: max_checks must be an integer >= 1, got {max_checks!r}")
+    max_checks = check_size("gradcheck", "max_checks", max_checks)
     if not eps > 0:
         raise ValueError(f"gradcheck: eps must be > 0, got {eps!r}")
     rng = np.random.default_rng(seed)

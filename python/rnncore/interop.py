@@ -22,6 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import cells
+from ._checks import check_size
 
 __all__ = ["to_state_dict", "from_state_dict", "save_npz", "load_npz"]
 
@@ -50,8 +51,7 @@ def to_state_dict(mode: str, weights: Sequence[Weights], num_layers: int = 1, bi
     op = "to_state_dict"
     if mode not in cells.cells():
         raise ValueError(f"{op}: mode must be one of {cells.cells()}, got {mode!r}")
-    if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
-        raise ValueError(f"{op}: num_layers must be an integer >= 1, got {num_layers!r}")
+    num_layers = check_size(op, "num_layers", num_layers)
     if not isinstance(bidirectional, (bool, np.bool_)):
         raise TypeError(f"{op}: bidirectional must be a bool, got {type(bidirectional).__name__}")
     nd = 2 if bidirectional else 1

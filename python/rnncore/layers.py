@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import cells, dense, interop, recurrent
+from ._checks import check_real, check_size
 from .losses import softmax_cross_entropy, softmax_cross_entropy_backward
 
 __all__ = ["Embedding", "Recurrent", "RNN", "LSTM", "GRU", "Linear", "SoftmaxCrossEntropy", "LastStep", "Dropout",
@@ -34,13 +35,6 @@ __all__ = ["Embedding", "Recurrent", "RNN", "LSTM", "GRU", "Linear", "SoftmaxCro
 
 def _rng(rng):
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-
-
-def _size(owner: str, name: str, v) -> int:
-    """A size argument: an integer (not a bool, not a float) >= 1."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{owner}: {name} must be an integer >= 1, got {v!r}")
-    return int(v)
 
 
 def _as_ids(name: str, ids, V: int) -> np.ndarray:
@@ -105,7 +99,7 @@ class Recurrent:
         if self.cell not in cells.cells():
             raise ValueError(f"{type(self).__name__}: cell must be one of {cells.cells()}, got {self.cell!r}")
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            _size(type(self).__name__, name, v)
+            check_size(type(self).__name__, name, v)
         for flag, value in (("bidirectional", bidirectional), ("stateful", stateful), ("batch_first", batch_first)):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{type(self).__name__}: {flag} must be a bool, got {type(value).__name__}")
@@ -281,8 +275,8 @@ class Linear:
         if W is None:
             if in_features is None or out_features is None:
                 raise ValueError("Linear: give in_features and out_features, or W=")
-            in_features = _size("Linear", "in_features", in_features)
-            out_features = _size("Linear", "out_features", out_features)
+            in_features = check_size("Linear", "in_features", in_features)
+            out_features = check_size("Linear", "out_features", out_features)
             W = (_rng(rng).standard_normal((in_features, out_features)) / np.sqrt(in_features)).astype(dtype)
         elif not isinstance(W, np.ndarray) or W.ndim != 2:
             raise ValueError(f"Linear: W must be a 2-D numpy.ndarray (in_features, out_features), got "
@@ -385,8 +379,7 @@ class Dropout:
     (``rng`` a seed or ``numpy.random.Generator``)."""
 
     def __init__(self, p: float = 0.5, rng=None):
-        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)):
-            raise TypeError(f"Dropout: p must be a real number in [0, 1), got {p!r}")
+        p = check_real("Dropout", "p", p)
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
         self.params, self.grads = [], []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._backend import implementation
-from ._checks import check_array
+from ._checks import check_array, is_int
 
 
 _INT64 = np.iinfo(np.int64)
@@ -20,7 +20,7 @@ _INT64 = np.iinfo(np.int64)
 
 def _ignore(op, ignore_index) -> int:
     """ignore_index as a Python int: an integer (not a bool) within int64, as the targets are."""
-    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
+    if not is_int(ignore_index):
         raise TypeError(f"{op}: ignore_index must be an integer, got {ignore_index!r}")
     if not _INT64.min <= ignore_index <= _INT64.max:
         raise ValueError(f"{op}: ignore_index must fit int64, got {ignore_index}")

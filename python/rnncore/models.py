@@ -16,7 +16,8 @@ from typing import Optional
 import numpy as np
 
 from . import cells
-from .layers import GRU, LSTM, RNN, Dropout, Embedding, Linear, Recurrent, SoftmaxCrossEntropy, _size
+from ._checks import check_size
+from .layers import GRU, LSTM, RNN, Dropout, Embedding, Linear, Recurrent, SoftmaxCrossEntropy
 
 __all__ = ["LanguageModel", "CELLS", "recurrent_layer"]
 
@@ -46,9 +47,10 @@ class LanguageModel:
                  num_layers: int = 1, cell: str = "lstm", dropout: float = 0.0, dtype=np.float32, seed: int = 0):
         if cell not in cells.cells():
             raise ValueError(f"cell must be one of {sorted(cells.cells())}, got {cell!r}")
-        V, H = _size("LanguageModel", "vocab_size", vocab_size), _size("LanguageModel", "hidden_size", hidden_size)
-        D = _size("LanguageModel", "embed_size", embed_size) if embed_size is not None else min(H, 64)
-        num_layers = _size("LanguageModel", "num_layers", num_layers)
+        op = "LanguageModel"
+        V, H = check_size(op, "vocab_size", vocab_size), check_size(op, "hidden_size", hidden_size)
+        D = check_size(op, "embed_size", embed_size) if embed_size is not None else min(H, 64)
+        num_layers = check_size(op, "num_layers", num_layers)
         self.config = {"vocab_size": V, "hidden_size": H, "embed_size": D, "num_layers": int(num_layers),
                        "cell": cell, "dropout": float(dropout), "dtype": np.dtype(dtype).name, "seed": int(seed)}
         ss = np.random.SeedSequence(int(seed))
@@ -149,8 +151,7 @@ class LanguageModel:
             raise ValueError(f"generate: temperature must be > 0, got {temperature}")
         if top_k is not None and int(top_k) < 1:
             raise ValueError(f"generate: top_k must be >= 1, got {top_k}")
-        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"generate: n must be an integer >= 0, got {n!r}")
+        n = check_size("generate", "n", n, 0)
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         state, mode = self.get_state(), self.training
         self.eval()

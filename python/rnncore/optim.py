@@ -10,22 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from . import dense
+from ._checks import check_real
 
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "clip_grads", "OPTIMIZERS"]
-
-
-def _real(owner, name, value):
-    """A hyperparameter as a float: a real number (not a bool), else TypeError naming it."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
-    return float(value)
 
 
 def clip_grads(grads, max_norm: float) -> float:
     """Scale every gradient by ``max_norm / norm`` (in place) when their global L2 norm
     exceeds ``max_norm``; returns the norm before clipping."""
     if max_norm is not None:
-        max_norm = _real("clip_grads", "max_norm", max_norm)
+        max_norm = check_real("clip_grads", "max_norm", max_norm)
     for i, g in enumerate(grads):
         if not isinstance(g, np.ndarray):
             raise TypeError(f"clip_grads: grads[{i}] must be a numpy.ndarray, got {type(g).__name__}")
@@ -43,7 +37,7 @@ class Optimizer:
     slots: tuple = ()
 
     def __init__(self, lr: float):
-        lr = _real(type(self).__name__, "lr", lr)
+        lr = check_real(type(self).__name__, "lr", lr)
         if not lr > 0:
             raise ValueError(f"{type(self).__name__}: lr must be > 0, got {lr}")
         self.lr = float(lr)

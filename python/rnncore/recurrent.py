@@ -29,7 +29,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _ops, cells
-from ._checks import INDEX_LIMIT, _memory_bytes, check_array, check_lengths, check_sequence, grad_input
+from ._checks import INDEX_LIMIT, _memory_bytes, check_array, check_lengths, check_sequence, check_size, grad_input
 
 __all__ = ["recurrent_forward", "recurrent_backward", "init_weights", "RecurrentCache", "MODES"]
 
@@ -147,8 +147,7 @@ def _check_config(op, mode, num_layers, bidirectional, dropout, activation, rese
     """Validate the configuration; returns (num_layers, num_dirs, dropout, the cell's spec)."""
     if mode not in cells.cells():
         raise ValueError(f"{op}: mode must be one of {cells.cells()}, got {mode!r}")
-    if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
-        raise ValueError(f"{op}: num_layers must be an integer >= 1, got {num_layers!r}")
+    check_size(op, "num_layers", num_layers)
     if not isinstance(bidirectional, (bool, np.bool_)):
         raise TypeError(f"{op}: bidirectional must be a bool, got {type(bidirectional).__name__}")
     if isinstance(dropout, (bool, np.bool_, str, bytes)):  # float() would read "0.5"
@@ -436,8 +435,7 @@ def init_weights(mode: str, input_size: int, hidden_size: int, num_layers: int =
     op = "init_weights"
     L, nd, _, spec = _check_config(op, mode, num_layers, bidirectional, 0.0, "tanh", True)
     for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{op}: {name} must be an integer >= 1, got {v!r}")
+        check_size(op, name, v)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype}")
