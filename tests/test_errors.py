@@ -637,3 +637,22 @@ def test_onnx_export_refuses_weights_rnncore_does_not_run():
     w16 = [tuple(a.astype(np.float16) for a in rnncore.init_weights("lstm", 3, 4, rng=0)[0])]
     with pytest.raises(TypeError, match="weights must be float32 or float64"):
         rnncore_onnx.export_recurrent("lstm", w16)
+
+
+def test_numbers_of_every_kind_where_numbers_are_natural():
+    """0-d arrays (what an .npz gives back), NumPy scalars and Fractions pass where a number is
+    asked for; embed_size 0 means the default; clip_grads reads a generator once."""
+    import fractions
+
+    from rnncore.optim import Adam, clip_grads
+
+    assert Adam(lr=np.array(1e-3)).lr == 1e-3 and Adam(lr=fractions.Fraction(1, 100)).lr == 0.01
+    assert rnncore.layers.Dropout(np.array(0.5)).p == 0.5
+    assert rnncore.layers.LSTM(np.array(3), np.int64(4)).hidden_size == 4
+    assert rnncore.models.LanguageModel(5, 8, embed_size=0).config["embed_size"] == 8
+    x = np.ones((2, 3, 4), np.float32)
+    t = np.array([[0, 1, -1], [2, 3, 0]])
+    assert np.isfinite(rnncore.softmax_cross_entropy(x, t, ignore_index=np.array(-1))[0])
+    g = [np.full(4, 25.0), np.full(4, 25.0)]  # norm sqrt(8 * 625) = 50 sqrt(2)
+    assert np.isclose(clip_grads((a for a in g), 50.0), 50 * np.sqrt(2))
+    assert np.allclose(g[0], 25.0 / np.sqrt(2), rtol=1e-6)  # clipped to norm 50

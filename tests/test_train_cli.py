@@ -245,4 +245,23 @@ def test_resume_keeps_the_runs_lr_and_clip(tmp_path, capsys):
     assert _losses(half / "model.npz") == _losses(full / "model.npz")
     cfg = LanguageModel.load(half / "model.npz").checkpoint["meta"]["train_config"]
     assert (cfg["lr"], cfg["clip"], cfg["hidden"]) == (0.02, 0.05, LanguageModel.load(full / "model.npz").config["hidden_size"])
-    assert cfg["corpus"] is None or os.path.isabs(cfg["corpus"])
+
+
+def test_corpus_path_kept_whole_for_a_resume_elsewhere(tmp_path, monkeypatch, capsys):
+    """A corpus given as ~/... (unexpanded, as --corpus=~/x leaves it) or relative is stored as its
+    absolute path, so that a resume from another folder reads the same file."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    (home / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog.\n" * 300)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    tiny = [a for a in TINY]
+    assert main(["train", "--corpus", "~/corpus.txt", "--steps", "3", "--out", str(tmp_path / "a"), *tiny]) == 0
+    assert main(["train", "--corpus", "corpus.txt", "--steps", "3", "--out", str(tmp_path / "b"), *tiny]) == 0
+    for run in ("a", "b"):
+        cfg = LanguageModel.load(tmp_path / run / "model.npz").checkpoint["meta"]["train_config"]
+        assert cfg["corpus"] == str(home / "corpus.txt")
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--steps", "5", "--resume", str(tmp_path / "b" / "model.npz"), "--no-progress"]) == 0
+    assert "ignored" not in capsys.readouterr().out

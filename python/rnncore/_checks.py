@@ -7,6 +7,7 @@ expected shape. Nothing passed in is modified or converted to another precision.
 from __future__ import annotations
 
 import functools
+import operator
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -75,22 +76,33 @@ def check_array(op: str, name: str, a, dtype=None, ndim: Optional[int] = None) -
 
 
 def is_int(v) -> bool:
-    """An integer argument: a Python or NumPy integer, not a bool."""
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+    """An integer argument: anything Python takes as an index (int, a NumPy integer, a 0-d
+    integer array), not a bool."""
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    try:
+        operator.index(v)
+    except TypeError:
+        return False
+    return True
 
 
 def check_size(op: str, name: str, v, minimum: int = 1) -> int:
     """A size or count: an integer (not a float, not a bool) >= ``minimum``, as a Python int."""
-    if not is_int(v) or v < minimum:
+    if not is_int(v) or operator.index(v) < minimum:
         raise ValueError(f"{op}: {name} must be an integer >= {minimum}, got {v!r}")
-    return int(v)
+    return operator.index(v)
 
 
 def check_real(op: str, name: str, v) -> float:
-    """A real number (a Python or NumPy int or float, not a bool), as a Python float."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{op}: {name} must be a real number, got {v!r}")
-    return float(v)
+    """A real number (a Python or NumPy number, a 0-d array, a Fraction; not a bool or a string),
+    as a Python float."""
+    if not isinstance(v, (bool, np.bool_, str, bytes)) and np.ndim(v) == 0:
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"{op}: {name} must be a real number, got {v!r}")
 
 
 def check_shape(op: str, name: str, a: np.ndarray, expected: tuple, legend: str) -> None:

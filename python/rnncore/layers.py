@@ -354,7 +354,7 @@ class LastStep:
     def forward(self, hs, lengths=None):
         hs = np.asarray(hs)
         N, T = (hs.shape[0], hs.shape[1]) if self.batch_first else (hs.shape[1], hs.shape[0])
-        if lengths is not None and np.asarray(lengths).dtype.kind not in "iu":
+        if lengths is not None and np.size(lengths) and np.asarray(lengths).dtype.kind not in "iu":
             raise TypeError(f"LastStep.forward: lengths must be integers, got dtype {np.asarray(lengths).dtype}")
         idx = np.full(N, T - 1) if lengths is None else np.asarray(lengths).astype(np.int64) - 1
         if idx.shape != (N,) or (N and (idx.min() < 0 or idx.max() >= T)):

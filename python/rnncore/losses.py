@@ -9,6 +9,8 @@ the active backend.
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from ._backend import implementation
@@ -22,9 +24,10 @@ def _ignore(op, ignore_index) -> int:
     """ignore_index as a Python int: an integer (not a bool) within int64, as the targets are."""
     if not is_int(ignore_index):
         raise TypeError(f"{op}: ignore_index must be an integer, got {ignore_index!r}")
+    ignore_index = operator.index(ignore_index)
     if not _INT64.min <= ignore_index <= _INT64.max:
         raise ValueError(f"{op}: ignore_index must fit int64, got {ignore_index}")
-    return int(ignore_index)
+    return ignore_index
 
 
 def _targets(op, targets, lead_shape, V, ignore_index):

@@ -49,7 +49,7 @@ class LanguageModel:
             raise ValueError(f"cell must be one of {sorted(cells.cells())}, got {cell!r}")
         op = "LanguageModel"
         V, H = check_size(op, "vocab_size", vocab_size), check_size(op, "hidden_size", hidden_size)
-        D = check_size(op, "embed_size", embed_size) if embed_size is not None else min(H, 64)
+        D = check_size(op, "embed_size", embed_size) if embed_size else min(H, 64)  # 0 or None: the default
         num_layers = check_size(op, "num_layers", num_layers)
         self.config = {"vocab_size": V, "hidden_size": H, "embed_size": D, "num_layers": int(num_layers),
                        "cell": cell, "dropout": float(dropout), "dtype": np.dtype(dtype).name, "seed": int(seed)}

@@ -20,6 +20,7 @@ def clip_grads(grads, max_norm: float) -> float:
     exceeds ``max_norm``; returns the norm before clipping."""
     if max_norm is not None:
         max_norm = check_real("clip_grads", "max_norm", max_norm)
+    grads = list(grads)  # read twice below: a generator would be spent by the first pass
     for i, g in enumerate(grads):
         if not isinstance(g, np.ndarray):
             raise TypeError(f"clip_grads: grads[{i}] must be a numpy.ndarray, got {type(g).__name__}")

@@ -45,6 +45,11 @@ __all__ = ["TrainConfig", "train", "checkpoint_path", "metrics_path"]
 
 DEFAULT_LR, DEFAULT_CLIP = 3e-3, 5.0
 
+
+def _full_path(path):
+    return os.path.abspath(os.path.expanduser(path))
+
+
 #: options a resumed run takes from the checkpoint (they fix the model and the data stream)
 _FROM_CHECKPOINT = ("corpus", "level", "max_chars", "max_vocab", "cell", "hidden", "embed", "layers", "dropout",
                     "seq_len", "batch", "seed", "optimizer", "dtype", "val_fraction")
@@ -63,7 +68,7 @@ class TrainConfig:
     batch: int = 32
     steps: int = 1500
     lr: Optional[float] = None  # None: 3e-3, or a resumed run's own
-    clip: Optional[float] = None  # None: 5.0, or a resumed run's own
+    clip: Optional[float] = None  # None: 5.0, or a resumed run's own; 0: no clipping
     optimizer: str = "adam"
     eval_every: int = 250
     sample_every: int = 500
@@ -380,7 +385,7 @@ def _train(cfg, log, comm) -> dict:
         saved = meta["train_config"]
         default = TrainConfig()
         def same(k, a, b):
-            return (os.path.abspath(a) == os.path.abspath(b)) if k == "corpus" and a and b else a == b
+            return _full_path(a) == _full_path(b) if k == "corpus" and a and b else a == b
 
         ignored = [k for k in _FROM_CHECKPOINT
                    if k in saved and getattr(cfg, k) != getattr(default, k) and not same(k, getattr(cfg, k), saved[k])]
@@ -389,11 +394,13 @@ def _train(cfg, log, comm) -> dict:
                 f"settings fix the model and the data)")
         # lr and clip: the run's own unless given again (a resumed run may lower them)
         own = {k: saved[k] for k in ("lr", "clip") if getattr(cfg, k) is None and saved.get(k) is not None}
+        if cfg.clip is None and "clip" in saved and saved["clip"] is None:
+            own["clip"] = 0.0  # a run the API started with clip=None: no clipping, as then
         cfg = dataclasses.replace(cfg, **{k: saved[k] for k in _FROM_CHECKPOINT if k in saved}, **own)
         if cfg.out is None:
             cfg.out = os.path.dirname(os.path.abspath(cfg.resume))
     elif cfg.corpus is not None:  # a checkpoint names its corpus wherever it is resumed from
-        cfg = dataclasses.replace(cfg, corpus=os.path.abspath(cfg.corpus))
+        cfg = dataclasses.replace(cfg, corpus=_full_path(cfg.corpus))
     cfg = dataclasses.replace(cfg, lr=DEFAULT_LR if cfg.lr is None else cfg.lr,
                               clip=DEFAULT_CLIP if cfg.clip is None else cfg.clip)
     cfg.validate()
@@ -507,17 +514,17 @@ def _train(cfg, log, comm) -> dict:
                         if step % batcher.n_chunks == 0:
                             model.reset_state()
                         xs, ts = batcher.chunk(step)
-                        if par is None:
-                            try:
+                        try:
+                            if par is None:
                                 loss = model.loss(xs, ts)
-                            except ValueError as e:  # weights an update made non-finite
-                                if step and "NaN or infinity" in str(e):
-                                    raise FloatingPointError(f"the weights became non-finite at step {step}; "
-                                                             f"try a lower --lr") from e
-                                raise
-                            model.backward()
-                        else:
-                            loss, stop, comm_s = par.step(model, xs, ts, interrupt.pending)
+                                model.backward()
+                            else:
+                                loss, stop, comm_s = par.step(model, xs, ts, interrupt.pending)
+                        except ValueError as e:  # weights an update made non-finite
+                            if step and "NaN or infinity" in str(e):
+                                raise FloatingPointError(f"the weights became non-finite at step {step}; "
+                                                         f"try a lower --lr") from e
+                            raise
                         norm = clip_grads(model.grads, cfg.clip)
                         opt.update(model.params, model.grads)
                         if not math.isfinite(loss):
