@@ -137,6 +137,13 @@ def test_sample_rejects_non_checkpoint(tmp_path, capsys):
     assert main(["sample", str(bad)]) == 1
     assert "not an rnncore" in capsys.readouterr().err
     assert main(["sample", str(bad.with_name("y.txt"))]) == 1
+    text = bad.with_name("notes.txt")
+    text.write_text("not a checkpoint\n")
+    for args in (["sample", str(text)], ["train", "--resume", str(text)]):
+        capsys.readouterr()
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not a zip archive" in err and "pickle" not in err
 
 
 def test_bench_is_passed_through(capsys):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -220,6 +221,8 @@ def read_npz(path, what: str) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} not found: {path}")
+    if not zipfile.is_zipfile(path):  # NumPy would read it as one pickled array and say so
+        raise ValueError(f"{path} is not a readable .npz {what} (not a zip archive: an .npz is one)")
     try:
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
