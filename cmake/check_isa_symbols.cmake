@@ -1,10 +1,11 @@
 # cmake -DNM=<nm> -DNS=<variant> -DOBJS=<objects;...> -P check_isa_symbols.cmake
 #
 # Fails when an object of one kernel variant (kernels.cpp compiled for NS) defines an external
-# symbol outside namespace rnncore::NS (a const member function mangles as _ZNK...). Inline functions and templates are emitted as weak
-# definitions that the linker merges by name across translation units; one outside the
-# variant's namespace (a std:: template, a helper left out of RNNCORE_NS_BEGIN) would let the
-# AVX-512 copy serve the AVX2 and generic kernels, or the reverse (csrc/isa.h).
+# symbol outside namespace rnncore::NS (a const member function mangles as _ZNK..., the
+# qualifiers before the name). Inline functions and templates are emitted as weak definitions
+# that the linker merges by name across translation units; one outside the variant's namespace
+# (a std:: template, a helper left out of RNNCORE_NS_BEGIN) would let the AVX-512 copy serve
+# the AVX2 and generic kernels, or the reverse (csrc/isa.h).
 string(LENGTH "${NS}" len)
 set(ok "^_Z(GV|TW|TH|TV|TI|TS)?Z*N[rVKRO]*7rnncore${len}${NS}")
 set(bad "")

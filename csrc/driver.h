@@ -47,6 +47,9 @@ constexpr int kUnitBlock = Vec<T>::NB;
 template <typename T>
 inline long unit_blocks(int H) { return (H + kUnitBlock<T> - 1) / kUnitBlock<T>; }
 
+// Multiply-adds of one step's GEMMs (D 0: the backward's, no input projection).
+inline double step_work(int B, int H, int G, int D) { return (double)B * G * H * ((double)H + D); }
+
 // Threads for the time loop of T steps: one unless a step's GEMMs pay for a team: 64K
 // multiply-adds a thread (the recurrent GEMM, and forward the input projection of D features),
 // so a batch-1 LSTM step from H = 128 on (its weights split over the cores, each part staying
@@ -54,9 +57,6 @@ inline long unit_blocks(int H) { return (H + kUnitBlock<T> - 1) / kUnitBlock<T>;
 // us, bulk_threads), so that waking a sleeping worker pays for itself: a call of a few tiny steps
 // (the textbook's SimpleRnnlm: T 5, B 10, H 100) stays on the caller. Never more threads than
 // unit blocks. The team falls back to one thread by itself when other work holds the cores.
-// Multiply-adds of one step's GEMMs (D 0: the backward's, no input projection).
-inline double step_work(int B, int H, int G, int D) { return (double)B * G * H * ((double)H + D); }
-
 template <typename T>
 inline int step_threads(int B, int H, int G, int D, int steps) {
   const double step = step_work(B, H, G, D);

@@ -43,11 +43,10 @@ int rnncore_team_run_flexible(int nt, void (*fn)(void* ctx, int tid, int nt), vo
 // Either of the two for a long region (milliseconds of work): unless the team is backing off
 // already, it first reads /proc/stat (some 6 us; twice more over 300 us when the first read
 // says so) and runs the region on the caller alone when other threads hold the cores at that
-// moment (procs_running beyond the team's own): another
-// runtime's pool spinning after its last op (ONNX Runtime's spins some 40 ms; an LSTM forward
-// of a unit split started then took up to 10x its time, every step's barrier waiting for a
-// worker without a core) or a busy process; so do the calls of the next backoff (as after the
-// waits described above).
+// moment (procs_running beyond the team's own): another runtime's pool spinning after its last
+// op (ONNX Runtime's spins some 40 ms; an LSTM forward of a unit split started then took up to
+// 10x its time, every step's barrier waiting for a worker without a core) or a busy process;
+// so do the calls of the next backoff (as after the waits described above).
 int rnncore_team_run_long(int nt, void (*fn)(void* ctx, int tid, int nt), void* ctx, int flexible);
 // Wait until every thread of the current region has arrived (no-op outside a region or at nt 1).
 void rnncore_team_barrier(void);

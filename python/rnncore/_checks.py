@@ -89,9 +89,9 @@ def is_int(v) -> bool:
 
 def check_size(op: str, name: str, v, minimum: int = 1) -> int:
     """A size or count: an integer (not a float, not a bool) >= ``minimum``, as a Python int."""
-    if not is_int(v) or operator.index(v) < minimum:
-        raise ValueError(f"{op}: {name} must be an integer >= {minimum}, got {v!r}")
-    return operator.index(v)
+    if is_int(v) and operator.index(v) >= minimum:
+        return operator.index(v)
+    raise ValueError(f"{op}: {name} must be an integer >= {minimum}, got {v!r}")
 
 
 def check_real(op: str, name: str, v) -> float:

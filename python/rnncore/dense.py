@@ -14,6 +14,8 @@ NumPy's semantics for every input.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _native, reference
@@ -50,7 +52,7 @@ def _rows(name, a, D):
     a = np.asarray(a)
     if a.ndim < 1 or a.shape[-1] != D:
         raise ValueError(f"{name} must have {D} features in its last axis, got shape {a.shape}")
-    return np.ascontiguousarray(a.reshape(int(np.prod(a.shape[:-1])), D))  # D may be 0
+    return np.ascontiguousarray(a.reshape(-1, D) if D else a.reshape(math.prod(a.shape[:-1]), 0))
 
 
 def _weight_matrix(op, W, shape="(D, M)"):

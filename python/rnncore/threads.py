@@ -20,6 +20,7 @@ import threading
 import threadpoolctl
 
 from . import _native
+from ._checks import check_size
 
 __all__ = ["get_num_threads", "set_num_threads", "num_threads", "blas_info", "kernel_info", "set_isa", "use_isa",
            "hold_numpy_blas",
@@ -64,8 +65,7 @@ def set_num_threads(n: int) -> None:
     """Use ``n`` threads in native calls (0 or None: the default again)."""
     if n is None:
         n = 0
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"set_num_threads: n must be an int >= 0, got {n!r}")
+    n = check_size("set_num_threads", "n", n, 0)
     _core().set_num_threads(min(n, 2**31 - 1))  # the team caps it at its size (256)
 
 

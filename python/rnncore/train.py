@@ -384,6 +384,7 @@ def _train(cfg, log, comm) -> dict:
             raise ValueError(f"{cfg.resume} has no training state (not written by rnncore train)")
         saved = meta["train_config"]
         default = TrainConfig()
+
         def same(k, a, b):
             return _full_path(a) == _full_path(b) if k == "corpus" and a and b else a == b
 
@@ -393,8 +394,8 @@ def _train(cfg, log, comm) -> dict:
             say(f"resuming: {', '.join('--' + k.replace('_', '-') for k in ignored)} ignored (the checkpoint's "
                 f"settings fix the model and the data)")
         # lr and clip: the run's own unless given again (a resumed run may lower them)
-        own = {k: saved[k] for k in ("lr", "clip") if getattr(cfg, k) is None and saved.get(k) is not None}
-        if cfg.clip is None and "clip" in saved and saved["clip"] is None:
+        own = {k: saved[k] for k in ("lr", "clip") if getattr(cfg, k) is None and k in saved}
+        if "clip" in own and own["clip"] is None:
             own["clip"] = 0.0  # a run the API started with clip=None: no clipping, as then
         cfg = dataclasses.replace(cfg, **{k: saved[k] for k in _FROM_CHECKPOINT if k in saved}, **own)
         if cfg.out is None:
@@ -520,8 +521,8 @@ def _train(cfg, log, comm) -> dict:
                                 model.backward()
                             else:
                                 loss, stop, comm_s = par.step(model, xs, ts, interrupt.pending)
-                        except ValueError as e:  # weights an update made non-finite
-                            if step and "NaN or infinity" in str(e):
+                        except ValueError as e:  # the inputs' check: weights an update made non-finite?
+                            if not all(np.isfinite(p).all() for p in model.params):
                                 raise FloatingPointError(f"the weights became non-finite at step {step}; "
                                                          f"try a lower --lr") from e
                             raise
