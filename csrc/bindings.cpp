@@ -11,6 +11,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -283,6 +284,36 @@ bool all_finite_any(const py::array& a) {
   return is_double(a) ? all_finite_t<double>(a) : all_finite_t<float>(a);
 }
 
+// Other OpenBLAS pools' idle workers (threads.py, quiet_other_pools): the addresses of their
+// blas_thread_shutdown_, called before rnncore's native calls while this is the only Python
+// thread (so that none can be inside that BLAS at the moment). One walk of the interpreter's
+// thread states and the calls, where the Python-side test and ctypes calls cost some 2.5 us a call.
+std::vector<int (*)()>& quiet_fns() {
+  static std::vector<int (*)()> fns;
+  return fns;
+}
+
+bool only_python_thread() {
+  PyThreadState* ts = PyThreadState_Get();
+  PyThreadState* head = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(ts));
+  return head != nullptr && PyThreadState_Next(head) == nullptr;
+}
+
+// (min, max) of a C-contiguous int64 array with at least one element: the range check of
+// targets and ids in one pass, where NumPy's two reductions cost some 5 us for a small array.
+py::tuple int64_range(const py::array& a) {
+  if (!(a.flags() & py::array::c_style) || !py::isinstance<py::array_t<int64_t>>(a) || a.size() < 1)
+    throw std::invalid_argument("expected a non-empty C-contiguous int64 array");
+  const int64_t* d = static_cast<const int64_t*>(a.data());
+  const long n = (long)a.size();
+  int64_t lo = d[0], hi = d[0];
+  for (long i = 1; i < n; ++i) {
+    lo = std::min(lo, d[i]);
+    hi = std::max(hi, d[i]);
+  }
+  return py::make_tuple(lo, hi);
+}
+
 template <typename T>
 py::tuple xent_forward_t(const py::array& x, const py::array& t, int64_t ignore) {
   const long N = (long)x.shape(0), V = (long)x.shape(1);
@@ -529,6 +560,24 @@ PYBIND11_MODULE(_core, m) {
         return -1L;
       },
       "Index of the first array that holds a NaN or an infinity, -1 when none does.");
+
+  m.def(
+      "set_quiet_fns",
+      [](const std::vector<uintptr_t>& addrs) {
+        auto& fns = quiet_fns();
+        fns.clear();
+        for (uintptr_t a : addrs) fns.push_back(reinterpret_cast<int (*)()>(a));
+      },
+      py::arg("addresses"), "The blas_thread_shutdown_ functions quiet_pools calls (addresses; [] for none).");
+  m.def(
+      "quiet_pools",
+      [] {
+        if (quiet_fns().empty() || !only_python_thread()) return false;
+        for (auto fn : quiet_fns()) fn();
+        return true;
+      },
+      "Stop other OpenBLAS pools' idle workers if this is the only Python thread; whether it did.");
+  m.def("int64_range", &int64_range, py::arg("a"), "(min, max) of a non-empty C-contiguous int64 array.");
 
   m.def(
       "set_isa", [](const std::string& name) { set_isa(name); }, py::arg("isa"),

@@ -139,3 +139,23 @@ def test_bad_ignore_index(backend, ignore, exc):
             softmax_cross_entropy_backward(p, t, ignore_index=ignore)
         loss, _ = softmax_cross_entropy(x, np.maximum(t, 0), ignore_index=np.int64(1))  # NumPy integers are
         assert np.isfinite(loss)  # integers too
+
+
+@pytest.mark.parametrize("where", [0, 5, -1])
+@pytest.mark.parametrize("value", [-2, 9, np.iinfo(np.int64).min, np.iinfo(np.int64).max])
+def test_one_target_out_of_range_anywhere(where, value):
+    """The targets' range is checked in one native pass (min and max together): a single bad
+    target at the start, inside or at the end, at either side and at the int64 extremes, is
+    named; so are the embedding's ids."""
+    from rnncore._checks import int_range
+    from rnncore.dense import embedding_backward
+
+    x, t = _case(np.float32)
+    t = np.maximum(t, 0)
+    flat = t.reshape(-1).astype(np.int64)
+    flat[where] = value
+    assert int_range(flat) == (flat.min(), flat.max())
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, V\)"):
+        softmax_cross_entropy(x, flat.reshape(t.shape))
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 9\)"):
+        embedding_backward(flat, np.ones(flat.shape + (2,), np.float32), np.zeros((9, 2), np.float32))

@@ -357,6 +357,16 @@ def test_backend_choice_is_per_thread():
         with ThreadPoolExecutor(max_workers=1) as pool:
             assert pool.submit(rnncore.get_backend).result() == "native"
 
+            def nested():  # a block in another thread, nested, while this one is open
+                with rnncore.use_backend("numpy"):
+                    with rnncore.use_backend("native"):
+                        inner = rnncore.get_backend()
+                    return inner, rnncore.get_backend()
+            assert pool.submit(nested).result() == ("native", "numpy")
+            assert pool.submit(rnncore.get_backend).result() == "native"
+        assert rnncore.get_backend() == "numpy"  # the other thread's blocks closed, this one is open
+    assert rnncore.get_backend() == "native"
+
 
 def test_gil_released_during_native_call():
     """While a long native call runs in a worker thread, the main thread keeps running Python.

@@ -14,6 +14,8 @@ _default = os.environ.get("RNNCORE_BACKEND", "native")
 if _default not in BACKENDS:
     raise ImportError(f"RNNCORE_BACKEND must be one of {BACKENDS}, got {_default!r}")
 _local = threading.local()
+_blocks = [0]  # use_backend blocks open in any thread: while none is, get_backend needs no thread-local lookup
+_blocks_lock = threading.Lock()
 
 
 def _check(name):
@@ -35,6 +37,8 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     """The backend the ops run on here and now."""
+    if not _blocks[0]:
+        return _default
     stack = getattr(_local, "stack", None)
     return stack[-1] if stack else _default
 
@@ -45,9 +49,13 @@ def use_backend(name: str):
     _check(name)
     stack = _local.__dict__.setdefault("stack", [])
     stack.append(name)
+    with _blocks_lock:
+        _blocks[0] += 1
     try:
         yield
     finally:
+        with _blocks_lock:
+            _blocks[0] -= 1
         stack.pop()
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _native, reference
 from ._backend import get_backend
+from ._checks import int_range
 from .threads import quiet_other_pools
 
 __all__ = ["affine_forward", "affine_backward", "embedding_backward", "adam_update", "sum_squares"]
@@ -149,8 +150,10 @@ def embedding_backward(ids, dout, dW):
     if ids.dtype.kind not in "iu":
         raise TypeError(f"embedding_backward: ids must be integers, got dtype {ids.dtype}")
     flat = np.ascontiguousarray(ids.reshape(-1), dtype=np.int64)
-    if flat.size and (flat.min() < 0 or flat.max() >= V):
-        raise ValueError(f"embedding_backward: ids must lie in [0, {V}), got min {flat.min()} max {flat.max()}")
+    if flat.size:
+        lo, hi = int_range(flat)
+        if lo < 0 or hi >= V:
+            raise ValueError(f"embedding_backward: ids must lie in [0, {V}), got min {lo} max {hi}")
     d2 = _rows("embedding_backward: dout", dout, D)
     if d2.shape[0] != flat.size:
         raise ValueError(f"embedding_backward: dout must have shape {ids.shape + (D,)}, got {np.shape(dout)}")

@@ -14,7 +14,7 @@ import operator
 import numpy as np
 
 from ._backend import implementation
-from ._checks import check_array, is_int
+from ._checks import check_array, int_range, is_int
 
 
 _INT64 = np.iinfo(np.int64)
@@ -38,7 +38,8 @@ def _targets(op, targets, lead_shape, V, ignore_index):
     if t.shape != lead_shape:
         raise ValueError(f"{op}: targets must have shape {lead_shape} (logits without the class axis), got {t.shape}")
     t = np.ascontiguousarray(t.reshape(-1), dtype=np.int64)
-    if t.size and 0 <= t.min() and t.max() < V:  # every target a class (the common case: two reductions)
+    lo, hi = int_range(t) if t.size else (0, -1)
+    if t.size and 0 <= lo and hi < V:  # every target a class (the common case: one pass)
         if ignore_index < 0 or ignore_index >= V:
             return t, t.size
     else:

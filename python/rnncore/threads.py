@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import threading
 
 import threadpoolctl
 
@@ -108,38 +107,41 @@ def hold_numpy_blas(limit: int = 1):
 # before its own native calls, but only while no other Python thread exists, so that no other
 # thread can be inside that BLAS at the moment.
 
-_quiet = {"enabled": os.environ.get("RNNCORE_QUIET_BLAS", "1") != "0", "fns": None}
+_quiet = {"enabled": os.environ.get("RNNCORE_QUIET_BLAS", "1") != "0", "found": False}
 
 
-def _shutdown_fns():
+def _shutdown_addresses():
     mine = os.path.realpath(blas_info().get("filepath") or "")
-    fns = []
+    addrs = []
     for c in threadpoolctl.ThreadpoolController().select(internal_api="openblas").lib_controllers:
         if os.path.realpath(c.filepath) != mine:
             fn = getattr(ctypes.CDLL(c.filepath), "blas_thread_shutdown_", None)
             if fn is not None:
-                fn.restype = ctypes.c_int
-                fns.append(fn)
-    return fns
+                addrs.append(ctypes.cast(fn, ctypes.c_void_p).value)
+    return addrs
 
 
 def quiet_other_pools() -> None:
     """Stop the idle workers of every other OpenBLAS in the process (NumPy's), if this is the
     only Python thread; they restart by themselves at that library's next threaded call.
-    rnncore's native calls do this first (see :func:`set_quiet_other_pools`)."""
-    if not _quiet["enabled"] or threading.active_count() != 1:
+    rnncore's native calls do this first (see :func:`set_quiet_other_pools`). The test and the
+    calls run natively (``_core.quiet_pools``): a fraction of a microsecond."""
+    if not _quiet["enabled"]:
         return
-    if _quiet["fns"] is None:
-        _quiet["fns"] = _shutdown_fns()
-    for fn in _quiet["fns"]:
-        fn()
+    core = _core()
+    if not _quiet["found"]:
+        core.set_quiet_fns(_shutdown_addresses())
+        _quiet["found"] = True
+    core.quiet_pools()
 
 
 def set_quiet_other_pools(on: bool) -> None:
     """Whether rnncore's native calls stop other OpenBLAS pools' idle spinning first (default
     on; ``RNNCORE_QUIET_BLAS=0`` turns it off for the process)."""
     _quiet["enabled"] = bool(on)
-    _quiet["fns"] = None  # found again (libraries loaded since are included)
+    _quiet["found"] = False  # found again (libraries loaded since are included)
+    if _native.core is not None:
+        _native.core.set_quiet_fns([])
 
 
 def blas_info() -> dict:
