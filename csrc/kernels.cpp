@@ -10,6 +10,9 @@
 #include "isa.h"
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "driver.h"
 #include "dense.h"
@@ -104,14 +107,32 @@ double sum_squares_entry(const T* a, long n) {
   return sum_squares(a, n, partial);
 }
 
+// Whether d[lo, hi) holds no NaN or infinity: the largest magnitude's bit pattern below the
+// infinity's (an unsigned max over the sign-cleared bits vectorizes as one instruction a vector;
+// std::isfinite's compares did not, a third of the speed).
+template <typename T>
+bool finite_range(const T* d, long lo, long hi) {
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  constexpr U kMagnitude = ~U(0) >> 1;
+  constexpr U kInf = sizeof(T) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  U top = 0;
+#pragma omp simd reduction(max : top)
+  for (long i = lo; i < hi; ++i) {
+    U bits;
+    std::memcpy(&bits, d + i, sizeof bits);
+    bits &= kMagnitude;
+    top = bits > top ? bits : top;
+  }
+  return top < kInf;
+}
+
 template <typename T>
 bool all_finite_entry(const T* d, long n) {
+  if (n < (1 << 20)) return finite_range(d, 0, n);  // one thread: no region to set up
   int bad = 0;  // written by the threads that find one (any nonzero store suffices)
   bulk_region(threads_for((double)n, num_chunks(n), 1 << 20), [&](Claims& cl) {
     cl.for_chunks(n, [&](long lo, long hi) {
-      int b = 0;
-      for (long i = lo; i < hi; ++i) b |= !std::isfinite(d[i]);
-      if (b) __atomic_store_n(&bad, 1, __ATOMIC_RELAXED);
+      if (!finite_range(d, lo, hi)) __atomic_store_n(&bad, 1, __ATOMIC_RELAXED);
     });
   });
   return !__atomic_load_n(&bad, __ATOMIC_RELAXED);

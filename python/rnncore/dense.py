@@ -34,8 +34,11 @@ def _impl(*arrays):
     if get_backend() != "native" or _native.core is None:
         return reference
     dt = arrays[0].dtype
-    if dt not in _FLOATS or any(a.dtype != dt for a in arrays[1:]):
+    if dt not in _FLOATS:
         return reference
+    for a in arrays:
+        if a.dtype != dt:
+            return reference
     quiet_other_pools()
     return _native.core
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import cells, dense, interop, recurrent
 from ._checks import check_real, check_size
-from .losses import softmax_cross_entropy, softmax_cross_entropy_backward
+from .losses import backward_checked, forward_for_backward
 
 __all__ = ["Embedding", "Recurrent", "RNN", "LSTM", "GRU", "Linear", "SoftmaxCrossEntropy", "LastStep", "Dropout",
            "Sequential"]
@@ -327,15 +327,15 @@ class SoftmaxCrossEntropy:
         if ts.shape != scores.shape[:-1]:
             raise ValueError(f"SoftmaxCrossEntropy.forward: targets must have shape {scores.shape[:-1]}, got {ts.shape}")
         scores = np.ascontiguousarray(scores)
-        loss, probs = softmax_cross_entropy(scores, ts, ignore_index=self.ignore_index)  # fused, native
-        if not np.any(ts != self.ignore_index):
+        loss, probs, checked = forward_for_backward(scores, ts, self.ignore_index)  # fused, native
+        if not checked.count:
             loss = 0.0  # nothing to predict: no loss, no gradient
-        self.cache = (probs, ts)
+        self.cache = (probs, checked)
         return float(loss)
 
     def backward(self, dout=1.0):
-        probs, ts = self.cache
-        return softmax_cross_entropy_backward(probs, ts, ignore_index=self.ignore_index, dloss=dout)
+        probs, checked = self.cache  # the forward's targets, checked there
+        return backward_checked(probs, checked, dout)
 
 
 class LastStep:

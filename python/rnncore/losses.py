@@ -10,6 +10,7 @@ the active backend.
 from __future__ import annotations
 
 import operator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +23,8 @@ _INT64 = np.iinfo(np.int64)
 
 def _ignore(op, ignore_index) -> int:
     """ignore_index as a Python int: an integer (not a bool) within int64, as the targets are."""
+    if type(ignore_index) is int and _INT64.min <= ignore_index <= _INT64.max:  # the common case, at once
+        return ignore_index
     if not is_int(ignore_index):
         raise TypeError(f"{op}: ignore_index must be an integer, got {ignore_index!r}")
     ignore_index = operator.index(ignore_index)
@@ -62,6 +65,13 @@ def softmax_cross_entropy(logits, targets, *, ignore_index=-1):
     ``ignore_index``. ``loss`` is a Python float (NaN when every position is ignored, as in
     PyTorch); ``probs`` has the shape and dtype of logits.
     """
+    loss, probs, _ = forward_for_backward(logits, targets, ignore_index)
+    return loss, probs
+
+
+def forward_for_backward(logits, targets, ignore_index):
+    """:func:`softmax_cross_entropy`, and its targets checked (``Checked``), for a layer to pass
+    to :func:`backward_checked` instead of checking them again."""
     op = "softmax_cross_entropy"
     check_array(op, "logits", logits)
     if logits.ndim < 2 or logits.shape[-1] < 1 or logits.size == 0:
@@ -71,7 +81,15 @@ def softmax_cross_entropy(logits, targets, *, ignore_index=-1):
     t, count = _targets(op, targets, logits.shape[:-1], V, ignore_index)
     probs, row_loss = _core(op).softmax_xent_forward(logits.reshape(-1, V), t, ignore_index)
     loss = float(row_loss.sum() / count) if count else float("nan")
-    return loss, probs.reshape(logits.shape)
+    return loss, probs.reshape(logits.shape), Checked(t, count, ignore_index)
+
+
+class Checked(NamedTuple):
+    """Targets as :func:`_targets` gives them (flat int64) with their count and ignore_index."""
+
+    t: np.ndarray
+    count: int
+    ignore_index: int
 
 
 def softmax_cross_entropy_backward(probs, targets, *, ignore_index=-1, dloss=1.0, out=None):
@@ -90,7 +108,15 @@ def softmax_cross_entropy_backward(probs, targets, *, ignore_index=-1, dloss=1.0
         check_array(op, "out", out, probs.dtype)
         if out.shape != probs.shape or not out.flags.writeable:
             raise ValueError(f"{op}: out must be a writeable array of shape {probs.shape}")
-        out = out.reshape(-1, V)
-    scale = float(dloss) / count if count else 0.0
-    dx = _core(op).softmax_xent_backward(probs.reshape(-1, V), t, ignore_index, scale, out)
+    return backward_checked(probs, Checked(t, count, ignore_index), dloss, out)
+
+
+def backward_checked(probs, checked: Checked, dloss=1.0, out=None):
+    """:func:`softmax_cross_entropy_backward` for the probs and checked targets that
+    :func:`forward_for_backward` returned (``out`` None, or probs itself)."""
+    op = "softmax_cross_entropy_backward"
+    V = probs.shape[-1]
+    scale = float(dloss) / checked.count if checked.count else 0.0
+    dx = _core(op).softmax_xent_backward(probs.reshape(-1, V), checked.t, checked.ignore_index, scale,
+                                         None if out is None else out.reshape(-1, V))
     return dx.reshape(probs.shape)

@@ -46,7 +46,7 @@ import numpy as np
 
 from . import _ops as _rc
 from . import dense
-from .losses import softmax_cross_entropy, softmax_cross_entropy_backward
+from .losses import backward_checked, forward_for_backward
 
 GPU = False
 
@@ -575,13 +575,14 @@ class TimeSoftmaxWithLoss:
         self.cache = None
         self.ignore_label = -1
         self._xs = None
+        self._checked = None
 
     def forward(self, xs, ts):
         ts = np.asarray(ts)
         if ts.ndim == 3:  # one-hot targets
             ts = ts.argmax(axis=2)
         xs = np.ascontiguousarray(xs)
-        loss, probs = softmax_cross_entropy(xs, ts, ignore_index=self.ignore_label)  # fused, native
+        loss, probs, self._checked = forward_for_backward(xs, ts, self.ignore_label)  # fused, native
         self.cache = (ts, probs)
         self._xs = xs
         return loss
@@ -589,10 +590,11 @@ class TimeSoftmaxWithLoss:
     def backward(self, dout=1):
         ts, probs = self.cache
         if probs is None:  # a second backward: the first one consumed the softmax
-            _, probs = softmax_cross_entropy(self._xs, ts, ignore_index=self.ignore_label)
+            _, probs, self._checked = forward_for_backward(self._xs, ts, self._checked.ignore_index)
         self.cache = (ts, None)
-        # like the original, the gradient is written over the cached softmax
-        return softmax_cross_entropy_backward(probs, ts, ignore_index=self.ignore_label, dloss=dout, out=probs)
+        # like the original, the gradient is written over the cached softmax (the forward's
+        # targets, checked there)
+        return backward_checked(probs, self._checked, dout, out=probs)
 
 
 class TimeSigmoidWithLoss:
