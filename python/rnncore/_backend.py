@@ -16,16 +16,17 @@ if _default not in BACKENDS:
 _local = threading.local()
 _blocks = [0]  # use_backend blocks open in any thread: while none is, get_backend needs no thread-local lookup
 _blocks_lock = threading.Lock()
+_impls = {}  # backend name -> the module implementing it (register_implementation)
 
 
 def _check(name):
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
     if name == "native":
-        from . import _native
-
-        if _native.core is None:
-            raise RuntimeError(f"the native backend is not built: {_native.import_error}")
+        native = _impls.get("native")
+        if native is None or native.core is None:
+            error = getattr(native, "import_error", "rnncore._native is not loaded")
+            raise RuntimeError(f"the native backend is not built: {error}")
 
 
 def set_backend(name: str) -> None:
@@ -59,14 +60,12 @@ def use_backend(name: str):
         stack.pop()
 
 
-_impls = {}  # backend name -> module, filled at the first call (reference imports this module)
+def register_implementation(name: str, module) -> None:
+    """Called by the implementations themselves when imported (rnncore._native, rnncore.reference;
+    rnncore/__init__ imports both), so that this module imports neither."""
+    _impls[name] = module
 
 
 def implementation():
-    try:
-        return _impls[get_backend()]
-    except KeyError:
-        from . import _native, reference
-
-        _impls.update(native=_native, numpy=reference)
-        return _impls[get_backend()]
+    """The module that implements the ops on the active backend: rnncore._native or rnncore.reference."""
+    return _impls[get_backend()]

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import sys
 
 __import__("numpy")  # loaded first, so that NumPy's OpenBLAS never sees the variable set below
+
+from ._backend import register_implementation  # noqa: E402 (after NumPy, as said above)
 
 
 def _load_core():
@@ -33,22 +36,22 @@ else:
     import_error = None
 
 
-_quiet_other_pools = None  # threads.quiet_other_pools, bound at the first call (threads imports this module)
-
-
-def _quiet():
-    global _quiet_other_pools
-    if _quiet_other_pools is None:
-        from .threads import quiet_other_pools as _quiet_other_pools
-    _quiet_other_pools()
+#: called before each native call: threads.quiet_other_pools, which rnncore.threads sets here
+#: when imported (rnncore/__init__ imports it), so that this module imports nothing of rnncore
+before_call = None
 
 
 def forward(inp):
     """inp: the call's Inputs (_checks.py), read by name on the C++ side, as in backward."""
-    _quiet()
+    if before_call is not None:
+        before_call()
     return core.forward(inp)
 
 
 def backward(cache, dhs, dh_n, dc_n):
-    _quiet()
+    if before_call is not None:
+        before_call()
     return core.backward(cache.inputs, cache.hs, cache.gates, cache.cs, dhs, dh_n, dc_n)
+
+
+register_implementation("native", sys.modules[__name__])  # the ops' "native" backend (_backend.implementation)

@@ -32,9 +32,11 @@ the same.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 
+from ._backend import register_implementation
 from ._ops import make_ops
 from .cells import CellSpec, register
 
@@ -289,6 +291,7 @@ class _Twin:
 
 #: the op pair of every cell and the six public functions, always on the twin
 OPS = make_ops(lambda: _Twin, __name__)
+register_implementation("numpy", sys.modules[__name__])  # the ops' "numpy" backend (_backend.implementation)
 _, _, rnn_forward, rnn_backward, lstm_forward, lstm_backward, gru_forward, gru_backward = OPS
 
 

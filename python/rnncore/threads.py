@@ -135,6 +135,9 @@ def quiet_other_pools() -> None:
     core.quiet_pools()
 
 
+_native.before_call = quiet_other_pools
+
+
 def set_quiet_other_pools(on: bool) -> None:
     """Whether rnncore's native calls stop other OpenBLAS pools' idle spinning first (default
     on; ``RNNCORE_QUIET_BLAS=0`` turns it off for the process)."""
