@@ -281,7 +281,7 @@ void rowwise_gemm(int m, int K, int N, const T* A, long lda, const T* W, long ld
 // row-wise into wbuf, then its columns into the scratch's unit-block order.
 template <typename T>
 inline void gate_gemm(const StepContext<T>& c, int G, int k0, int k1, const UnitRange& u, const T* A, long lda,
-                      const Packed<T>& W) {
+                      const Packed<T>& W, bool reverse) {
   constexpr int NB = kUnitBlock<T>;
   const int nk = k1 - k0;
   if (c.in_place) {
@@ -301,12 +301,13 @@ inline void gate_gemm(const StepContext<T>& c, int G, int k0, int k1, const Unit
   A += u.b0 * lda;
   T* S = c.scratch + u.b0 * c.sld;
   if (nk == G) {  // the blocks' columns are contiguous in the scratch: one call
-    small_gemm(m, (int)(u.u0 * G * NB), (int)(u.u1 * G * NB), A, lda, W, T(0), S, c.sld);
+    small_gemm(m, (int)(u.u0 * G * NB), (int)(u.u1 * G * NB), A, lda, W, T(0), S, c.sld, reverse);
     return;
   }
-  for (long b = u.u0; b < u.u1; ++b) {
+  for (long i = u.u0; i < u.u1; ++i) {
+    const long b = reverse ? u.u1 - 1 - (i - u.u0) : i;
     const long n = b * nk * NB;  // the block's first packed column; its scratch column b*G*NB + k0*NB
-    small_gemm(m, (int)n, (int)(n + nk * NB), A, lda, W, T(0), S + b * G * NB + k0 * NB - n, c.sld);
+    small_gemm(m, (int)n, (int)(n + nk * NB), A, lda, W, T(0), S + b * G * NB + k0 * NB - n, c.sld, reverse);
   }
 }
 
@@ -434,7 +435,7 @@ RNNCORE_INLINE void forward_step(const StepContext<T>& c, int t, const UnitRange
     prefetch_blocks(p.hs + r * H, 1, H, j0, j1, true);
     if constexpr (Cell::has_c) prefetch_blocks(p.cs + r * H, 1, H, j0, j1, true);
   }
-  gate_gemm(c, G, 0, R, u, hp, ldh, c.wrec);
+  gate_gemm(c, G, 0, R, u, hp, ldh, c.wrec, t & 1);
   // A padded row (t >= len[b]) is zeroed at the first pass, and the cell never sees it: both
   // backends' caches then hold the same numbers there (no uninitialised memory).
   auto padded = [&](const Row<T>& r, int b) {
@@ -452,7 +453,7 @@ RNNCORE_INLINE void forward_step(const StepContext<T>& c, int t, const UnitRange
         for_blocks<T, G>(r, u, [](const Row<T>& rb, long a, long e) { Cell::template forward_pre<ACT>(rb, a, e); });
     }
     step_barrier(u);
-    gate_gemm(c, G, R, G, u, p.gates + p.off(t, GC * H) + (long)Cell::extra_in * H, p.ld(GC * H), c.wrec2);
+    gate_gemm(c, G, R, G, u, p.gates + p.off(t, GC * H) + (long)Cell::extra_in * H, p.ld(GC * H), c.wrec2, t & 1);
   }
   for (int b = u.b0; b < u.b1; ++b) {
     const Row<T> r = row_of<T, Cell, false>(c, t, b);
@@ -531,13 +532,13 @@ RNNCORE_INLINE void backward_step(const StepContext<T>& c, int t, const UnitRang
   }
   if constexpr (extra) {  // dextra = dG[:, R*H:] @ wh[:, R*H:]^T (own units), then the cell's second pass
     small_gemm(m, (int)j0, (int)j1, c.dG + p.off(t, GH) + u.b0 * p.ld(GH) + (long)R * H, p.ld(GH),
-               c.wrec.rows(R * H, GH), T(0), c.dextra + (long)u.b0 * H, H);
+               c.wrec.rows(R * H, GH), T(0), c.dextra + (long)u.b0 * H, H, t & 1);
     for (int b = u.b0; b < u.b1; ++b)
       if (t < p.len[b]) Cell::template backward_post<ACT>(row_of<T, Cell, true>(c, t, b), j0, j1);
     step_barrier(u);  // backward_post wrote dG_t's first block
   }
   small_gemm(m, (int)j0, (int)j1, c.dGh + p.off(t, GH) + u.b0 * p.ld(GH), p.ld(GH), c.wrec.rows(0, R * H),
-             T(Cell::direct_dh ? 1 : 0), c.dh_rec + (long)u.b0 * H, H);
+             T(Cell::direct_dh ? 1 : 0), c.dh_rec + (long)u.b0 * H, H, t & 1);
 }
 
 // The weight panels of unit blocks [u0, u1): forward all gates of wx and wh (wh's extra

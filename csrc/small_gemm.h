@@ -175,15 +175,24 @@ inline void block_kernel(int rows, int K, const T* A, long lda, const T* Wp, lon
 // block at a time, overflowed the 48 KiB L1 and came back from L2 for every block). The 1 or 2
 // rows left over (all of a batch of 1 or 2) take both panels at once: 4 vector accumulators a row.
 // Each output element is the same sum in every case.
+//
+// `reverse` takes the pairs of panels last to first. The time loops alternate it from step to
+// step: weights that outgrow a core's L2 (a thread's 2 MiB half of an LSTM's wh at H 512) then
+// meet at each step's start the panels the previous step read last, still in L2, where the
+// same order every step finds each panel evicted just before it is read again. Which panel goes
+// first changes no output element's sum.
 template <typename T>
-void small_gemm(int M, int n0, int n1, const T* A, long lda, const Packed<T>& W, T beta, T* C, long ldc) {
+void small_gemm(int M, int n0, int n1, const T* A, long lda, const Packed<T>& W, T beta, T* C, long ldc,
+                bool reverse = false) {
   constexpr int NB = Vec<T>::NB;
   const bool overwrite = beta == T(0);
   const long ps = W.pstride;
   int blocked = 0;  // rows [0, blocked) go in blocks of 3 or more
   while (M - blocked >= 3) blocked += block_rows(M - blocked);
   const int tail = M - blocked;
-  for (int n = n0; n < n1; n += 2 * NB) {
+  const int pairs = (n1 - n0 + 2 * NB - 1) / (2 * NB);
+  for (int i = 0; i < pairs; ++i) {
+    const int n = n0 + (reverse ? pairs - 1 - i : i) * 2 * NB;
     const T* Wp = W.data + (long)(n / NB) * ps;
     const int nb = std::min(2 * NB, n1 - n);  // columns in this pair of panels
     for (int q = 0; q < 2 && q * NB < nb; ++q) {
