@@ -131,10 +131,20 @@ def test_variant_dense_ops_match_twin(isa, dtype, rng):
         else:
             assert_close(nat[k], ref[k], TOL[dtype], f"{isa} {k}")
     core = rnncore._native.core
-    a = rng.standard_normal(5000).astype(dtype)
-    assert core.all_finite(a)
-    a[4321] = np.nan
-    assert not core.all_finite(a)
+    # the scan (a max over the sign-cleared bits), alone and shared by the threads from 256K
+    # elements: each kind of non-finite value, at the ends and inside, and the largest finite
+    # values and subnormals, which must pass
+    big = np.finfo(dtype).max
+    for n in (1, 17, 5000, 300_001):
+        a = rng.standard_normal(n).astype(dtype)
+        a[[0, -1]] = big, -np.finfo(dtype).tiny / 4
+        assert core.all_finite(a) and core.first_nonfinite([a[:1], a]) == -1
+        for where in {0, n // 2, n - 1}:
+            for bad in (np.nan, np.inf, -np.inf):
+                b = a.copy()
+                b[where] = bad
+                assert not core.all_finite(b), (n, where, bad)
+                assert core.first_nonfinite([a, b]) == 1
 
 
 @pytest.mark.skipif(len(SUPPORTED) < 2, reason="this CPU runs only the generic kernels")
