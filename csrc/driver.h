@@ -343,8 +343,10 @@ void input_projection(const StepContext<T>& c, int G, int t0, int t1, const Unit
   const int b0 = u.b0, m = u.b1 - u.b0;  // this thread's rows of a step
   if (!p.batch_first && m == p.B)
     rows((long)t0 * p.B, (t1 - t0) * p.B, 1);
-  else if (!p.batch_first)
+  else if (!p.batch_first && m >= t1 - t0)  // the longer run of rows: a step's rows of this thread ...
     for (int t = t0; t < t1; ++t) rows((long)t * p.B + b0, m, 1);
+  else if (!p.batch_first)  // ... or a row's steps, B rows apart (4 rows a thread at batch 8: the
+    for (int b = b0; b < u.b1; ++b) rows((long)t0 * p.B + b, t1 - t0, p.B);  // 4-row kernel ran at 60%)
   else if (m >= t1 - t0) {  // the longer run of rows: a step's rows (T rows apart, copied when staged) ...
     T* xs = c.xstage ? c.xstage + ((long)u.slot * p.B + b0) * D : nullptr;
     for (int t = t0; t < t1; ++t) {
