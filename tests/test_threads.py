@@ -298,7 +298,8 @@ def test_a_long_call_that_finds_the_cores_taken_runs_on_the_caller():
         try:
             before = rnncore.threads.team_stats()
             out["team"] = rnncore.lstm_forward(x, wx, wh, b_ih, b_hh)[0]
-            assert rnncore.threads.team_stats()["regions"] > before["regions"]
+            on_team = rnncore.threads.team_stats()["regions"] - before["regions"]
+            assert on_team > 0
         finally:
             core.team_set_adaptive(True)
         busy = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
@@ -313,7 +314,9 @@ def test_a_long_call_that_finds_the_cores_taken_runs_on_the_caller():
             if borrowing:
                 rtorch.share_threads(True)
     assert after["inline_contended"] > before["inline_contended"]
-    assert after["regions"] == before["regions"]
+    # the time loop went to the caller; a short bulk region before it (the finiteness scan of
+    # wh, 256K elements, shared by the threads) may still take the team, claiming its chunks
+    assert after["regions"] - before["regions"] < on_team
     np.testing.assert_array_equal(out["alone"], out["team"])
 
 
