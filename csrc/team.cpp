@@ -95,12 +95,10 @@ struct Team {
   // started late, and other threads are runnable now: procs_running in /proc/stat beyond ours),
   // the calls of the next `backoff` run on the caller alone. When it expires, /proc/stat is read
   // three times over 300 us (cores_held): other threads runnable all along, the backoff doubles
-  // (up to kBackoffMax); else the team runs again. On the idle 2-core VM a visitor (a VM
-  // service, a monitor's poll) holding a core for 300 us starts one about once a second, which
-  // put 0-40% of an LSTM B 8, H 256 loop's calls on the caller alone in 3-second runs, the
-  // medians no slower than with the team throughout; a backoff of 10 ms instead (0-2% of the
-  // calls) gained no measurable time and spread the 2/1-thread ratios under a busy process from
-  // 0.98-1.03x to 0.82-1.10x over seven runs.
+  // (up to kBackoffMax); else the team runs again. (A first backoff of 10 ms instead of 100,
+  // tried on the idle 2-core VM, where a visitor holding a core for 300 us starts one about once
+  // a second: fewer calls on the caller alone, no time gained, and 2/1-thread ratios under a
+  // busy process spread from 0.98-1.03x to 0.82-1.10x.)
   std::atomic<int> awake{0};  // workers spinning or working (runnable, as the kernel counts)
   alignas(64) std::atomic<long long> long_wait_ns{0};
   std::atomic<long> preempted{0};  // involuntary context switches of the region's threads

@@ -161,7 +161,7 @@ def embedding_backward(ids, dout, dW):
     if d2.shape[0] != flat.size:
         raise ValueError(f"embedding_backward: dout must have shape {ids.shape + (D,)}, got {np.shape(dout)}")
     impl = _impl(dW, d2)
-    if impl is reference or not dW.flags.c_contiguous or not dW.flags.writeable:
+    if impl is reference or not dW.flags.c_contiguous:  # (dW is writeable: checked above)
         reference.embedding_backward(flat, d2.astype(dW.dtype, copy=False), dW)
     else:
         impl.embedding_backward(flat, d2, dW)
