@@ -50,17 +50,20 @@ inline long unit_blocks(int H) { return (H + kUnitBlock<T> - 1) / kUnitBlock<T>;
 // Multiply-adds of one step's GEMMs (D 0: the backward's, no input projection).
 inline double step_work(int B, int H, int G, int D) { return (double)B * G * H * ((double)H + D); }
 
-// Threads for the time loop of T steps: one unless a step's GEMMs pay for a team: 64K
+// Threads for the time loop of T steps: one unless a step's GEMMs pay for a team: 48K
 // multiply-adds a thread (the recurrent GEMM, and forward the input projection of D features),
-// so a batch-1 LSTM step from H = 128 on (its weights split over the cores, each part staying
-// in that core's cache) runs on two threads; and the whole loop at least 4M a thread (some 30
+// so a batch-1 step from about 100K on (LSTM from H = 111, GRU from 128, RNN from 222; the
+// weights split over the cores, each part staying in that core's cache) runs on two threads
+// (steps of 96-131K, which 64K kept on one thread, measured on the 2-core Xeon: forward 16-24%
+// faster a step at batch 1-2, forward + backward 6-8%; steps of 64-96K gain nothing from a
+// second thread); and the whole loop at least 4M a thread (some 30
 // us, bulk_threads), so that waking a sleeping worker pays for itself: a call of a few tiny steps
 // (the textbook's SimpleRnnlm: T 5, B 10, H 100) stays on the caller. Never more threads than
 // unit blocks. The team falls back to one thread by itself when other work holds the cores.
 template <typename T>
 inline int step_threads(int B, int H, int G, int D, int steps) {
   const double step = step_work(B, H, G, D);
-  return std::min(threads_for(step, unit_blocks<T>(H), 65536.0), bulk_threads(step * steps, unit_blocks<T>(H)));
+  return std::min(threads_for(step, unit_blocks<T>(H), 49152.0), bulk_threads(step * steps, unit_blocks<T>(H)));
 }
 
 // A thread's share of every step: unit blocks [u0, u1) (hidden units [j0, j1)) of batch rows
