@@ -308,3 +308,21 @@ def test_this_file_on_an_avx2_only_cpu():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert "this CPU cannot run the avx512 kernels (it runs avx2, generic)" in r.stdout
     assert " passed" in r.stdout and " failed" not in r.stdout
+
+
+def test_benchmark_header_names_the_peers_isa_caps(monkeypatch):
+    """An AVX2 comparison on an AVX-512 machine holds the peers to AVX2 too (oneDNN's and MKL's
+    caps); the benchmark's header says so, and says nothing when they are unset."""
+    from rnncore.benchmark import ops
+
+    for k in ops.PEER_ISA_CAPS:
+        monkeypatch.delenv(k, raising=False)
+    env = ops.environment(want_torch=False)
+    assert env["peer_isa_caps"] == {}
+    assert not any("ISA capped" in line for line in ops.machine_lines(env))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    env = ops.environment(want_torch=False)
+    assert env["peer_isa_caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    line, = [line for line in ops.machine_lines(env) if "ISA capped" in line]
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in line and "MKL_ENABLE_INSTRUCTIONS=AVX2" in line

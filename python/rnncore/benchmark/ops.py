@@ -424,6 +424,10 @@ def _onnxruntime_facts():
         return {"error": f"{type(e).__name__}: {e}"}
 
 
+#: environment variables that cap a peer's instruction set (oneDNN's and MKL's), shown when set
+PEER_ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def environment(want_torch, want_ort=False):
     """Facts that decide the numbers: CPU, ISA, BLAS builds and kernels, thread settings."""
     from threadpoolctl import threadpool_info
@@ -435,6 +439,9 @@ def environment(want_torch, want_ort=False):
         "python": platform.python_version(), "numpy": np.__version__, "rnncore": __version__,
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        # the peers' own ISA caps: RNNCORE_ISA=avx2 against peers held to AVX2 as well is the
+        # comparison an AVX2-only CPU would give (torch: oneDNN and MKL read these)
+        "peer_isa_caps": {k: os.environ[k] for k in PEER_ISA_CAPS if os.environ.get(k)},
     }
     try:
         info = blas_info()
@@ -505,6 +512,9 @@ def machine_lines(env):
                      "inter-op 1" if "error" not in o else f"onnxruntime: unavailable ({o['error']})")
     lines.append(f"env: OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE'] or '(unset)'}  "
                  f"OMP_NUM_THREADS={env['OMP_NUM_THREADS'] or '(unset)'}")
+    if env.get("peer_isa_caps"):
+        lines.append("peers' ISA capped: " + "  ".join(f"{k}={v}" for k, v in env["peer_isa_caps"].items())
+                     + " (torch's oneDNN and MKL; onnxruntime has no such setting and keeps its own choice)")
     if env["OPENBLAS_CORETYPE"]:
         lines.append("  note: OPENBLAS_CORETYPE pins OpenBLAS's kernel; unset it to let OpenBLAS pick for this CPU")
     if env.get("load"):
