@@ -168,6 +168,23 @@ inline void block_kernel(int rows, int K, const T* A, long lda, const T* Wp, lon
   small_kernel<T, R, 1>(K, A, lda, Wp, pstride, nb, overwrite, C, ldc);
 }
 
+// The most rows that take both panels of a pair in one block: R x 4 accumulators and 4 weight
+// vectors in the registers (6 rows: 28 of AVX-512's 32), else only the 1- and 2-row tails.
+constexpr int kPairRows = kWideRegs ? 6 : 2;
+
+// small_kernel with R = rows (3 <= rows <= kPairRows), both panels of a pair (nb columns).
+template <typename T, int R = kPairRows>
+inline void pair_kernel(int rows, int K, const T* A, long lda, const T* Wp, long pstride, int nb, bool overwrite,
+                        T* C, long ldc) {
+  if constexpr (R > 3) {
+    if (rows < R) return pair_kernel<T, R - 1>(rows, K, A, lda, Wp, pstride, nb, overwrite, C, ldc);
+  }
+  if constexpr (R >= 3) {
+    if (nb > Vec<T>::NB) small_kernel<T, R, 2>(K, A, lda, Wp, pstride, nb, overwrite, C, ldc);
+    else small_kernel<T, R, 1>(K, A, lda, Wp, pstride, nb, overwrite, C, ldc);
+  }
+}
+
 // C[:, n0:n1] (+)= A @ W[:, n0:n1]; n0 on a panel boundary; beta is 0 or 1. Panels go two at a
 // time in the outer loop. Within a pair, the row blocks of 3 or more rows take one panel at a
 // time, all blocks of the first panel and then of the second, so that a panel (K x NB: 32 KiB in
@@ -190,12 +207,16 @@ void small_gemm(int M, int n0, int n1, const T* A, long lda, const Packed<T>& W,
   int blocked = 0;  // rows [0, blocked) go in blocks of 3 or more
   while (M - blocked >= 3) blocked += block_rows(M - blocked);
   const int tail = M - blocked;
+  // 3 to kPairRows rows in all: one block, so no other block would reuse a panel from L1, and
+  // both panels of a pair go at once (R x 4 accumulators instead of R x 2, which left a 4-row
+  // block waiting on the multiply-adds' latency)
+  const bool pair_rows = M >= 3 && M <= kPairRows;
   const int pairs = (n1 - n0 + 2 * NB - 1) / (2 * NB);
   for (int i = 0; i < pairs; ++i) {
     const int n = n0 + (reverse ? pairs - 1 - i : i) * 2 * NB;
     const T* Wp = W.data + (long)(n / NB) * ps;
     const int nb = std::min(2 * NB, n1 - n);  // columns in this pair of panels
-    for (int q = 0; q < 2 && q * NB < nb; ++q) {
+    for (int q = 0; q < 2 && q * NB < nb && !pair_rows; ++q) {
       const T* Wq = Wp + q * ps;
       const int nq = std::min(NB, nb - q * NB);  // columns in this panel
       for (int m = 0; m < blocked;) {
@@ -208,6 +229,10 @@ void small_gemm(int M, int n0, int n1, const T* A, long lda, const Packed<T>& W,
     }
     const T* At = A + blocked * lda;
     T* Ct = C + blocked * ldc + n;
+    if (pair_rows) {
+      pair_kernel<T>(M, W.K, A, lda, Wp, ps, nb, overwrite, C + n, ldc);
+      continue;
+    }
     if (tail == 1) {
       if (nb > NB) small_kernel<T, 1, 2>(W.K, At, lda, Wp, ps, nb, overwrite, Ct, ldc);
       else small_kernel<T, 1, 1>(W.K, At, lda, Wp, ps, nb, overwrite, Ct, ldc);
