@@ -596,6 +596,7 @@ PYBIND11_MODULE(_core, m) {
         d["step_kernel"] = k.step_kernel;
         d["l2_bytes"] = l2_cache_bytes();
         d["step_split"] = step_split_mode() == 1 ? "units" : step_split_mode() == 2 ? "rows" : "auto";
+        d["step_balance"] = step_balance_mode() == 1 ? "fixed" : step_balance_mode() == 2 ? "probe" : "timed";
 #ifdef RNNCORE_NATIVE_TUNE
         d["build"] = "native";
 #else
@@ -627,6 +628,12 @@ PYBIND11_MODULE(_core, m) {
       "hidden units, from the sizes and the L2: driver.h, split_rows), 1 by units, 2 by rows from 2 "
       "rows on (tests).");
   m.def("step_split", [] { return step_split_mode(); }, "The time loops' split setting.");
+  m.def(
+      "set_step_balance", [](int mode) { step_balance_mode() = mode < 0 || mode > 2 ? 0 : mode; }, py::arg("mode"),
+      "Whether a time loop split by hidden units moves unit blocks between its threads as their "
+      "speeds differ: 0 yes (default), 1 never (the fixed split), 2 to another split at every "
+      "interval (tests: the bits must not change).");
+  m.def("step_balance", [] { return step_balance_mode(); }, "The time loops' balance setting.");
   m.def("cached_output_bytes", [] { return BufferCache::instance().cached_bytes(); },
         "Bytes of freed large outputs kept for reuse (buffers.h).");
   m.def("thread_setting", &rnncore_thread_setting, "The stored thread setting (0: the default).");

@@ -35,6 +35,11 @@ int& step_split_mode() {
   return mode;
 }
 
+int& step_balance_mode() {
+  static int mode = 0;
+  return mode;
+}
+
 long l2_cache_bytes() {
   static const long bytes = [] {
     long n = -1;

@@ -22,6 +22,7 @@
 #include "memops.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "blas.h"
 #include "cells.h"
@@ -74,20 +75,30 @@ inline int step_threads(int B, int H, int G, int D, int steps) {
 // caller starts at once and waits only for workers that joined, so a worker whose core another
 // process holds costs the loop nothing, and no barrier waits for whichever core is slowest at a
 // step (10-25% of a 2-thread LSTM loop at B 32 went to those waits on the shared VMs here).
+struct Balance;
+
 struct UnitRange {
   long u0, u1, j0, j1;
   int b0, b1;
   bool by_rows;
   int slot;  // this share's (B, D) block of the input stage (StepContext::xstage)
+  Balance* bal = nullptr;  // a unit split's rebalancing (below), where it runs
 };
 
 // The unit split: thread tid's blocks of all rows.
 template <typename T>
+inline void set_blocks(UnitRange& u, int H, long u0, long u1) {
+  u.u0 = u0, u.u1 = u1;
+  u.j0 = std::min<long>(H, u0 * kUnitBlock<T>);
+  u.j1 = std::min<long>(H, u1 * kUnitBlock<T>);
+}
+
+template <typename T>
 inline UnitRange unit_range(int H, int B, int tid, int nt) {
   UnitRange u;
-  split_range(unit_blocks<T>(H), nt, tid, 1, u.u0, u.u1);
-  u.j0 = std::min<long>(H, u.u0 * kUnitBlock<T>);
-  u.j1 = std::min<long>(H, u.u1 * kUnitBlock<T>);
+  long u0, u1;
+  split_range(unit_blocks<T>(H), nt, tid, 1, u0, u1);
+  set_blocks<T>(u, H, u0, u1);
   u.b0 = 0, u.b1 = B, u.by_rows = false, u.slot = tid;
   return u;
 }
@@ -95,8 +106,101 @@ inline UnitRange unit_range(int H, int B, int tid, int nt) {
 // The row split: all units of rows [b0, b1).
 template <typename T>
 inline UnitRange row_range(int H, long b0, long b1) {
-  return UnitRange{0, unit_blocks<T>(H), 0, H, (int)b0, (int)b1, true, 0};  // groups: rows of one block
+  return UnitRange{0, unit_blocks<T>(H), 0, H, (int)b0, (int)b1, true, 0, nullptr};  // groups: rows of one block
 }
+
+// Rebalancing a unit split. The cores of a shared machine do not run at one speed: on the
+// 2-core Xeon VM the same one-thread LSTM loop (B 8, H 256) took 72 us a step on one core and
+// 99 on the other, and the other way round minutes later; in a 2-thread loop the caller waited
+// at the barriers for 18% of its time. A fixed split runs at the pace of the slowest core. So
+// each thread counts the ticks it works between barriers, and at the end of an interval of
+// steps (kBalanceSteps; forward whole chunks of at least that) publishes them before the barrier; after it,
+// every thread computes from the same numbers the split they predict fastest (unit blocks in
+// proportion to each thread's rate, at least one each), and all move to it when it beats the
+// current one by more than a tenth: no extra barrier. Which thread computes a unit changes no
+// sum, so the bits stay the same; a block that moves takes its packed panels from the shared
+// buffer (packed before the first barrier) and its pre-activations from its new owner's input
+// projection at the chunk's start (forward). Backward, the split may change only right after a
+// step's barrier, where dG_t is complete and the step's GEMM has not yet written dh_{t-1}.
+// step_balance_mode(): 0 rebalance (the default), 1 the fixed split, 2 (tests) another split at
+// every interval.
+constexpr int kMaxBalance = 8;  // unit splits of more threads keep the fixed split
+constexpr int kBalanceSteps = 16;
+
+inline int balance_interval(int chunk) { return chunk * ((kBalanceSteps + chunk - 1) / chunk); }
+
+inline long long balance_ticks() {
+#if defined(__x86_64__) || defined(__i386__)
+  return (long long)__builtin_ia32_rdtsc();
+#else
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+#endif
+}
+
+struct Balance {
+  long long* shared = nullptr;  // [2][nt]: ticks each thread worked in an interval, by its parity
+  int nt = 0, tid = 0, H = 0;
+  long blocks = 0;
+  long counts[kMaxBalance] = {};  // unit blocks of each thread, in thread order
+  long long left = 0, work = 0;   // when this thread left its last barrier; ticks since
+  unsigned interval = 0;
+  bool probe = false;  // step_balance_mode 2
+
+  // At a barrier: the work since the last one; at an interval's end, published.
+  void arrive(bool publish) {
+    work += balance_ticks() - left;
+    if (publish) {
+      shared[(interval & 1) * nt + tid] = work;
+      work = 0;
+    }
+  }
+  void leave() { left = balance_ticks(); }
+
+  // After the barrier that ended an interval: the split for the next one, into u.
+  template <typename T>
+  void rebalance(UnitRange& u) {
+    const long long* w = shared + (interval & 1) * nt;
+    ++interval;
+    double rate[kMaxBalance], total = 0, now = 0;
+    for (int i = 0; i < nt; ++i) {
+      const double ticks = (double)std::max(w[i], 1LL);
+      rate[i] = (double)counts[i] / ticks;
+      total += rate[i];
+      now = std::max(now, ticks);
+    }
+    long next[kMaxBalance], given = 0;
+    double rest[kMaxBalance];
+    for (int i = 0; i < nt; ++i) {
+      const double want = (double)blocks * rate[i] / total;
+      next[i] = std::max(1L, (long)want);
+      rest[i] = want - (double)next[i];
+      given += next[i];
+    }
+    while (given != blocks) {  // largest remainders first (and down again from the least)
+      int k = -1;
+      for (int i = 0; i < nt; ++i)
+        if (given < blocks ? (k < 0 || rest[i] > rest[k]) : (next[i] > 1 && (k < 0 || rest[i] < rest[k]))) k = i;
+      const long d = given < blocks ? 1 : -1;
+      next[k] += d;
+      rest[k] -= (double)d;
+      given += d;
+    }
+    double then = 0;
+    for (int i = 0; i < nt; ++i) then = std::max(then, (double)next[i] / rate[i]);
+    if (probe) {  // tests: every interval another split, all the spare blocks on one thread
+      for (int i = 0; i < nt; ++i) next[i] = i == (int)(interval % nt) ? blocks - (nt - 1) : 1;
+    } else if (then >= 0.9 * now) {
+      return;
+    }
+    long u0 = 0;
+    for (int i = 0; i < nt; ++i) {
+      counts[i] = next[i];
+      if (i < tid) u0 += next[i];
+    }
+    set_blocks<T>(u, H, u0, u0 + counts[tid]);
+  }
+};
 
 // Rows in a group of the row split: the batch cut into one group a thread of the region (each
 // group streams all of wh at every step, so no more groups than threads; a thread that finds no
@@ -121,9 +225,13 @@ inline bool split_rows(int B, int nt, double wbytes) {
   return 2 * wbytes <= l2 && (8 * wbytes <= l2 || B >= 8 * nt);
 }
 
-// A barrier between the threads of a unit split (a row split needs none).
-inline void step_barrier(const UnitRange& u) {
-  if (!u.by_rows) barrier();
+// A barrier between the threads of a unit split (a row split needs none); `publish`: the last
+// of a rebalancing interval (Balance).
+inline void step_barrier(const UnitRange& u, bool publish = false) {
+  if (u.by_rows) return;
+  if (u.bal) u.bal->arrive(publish);
+  barrier();
+  if (u.bal) u.bal->leave();
 }
 
 // Units [j0, j1) of `blocks` consecutive blocks of H set to zero.
@@ -504,12 +612,12 @@ RNNCORE_INLINE void gather_grads(const StepContext<T>& c, int t, int b, long j0,
 // recurrent gradient this thread reads at the start of a step is the one its own GEMM wrote
 // at the end of the previous one.
 template <typename T, typename Cell, int ACT>
-RNNCORE_INLINE void backward_step(const StepContext<T>& c, int t, const UnitRange& u) {
+RNNCORE_INLINE void backward_step(const StepContext<T>& c, int t, UnitRange& u, bool rebalance) {
   constexpr int G = Cell::G, R = Cell::R;
   constexpr bool extra = R < G;
   const Problem<T>& p = c.p;
   const int H = p.H, GH = G * H, m = u.b1 - u.b0;
-  const long j0 = u.j0, j1 = u.j1;
+  long j0 = u.j0, j1 = u.j1;
   for (int b = u.b0; b < u.b1; ++b) {
     const Row<T> r = row_of<T, Cell, true>(c, t, b);
     if (t >= p.len[b]) {  // no gradient past the length
@@ -522,7 +630,11 @@ RNNCORE_INLINE void backward_step(const StepContext<T>& c, int t, const UnitRang
     gather_grads<T, Cell>(c, t, b, j0, j1);
     Cell::template backward_row<ACT>(r, j0, j1);
   }
-  step_barrier(u);  // dG_t complete: every thread's GEMM reads all of it
+  step_barrier(u, rebalance);  // dG_t complete: every thread's GEMM reads all of it
+  if (rebalance) {  // this step's GEMM on, the units of the new split (Balance)
+    u.bal->template rebalance<T>(u);
+    j0 = u.j0, j1 = u.j1;
+  }
   if (t > 0) {  // what the cell pass of step t - 1 reads and writes, while the GEMMs run
     const int s = t - 1;
     for (int b = u.b0; b < u.b1; ++b) {
@@ -564,16 +676,24 @@ void pack_blocks(StepContext<T>& c, long u0, long u1) {
 
 // All steps of the share u, in order: forward t = 0 .. T-1 (the input projection a chunk of
 // `chunk` steps ahead), or (BWD) backward t = T-1 .. 0; a barrier after each step of a unit split.
+// With u.bal, the split is rebalanced every balance_interval steps (forward, at a chunk's start,
+// before its input projection) or every kBalanceSteps steps (backward, at the step's barrier).
 template <typename T, typename Cell, bool BWD, int ACT>
-void run_steps(StepContext<T>& c, const UnitRange& u, int chunk) {
+void run_steps(StepContext<T>& c, const UnitRange& share, int chunk) {
   const Problem<T>& p = c.p;
+  UnitRange u = share;
+  const int every = balance_interval(chunk);  // forward
   for (int k = 0; k < p.T_; ++k) {
     if constexpr (BWD) {
-      backward_step<T, Cell, ACT>(c, p.T_ - 1 - k, u);
+      backward_step<T, Cell, ACT>(c, p.T_ - 1 - k, u, u.bal && k % kBalanceSteps == kBalanceSteps - 1);
     } else {
-      if (k % chunk == 0) input_projection(c, Cell::G, k, std::min(p.T_, k + chunk), u);
+      if (k % chunk == 0) {
+            if (k > 0 && u.bal && k % every == 0) u.bal->template rebalance<T>(u);
+        input_projection(c, Cell::G, k, std::min(p.T_, k + chunk), u);
+      }
       forward_step<T, Cell, ACT>(c, k, u);
-      step_barrier(u);  // h_t complete: the next step's GEMM reads all of it
+      // h_t complete: the next step's GEMM reads all of it
+      step_barrier(u, u.bal && k % every == every - 1 && k + 1 < p.T_);
     }
   }
 }
@@ -600,9 +720,21 @@ void steps(StepContext<T>& c) {
     }, work);
     return;
   }
+  long long shared[2 * kMaxBalance];  // Balance: the threads' ticks, two intervals
   parallel_region(nt, [&](int tid, int n) {
-    const UnitRange u = unit_range<T>(H, p.B, tid, n);
+    UnitRange u = unit_range<T>(H, p.B, tid, n);
     if (!c.in_place) pack_blocks<T, Cell, BWD>(c, u.u0, u.u1);
+    Balance bal;
+    if (n > 1 && n <= kMaxBalance && step_balance_mode() != 1) {
+      bal.shared = shared, bal.nt = n, bal.tid = tid, bal.H = H, bal.blocks = unit_blocks<T>(H);
+      bal.probe = step_balance_mode() == 2;
+      for (int i = 0; i < n; ++i) {
+        const UnitRange ui = unit_range<T>(H, p.B, i, n);
+        bal.counts[i] = ui.u1 - ui.u0;
+      }
+      bal.leave();
+      u.bal = &bal;
+    }
     run_steps<T, Cell, BWD, ACT>(c, u, chunk_steps<T>(p.T_, p.B, G * H, n));
   }, work);
 }

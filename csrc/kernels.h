@@ -104,6 +104,10 @@ int& local_thread_cap();
 // the recurrent weights fit a core's cache, else by hidden units; 1 always by units; 2 by rows
 // from 2 rows on (tests). One setting for all variants (dispatch.cpp).
 int& step_split_mode();
+// Whether a unit split moves unit blocks between its threads as their speeds differ (driver.h:
+// Balance): 0 (default) yes, 1 never, 2 to another split at every interval (tests). One
+// setting for all variants (dispatch.cpp).
+int& step_balance_mode();
 // The L2 cache of a core in bytes (sysconf; 1 MiB where the system does not say).
 long l2_cache_bytes();
 

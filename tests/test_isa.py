@@ -190,6 +190,13 @@ def test_kernel_info_reports_the_switch():
             assert rnncore.kernel_info()["step_split"] == name
     finally:
         core.set_step_split(0)
+    assert info["step_balance"] == "timed"
+    try:
+        for mode, name in ((1, "fixed"), (2, "probe"), (0, "timed")):
+            core.set_step_balance(mode)
+            assert rnncore.kernel_info()["step_balance"] == name
+    finally:
+        core.set_step_balance(0)
     widths = {"avx512": 64, "avx2": 32, "generic": 16}
     for isa in SUPPORTED:
         with rnncore.use_isa(isa):

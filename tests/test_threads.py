@@ -528,6 +528,42 @@ def test_other_openblas_pools_are_quieted_safely():
     assert r["with_thread"] == 0, r
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
+@pytest.mark.parametrize("cid,cell,kw", CELLS, ids=CELL_IDS)
+def test_unit_blocks_moved_between_threads_keep_the_bits(cid, cell, kw, batch_first, dtype):
+    """A unit split moves unit blocks between its threads as their speeds differ (driver.h:
+    Balance). Forced to another split at every interval (all spare blocks on one thread, the
+    next interval on another: step_balance 2), and kept fixed (1), on 2 and 3 threads, with
+    sequence lengths: one thread's bits, forward (T 70: intervals of whole chunks) and backward
+    (every 16 steps), H 150 (5 unit blocks in float32, 10 in float64)."""
+    case = _case(cell, T=70, B=9, D=24, H=150, dtype=dtype, seed=11 + len(cid), batch_first=batch_first)
+    kw = {**kw, "batch_first": batch_first}
+    core = rnncore._native.core
+    assert core.step_balance() == 0  # the default: timed
+    # other numbers of the same sizes, run before each call: the memory a call's outputs come
+    # from (reused from the last call's) then holds those, never this case's, wherever a moved
+    # block would miss a write
+    other = _case(cell, T=70, B=9, D=24, H=150, dtype=dtype, seed=12 + len(cid), batch_first=batch_first)
+    with rnncore.num_threads(1):
+        one = _run(cell, kw, case)
+    core.set_step_split(1)
+    core.team_set_adaptive(False)
+    core.team_set_spin(0, 0)  # 3 threads on 2 cores: sleep at every wait rather than spin
+    try:
+        for mode in (2, 1, 0):
+            core.set_step_balance(mode)
+            for n in (2, 3):
+                with rnncore.num_threads(n):
+                    _run(cell, kw, other)
+                    _assert_equal(_run(cell, kw, case), one, f"balance {mode}, {n} threads: ")
+    finally:
+        core.set_step_split(0)
+        core.set_step_balance(0)
+        core.team_set_spin(50, 2000)
+        core.team_set_adaptive(True)
+
+
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
 @pytest.mark.parametrize("cid,cell,kw", CELLS, ids=CELL_IDS)
 def test_row_and_unit_splits_of_the_time_loop_give_the_same_bits(cid, cell, kw, batch_first):
