@@ -178,7 +178,9 @@ def kernel_info() -> dict:
     loop: each thread owns whole blocks, all their gates), ``l2_bytes`` (a core's L2, as the
     system reports it) and ``step_split`` (``"auto"``: the time loop is cut by batch rows or by
     hidden units from the sizes and that L2, as csrc/driver.h's split_rows says; ``"units"`` /
-    ``"rows"`` when forced), ``isa_flags`` (the
+    ``"rows"`` when forced), ``step_balance`` (``"timed"``: a split by hidden units moves unit
+    blocks to the thread whose core runs faster, every 16 steps; ``"fixed"`` / ``"probe"`` when
+    forced), ``isa_flags`` (the
     variant's compiler flags), ``build`` (``"native"``: tuned for the building CPU,
     ``"portable"``: RNNCORE_NATIVE=OFF), ``build_flags``, ``sanitizers`` (an ASan + UBSan build)
     and ``cpu_features``."""

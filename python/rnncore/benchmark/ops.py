@@ -452,7 +452,7 @@ def environment(want_torch, want_ort=False):
     try:
         k = kernel_info()
         env["rnncore_kernels"] = {key: k.get(key) for key in ("isa", "supported", "vector_bytes", "build", "isa_flags",
-                                                              "l2_bytes", "step_split")}
+                                                              "l2_bytes", "step_split", "step_balance")}
     except RuntimeError as e:  # not built, or RNNCORE_ISA names a variant this CPU cannot run
         env["rnncore_kernels"] = {"error": str(e)}
     env["RNNCORE_ISA"] = os.environ.get("RNNCORE_ISA")
@@ -492,7 +492,8 @@ def machine_lines(env):
                      f"{k['build']} build; this CPU runs {', '.join(k['supported'])})"
                      + (f"  RNNCORE_ISA={env['RNNCORE_ISA']}" if env.get("RNNCORE_ISA") else ""))
         lines.append(f"rnncore time loop: split {k['step_split']} (by batch rows or hidden units, from the sizes and "
-                     f"the {k['l2_bytes'] // 1024} KiB L2 a core: rnncore.kernel_info)")
+                     f"the {k['l2_bytes'] // 1024} KiB L2 a core: rnncore.kernel_info), unit blocks "
+                     f"{k.get('step_balance', 'timed')} (moved to the faster core every 16 steps)")
     elif "error" in k:
         lines.append(f"rnncore kernels: {k['error']}")
     for lib in env["numpy_blas"]:
