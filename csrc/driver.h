@@ -216,12 +216,18 @@ inline long row_group(int B, int nt) { return std::max(1L, (long)((B + nt - 1) /
 // (2 MiB L2) against the unit split: forward + backward 1.10-1.21x faster at H 128 (LSTM, GRU,
 // B 2-8), 1.00-1.05x at H 256 (LSTM 1 MiB, GRU 768 KiB) from B 16; forward alone at H 256
 // 0.59-0.66x at B 4 and 0.86-0.91x at B 8 (LSTM, GRU), 0.97-1.05x at B 16, 1.09-1.21x at
-// H 128, B 8; an LSTM at H 512 (4 MiB) 0.90x at B 16 and 0.96-0.98x at B 32.
-inline bool split_rows(int B, int nt, double wbytes) {
+// H 128, B 8; an LSTM at H 512 (4 MiB) 0.90x at B 16 and 0.96-0.98x at B 32. The forward's
+// groups also keep all of wx (`xbytes`), so the forward splits rows only while both fit in 70%
+// of L2: the unit split (which moves its blocks to the faster core: Balance) took 0.76-0.92x the
+// row split's time at B 16-64, H = D = 256 (LSTM, 2 MiB of weights; GRU, 1.5 MiB, 0.87-0.88x),
+// the row split 0.89x the unit split's at B 32, H 256, D 64 (LSTM, 1.25 MiB: the default `rnncore
+// train` model) and 0.90-0.96x at H 128 (medians of 4-8 alternating runs).
+inline bool split_rows(int B, int nt, double wbytes, double xbytes, bool backward) {
   if (nt <= 1 || B < 2) return false;
   const int mode = step_split_mode();
   if (mode != 0) return mode == 2;
   const double l2 = (double)l2_cache_bytes();
+  if (!backward && 10 * (wbytes + xbytes) > 7 * l2) return false;
   return 2 * wbytes <= l2 && (8 * wbytes <= l2 || B >= 8 * nt);
 }
 
@@ -710,7 +716,7 @@ void steps(StepContext<T>& c) {
   int nt = step_threads<T>(p.B, H, G, D, p.T_);
   const double work = step_work(p.B, H, G, D) * p.T_;
   if (c.xstage) nt = std::min(nt, c.xslots);  // (the count may have changed since the stage was sized)
-  if (!c.in_place && split_rows(p.B, nt, (double)H * G * H * sizeof(T))) {
+  if (!c.in_place && split_rows(p.B, nt, (double)H * G * H * sizeof(T), (double)p.D * G * H * sizeof(T), BWD)) {
     pack_blocks<T, Cell, BWD>(c, 0, unit_blocks<T>(H));
     bulk_region(nt, [&](Claims& cl) {
       // a group a thread of the region; on the caller alone (team.h: the cores were taken) all rows
