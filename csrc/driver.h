@@ -9,7 +9,8 @@
 //           and the biases are column sums, all split over output rows/columns.
 // The time loop runs on the step team with a fixed plan (the step plan, below): each thread
 // owns the same blocks of hidden units at every step, with all their gates' weights, which it
-// packs itself; a step has one barrier (two with extra blocks). When the recurrent weights fit
+// packs itself, until the threads' speeds say to move some (Balance); a step has one barrier
+// (two with extra blocks). When the recurrent weights fit
 // a core's cache the loop is cut by batch rows instead (UnitRange, split_rows): groups of rows
 // claimed one at a time, each run through all steps with all units, no barrier. Every cell-independent part
 // lives here: row addressing, masking past a sequence's length (a padded row's output, whole
@@ -33,7 +34,8 @@
 RNNCORE_NS_BEGIN
 
 // The step plan. Hidden units go in blocks of NB (the panel width of small_gemm.h), and each
-// thread owns the same consecutive blocks at every step of a call. Forward, the G gates of a
+// thread owns the same consecutive blocks at every step of a call (moved only as Balance says,
+// every 16 steps at most). Forward, the G gates of a
 // block are packed side by side (G panels of the recurrent weights, one per gate), so a
 // thread's step GEMM computes exactly the gate pre-activations its cell pass then reads, into
 // its own columns of the scratch, from panels it packed itself and that stay in its core's
@@ -694,7 +696,7 @@ void run_steps(StepContext<T>& c, const UnitRange& share, int chunk) {
       backward_step<T, Cell, ACT>(c, p.T_ - 1 - k, u, u.bal && k % kBalanceSteps == kBalanceSteps - 1);
     } else {
       if (k % chunk == 0) {
-            if (k > 0 && u.bal && k % every == 0) u.bal->template rebalance<T>(u);
+        if (k > 0 && u.bal && k % every == 0) u.bal->template rebalance<T>(u);
         input_projection(c, Cell::G, k, std::min(p.T_, k + chunk), u);
       }
       forward_step<T, Cell, ACT>(c, k, u);

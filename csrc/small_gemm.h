@@ -168,8 +168,9 @@ inline void block_kernel(int rows, int K, const T* A, long lda, const T* Wp, lon
   small_kernel<T, R, 1>(K, A, lda, Wp, pstride, nb, overwrite, C, ldc);
 }
 
-// The most rows that take both panels of a pair in one block: R x 4 accumulators and 4 weight
-// vectors in the registers (6 rows: 28 of AVX-512's 32), else only the 1- and 2-row tails.
+// The most rows in all that take both panels of a pair in one block (small_gemm): R x 4
+// accumulators and 4 weight vectors in the registers (6 rows: 28 of AVX-512's 32); else none
+// but the 1- and 2-row tails.
 constexpr int kPairRows = kWideRegs ? 6 : 2;
 
 // small_kernel with R = rows (3 <= rows <= kPairRows), both panels of a pair (nb columns).
@@ -191,7 +192,9 @@ inline void pair_kernel(int rows, int K, const T* A, long lda, const T* Wp, long
 // float32 at K = 256) stays in L1 for all the row blocks of a big batch (a pair, taken a row
 // block at a time, overflowed the 48 KiB L1 and came back from L2 for every block). The 1 or 2
 // rows left over (all of a batch of 1 or 2) take both panels at once: 4 vector accumulators a row.
-// Each output element is the same sum in every case.
+// So do 3 to kPairRows rows in all, one block, which no other block would share a panel with in
+// L1 (a 4-row block of one panel, 8 accumulators, waited on the multiply-adds' latency: 68-71% of
+// the FMA rate, 83-86% with both panels). Each output element is the same sum in every case.
 //
 // `reverse` takes the pairs of panels last to first. The time loops alternate it from step to
 // step: weights that outgrow a core's L2 (a thread's 2 MiB half of an LSTM's wh at H 512) then
@@ -207,16 +210,17 @@ void small_gemm(int M, int n0, int n1, const T* A, long lda, const Packed<T>& W,
   int blocked = 0;  // rows [0, blocked) go in blocks of 3 or more
   while (M - blocked >= 3) blocked += block_rows(M - blocked);
   const int tail = M - blocked;
-  // 3 to kPairRows rows in all: one block, so no other block would reuse a panel from L1, and
-  // both panels of a pair go at once (R x 4 accumulators instead of R x 2, which left a 4-row
-  // block waiting on the multiply-adds' latency)
-  const bool pair_rows = M >= 3 && M <= kPairRows;
+  const bool pair_rows = M >= 3 && M <= kPairRows;  // one block of both panels (above)
   const int pairs = (n1 - n0 + 2 * NB - 1) / (2 * NB);
   for (int i = 0; i < pairs; ++i) {
     const int n = n0 + (reverse ? pairs - 1 - i : i) * 2 * NB;
     const T* Wp = W.data + (long)(n / NB) * ps;
     const int nb = std::min(2 * NB, n1 - n);  // columns in this pair of panels
-    for (int q = 0; q < 2 && q * NB < nb && !pair_rows; ++q) {
+    if (pair_rows) {
+      pair_kernel<T>(M, W.K, A, lda, Wp, ps, nb, overwrite, C + n, ldc);
+      continue;
+    }
+    for (int q = 0; q < 2 && q * NB < nb; ++q) {
       const T* Wq = Wp + q * ps;
       const int nq = std::min(NB, nb - q * NB);  // columns in this panel
       for (int m = 0; m < blocked;) {
@@ -229,10 +233,6 @@ void small_gemm(int M, int n0, int n1, const T* A, long lda, const Packed<T>& W,
     }
     const T* At = A + blocked * lda;
     T* Ct = C + blocked * ldc + n;
-    if (pair_rows) {
-      pair_kernel<T>(M, W.K, A, lda, Wp, ps, nb, overwrite, C + n, ldc);
-      continue;
-    }
     if (tail == 1) {
       if (nb > NB) small_kernel<T, 1, 2>(W.K, At, lda, Wp, ps, nb, overwrite, Ct, ldc);
       else small_kernel<T, 1, 1>(W.K, At, lda, Wp, ps, nb, overwrite, Ct, ldc);

@@ -47,7 +47,8 @@ def _run(impl, cell, kw, case, batch_first):
 
 
 # B 1, 8, 33 and 260: the step GEMM's 1, 8 and 12-row blocks and their remainders (small_gemm.h);
-# 3-7, 10 and 11: a last block of every other size (a block takes all of the 3-12 rows left).
+# 3-7, 10 and 11: a last block of every other size (a block takes all of the 3-12 rows left;
+# 3-6 rows in all take both panels of a pair at once with AVX-512).
 # H 37: unit blocks that end inside a vector (the last one partly padding), two or three of them
 # (kernel_info()["unit_block"]), so two threads own different blocks.
 BATCHES = [1, 3, 4, 5, 6, 7, 8, 10, 11, 33, 260]
