@@ -622,18 +622,22 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "set_local_thread_cap", [](int n) { local_thread_cap() = n < 0 ? 0 : n; },
       "Cap the threads of this OS thread's native calls (0: no cap).");
-  m.def(
-      "set_step_split", [](int mode) { step_split_mode() = mode < 0 || mode > 2 ? 0 : mode; }, py::arg("mode"),
-      "How the time loops split their work among their threads: 0 automatic (by batch rows or by "
-      "hidden units, from the sizes and the L2: driver.h, split_rows), 1 by units, 2 by rows from 2 "
-      "rows on (tests).");
-  m.def("step_split", [] { return step_split_mode(); }, "The time loops' split setting.");
-  m.def(
-      "set_step_balance", [](int mode) { step_balance_mode() = mode < 0 || mode > 2 ? 0 : mode; }, py::arg("mode"),
-      "Whether a time loop split by hidden units moves unit blocks between its threads as their "
-      "speeds differ: 0 yes (default), 1 never (the fixed split), 2 to another split at every "
-      "interval (tests: the bits must not change).");
-  m.def("step_balance", [] { return step_balance_mode(); }, "The time loops' balance setting.");
+  // The time loops' settings (kernels.h): set_<name>(mode) (0, 1 or 2; anything else 0) and <name>().
+  auto def_mode = [&m](const char* name, int& (*mode)(), const char* doc, const char* get_doc) {
+    m.def(("set_" + std::string(name)).c_str(), [mode](int v) { mode() = v < 0 || v > 2 ? 0 : v; },
+          py::arg("mode"), doc);
+    m.def(name, [mode] { return mode(); }, get_doc);
+  };
+  def_mode("step_split", &step_split_mode,
+           "How the time loops split their work among their threads: 0 automatic (by batch rows or by "
+           "hidden units, from the sizes and the L2: driver.h, split_rows), 1 by units, 2 by rows from 2 "
+           "rows on (tests).",
+           "The time loops' split setting.");
+  def_mode("step_balance", &step_balance_mode,
+           "Whether a time loop split by hidden units moves unit blocks between its threads as their "
+           "speeds differ: 0 yes (default), 1 never (the fixed split), 2 to another split at every "
+           "interval (tests: the bits must not change).",
+           "The time loops' balance setting.");
   m.def("cached_output_bytes", [] { return BufferCache::instance().cached_bytes(); },
         "Bytes of freed large outputs kept for reuse (buffers.h).");
   m.def("thread_setting", &rnncore_thread_setting, "The stored thread setting (0: the default).");

@@ -159,40 +159,45 @@ struct Balance {
   }
   void leave() { left = balance_ticks(); }
 
-  // After the barrier that ended an interval: the split for the next one, into u.
-  template <typename T>
-  void rebalance(UnitRange& u) {
-    const long long* w = shared + (interval & 1) * nt;
-    ++interval;
-    double rate[kMaxBalance], total = 0, now = 0;
+  // Into next: blocks in proportion to each thread's rate over the last interval (ticks w), at
+  // least one each (largest remainders first); whether it predicts a tenth off the interval.
+  bool faster_split(const long long* w, long* next) const {
+    double rate[kMaxBalance], rest[kMaxBalance], total = 0, now = 0, then = 0;
     for (int i = 0; i < nt; ++i) {
       const double ticks = (double)std::max(w[i], 1LL);
       rate[i] = (double)counts[i] / ticks;
       total += rate[i];
       now = std::max(now, ticks);
     }
-    long next[kMaxBalance], given = 0;
-    double rest[kMaxBalance];
+    long given = 0;
     for (int i = 0; i < nt; ++i) {
       const double want = (double)blocks * rate[i] / total;
       next[i] = std::max(1L, (long)want);
       rest[i] = want - (double)next[i];
       given += next[i];
     }
-    while (given != blocks) {  // largest remainders first (and down again from the least)
+    while (given != blocks) {  // one block at a time: to the largest remainder, or from the least
+      const long d = given < blocks ? 1 : -1;
       int k = -1;
       for (int i = 0; i < nt; ++i)
-        if (given < blocks ? (k < 0 || rest[i] > rest[k]) : (next[i] > 1 && (k < 0 || rest[i] < rest[k]))) k = i;
-      const long d = given < blocks ? 1 : -1;
+        if (d > 0 ? (k < 0 || rest[i] > rest[k]) : (next[i] > 1 && (k < 0 || rest[i] < rest[k]))) k = i;
       next[k] += d;
       rest[k] -= (double)d;
       given += d;
     }
-    double then = 0;
     for (int i = 0; i < nt; ++i) then = std::max(then, (double)next[i] / rate[i]);
+    return then < 0.9 * now;
+  }
+
+  // After the barrier that ended an interval: the split for the next one, into u.
+  template <typename T>
+  void rebalance(UnitRange& u) {
+    const long long* w = shared + (interval & 1) * nt;
+    ++interval;
+    long next[kMaxBalance];
     if (probe) {  // tests: every interval another split, all the spare blocks on one thread
       for (int i = 0; i < nt; ++i) next[i] = i == (int)(interval % nt) ? blocks - (nt - 1) : 1;
-    } else if (then >= 0.9 * now) {
+    } else if (!faster_split(w, next)) {
       return;
     }
     long u0 = 0;
