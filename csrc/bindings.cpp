@@ -634,10 +634,12 @@ PYBIND11_MODULE(_core, m) {
            "rows on (tests).",
            "The time loops' split setting.");
   def_mode("step_balance", &step_balance_mode,
-           "Whether a time loop split by hidden units moves unit blocks between its threads as their "
-           "speeds differ: 0 yes (default), 1 never (the fixed split), 2 to another split at every "
-           "interval (tests: the bits must not change).",
+           "Whether the time loops move work between their threads as their speeds differ (a unit "
+           "split its unit blocks, a row split its rows): 0 yes (default), 1 never (the fixed split), "
+           "2 at every chance (tests: the bits must not change).",
            "The time loops' balance setting.");
+  m.def("row_moves", [] { return row_moves().load(); },
+        "Rows a row split's threads have taken from each other since load (driver.h: RowSteal).");
   m.def("cached_output_bytes", [] { return BufferCache::instance().cached_bytes(); },
         "Bytes of freed large outputs kept for reuse (buffers.h).");
   m.def("thread_setting", &rnncore_thread_setting, "The stored thread setting (0: the default).");

@@ -40,6 +40,11 @@ int& step_balance_mode() {
   return mode;
 }
 
+std::atomic<long>& row_moves() {
+  static std::atomic<long> n{0};
+  return n;
+}
+
 long l2_cache_bytes() {
   static const long bytes = [] {
     long n = -1;

@@ -76,7 +76,8 @@ inline int step_threads(int B, int H, int G, int D, int steps) {
 // no barrier. The groups are claimed one at a time like bulk work (parallel.h: Claims): the
 // caller starts at once and waits only for workers that joined, so a worker whose core another
 // process holds costs the loop nothing, and no barrier waits for whichever core is slowest at a
-// step (10-25% of a 2-thread LSTM loop at B 32 went to those waits on the shared VMs here).
+// step (10-25% of a 2-thread LSTM loop at B 32 went to those waits on the shared VMs here); a
+// thread that is done takes rows from a slower one (RowSteal, below).
 struct Balance;
 
 struct UnitRange {
@@ -214,6 +215,103 @@ struct Balance {
 // worker beside it runs them all). The bits do not depend on the groups: every row's sums are
 // the same whichever rows share its GEMMs.
 inline long row_group(int B, int nt) { return std::max(1L, (long)((B + nt - 1) / std::max(1, nt))); }
+
+// Moving rows between the threads of a row split. Rows never read each other's states, so a
+// group's remaining rows can change hands between two steps: a thread that has finished its
+// own rows takes the upper half of the rows of the group with the most work left, from that
+// group's next step on, while the timed split of a shared machine's cores (Balance, above) has
+// no other way to reach a row split (its groups ran 1.10x the time of an even share of their
+// work at the median, 1.3x at the 90th percentile, LSTM B 32, H 256 on the 2-core Xeon). It also
+// lets a worker that wakes after the caller has claimed every group share the work. Each group
+// has a slot, one word: the steps its owner has claimed (n: step n - 1 is running or done) and
+// its rows [b0, end). The owner claims each step with a compare-and-swap that reads `end`; a
+// thief swaps in a smaller end, and starts at step n once the owner has claimed it (its writes
+// of step n - 1, which the thief's rows read, are then visible). Which thread runs a row changes
+// none of its sums: the bits stay the same. step_balance_mode(): 0 moves rows when each side
+// keeps kStealRows and kStealSteps are left, 1 never, 2 (tests) one group for all rows, which
+// every other thread must take rows from, down to one row and one step.
+constexpr int kRowSlots = 64;      // groups and moved parts of a call; later thefts are refused
+constexpr int kStealRows = 4;      // the fewest rows a side keeps (each streams all of wh a step)
+constexpr int kStealSteps = 4;     // the fewest steps worth the wait for the owner's next step
+constexpr int kSlotRowBits = 20;   // the word: n (24 bits) | b0 (20) | end (20)
+constexpr long kSlotRows = 1L << kSlotRowBits, kSlotSteps = 1L << 24;
+
+struct alignas(64) RowSlot {
+  std::atomic<unsigned long long> word{0};
+  static unsigned long long pack(long n, long b0, long end) {
+    return ((unsigned long long)n << (2 * kSlotRowBits)) | ((unsigned long long)b0 << kSlotRowBits) |
+           (unsigned long long)end;
+  }
+  static long n_of(unsigned long long w) { return (long)(w >> (2 * kSlotRowBits)); }
+  static long b0_of(unsigned long long w) { return (long)((w >> kSlotRowBits) & (kSlotRows - 1)); }
+  static long end_of(unsigned long long w) { return (long)(w & (kSlotRows - 1)); }
+
+  // The owner, before step k (its rows from b0): claims it; returns the rows' end for it.
+  long claim(long k, long b0) {
+    unsigned long long w = word.load(std::memory_order_relaxed);
+    while (!word.compare_exchange_weak(w, pack(k + 1, b0, end_of(w)), std::memory_order_acq_rel,
+                                       std::memory_order_relaxed)) {
+    }
+    return end_of(w);
+  }
+};
+
+// A part of the rows for a thread: rows [b0, end) from step n, with the slot that tracks it.
+struct RowPart {
+  long n = 0, b0 = 0, end = 0;
+  RowSlot* slot = nullptr;
+};
+
+struct RowSteal {
+  RowSlot slots[kRowSlots];
+  std::atomic<int> used{0};
+  long T = 0, min_rows = kStealRows, min_steps = kStealSteps;
+  bool on = false;
+
+  RowSteal(int mode, long B, long T_) : T(T_) {
+    on = mode != 1 && B < kSlotRows && T_ < kSlotSteps;
+    if (mode == 2) min_rows = min_steps = 1;
+  }
+
+  // A slot for rows [b0, end) from step n (null when moving is off or the slots ran out: those
+  // rows then stay with their thread).
+  RowSlot* open(long n, long b0, long end) {
+    if (!on) return nullptr;
+    const int i = used.fetch_add(1, std::memory_order_relaxed);
+    if (i >= kRowSlots) return nullptr;
+    slots[i].word.store(RowSlot::pack(n, b0, end), std::memory_order_release);
+    return &slots[i];
+  }
+
+  // Rows taken from the group with the most work left, into part; false when none has rows
+  // enough for two (min_rows a side) and min_steps left.
+  bool take(RowPart& part) {
+    if (!on) return false;
+    for (;;) {
+      const int nused = std::min(used.load(std::memory_order_acquire), kRowSlots);
+      int best = -1;
+      unsigned long long bw = 0;
+      double most = 0;
+      for (int i = 0; i < nused; ++i) {
+        const unsigned long long w = slots[i].word.load(std::memory_order_acquire);
+        const long rows = RowSlot::end_of(w) - RowSlot::b0_of(w), steps = T - RowSlot::n_of(w);
+        if (rows >= 2 * min_rows && steps >= min_steps && (double)rows * steps > most)
+          best = i, bw = w, most = (double)rows * steps;
+      }
+      if (best < 0) return false;
+      const long n = RowSlot::n_of(bw), b0 = RowSlot::b0_of(bw), end = RowSlot::end_of(bw);
+      const long mid = b0 + (end - b0) / 2;  // the owner keeps [b0, mid)
+      RowSlot& victim = slots[best];
+      if (!victim.word.compare_exchange_strong(bw, RowSlot::pack(n, b0, mid), std::memory_order_acq_rel,
+                                               std::memory_order_relaxed))
+        continue;  // the owner claimed a step, or another thief came first: look again
+      while (RowSlot::n_of(victim.word.load(std::memory_order_acquire)) <= n) pause();
+      ::rnncore::row_moves().fetch_add(1, std::memory_order_relaxed);
+      part = RowPart{n, mid, end, open(n, mid, end)};
+      return true;
+    }
+  }
+};
 
 // Whether the time loop on nt threads splits rows, for recurrent weights of `wbytes`: the
 // setting (step_split_mode: 1 units, 2 rows from 2 rows on), else (0) when all of wh fits in
@@ -687,16 +785,18 @@ void pack_blocks(StepContext<T>& c, long u0, long u1) {
   }
 }
 
-// All steps of the share u, in order: forward t = 0 .. T-1 (the input projection a chunk of
-// `chunk` steps ahead), or (BWD) backward t = T-1 .. 0; a barrier after each step of a unit split.
+// All steps of the share u, in order from the k0-th: forward t = 0 .. T-1 (the input projection a
+// chunk of `chunk` steps ahead, at multiples of it), or (BWD) backward t = T-1 .. 0; a barrier
+// after each step of a unit split. A row part with a slot reads its rows' end at every step.
 // With u.bal, the split is rebalanced every balance_interval steps (forward, at a chunk's start,
 // before its input projection) or every kBalanceSteps steps (backward, at the step's barrier).
 template <typename T, typename Cell, bool BWD, int ACT>
-void run_steps(StepContext<T>& c, const UnitRange& share, int chunk) {
+void run_steps(StepContext<T>& c, const UnitRange& share, int chunk, int k0 = 0, RowSlot* slot = nullptr) {
   const Problem<T>& p = c.p;
   UnitRange u = share;
   const int every = balance_interval(chunk);  // forward
-  for (int k = 0; k < p.T_; ++k) {
+  for (int k = k0; k < p.T_; ++k) {
+    if (slot) u.b1 = (int)slot->claim(k, u.b0);  // a row part: its rows for this step (RowSteal)
     if constexpr (BWD) {
       backward_step<T, Cell, ACT>(c, p.T_ - 1 - k, u, u.bal && k % kBalanceSteps == kBalanceSteps - 1);
     } else {
@@ -725,11 +825,18 @@ void steps(StepContext<T>& c) {
   if (c.xstage) nt = std::min(nt, c.xslots);  // (the count may have changed since the stage was sized)
   if (!c.in_place && split_rows(p.B, nt, (double)H * G * H * sizeof(T), (double)p.D * G * H * sizeof(T), BWD)) {
     pack_blocks<T, Cell, BWD>(c, 0, unit_blocks<T>(H));
+    const int mode = step_balance_mode();
+    RowSteal steal(mode, p.B, p.T_);
     bulk_region(nt, [&](Claims& cl) {
-      // a group a thread of the region; on the caller alone (team.h: the cores were taken) all rows
-      const long group = row_group(p.B, cl.threads());
-      const int chunk = chunk_steps<T>(p.T_, (int)group, G * H, 1);
-      cl.for_chunks(p.B, group, [&](long b0, long b1) { run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, b0, b1), chunk); });
+      // a group a thread of the region (the probe: one); on the caller alone (team.h: the cores
+      // were taken) all rows. The same chunk for all, whoever moves rows mid-chunk.
+      const long group = mode == 2 ? p.B : row_group(p.B, cl.threads());
+      const int chunk = chunk_steps<T>(p.T_, (int)row_group(p.B, cl.threads()), G * H, 1);
+      cl.for_chunks(p.B, group, [&](long b0, long b1) {
+        run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, b0, b1), chunk, 0, steal.open(0, b0, b1));
+      });
+      for (RowPart part; steal.take(part);)
+        run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, part.b0, part.end), chunk, (int)part.n, part.slot);
     }, work);
     return;
   }

@@ -7,6 +7,7 @@
 // its compiler flags.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -104,10 +105,14 @@ int& local_thread_cap();
 // the recurrent weights fit a core's cache, else by hidden units; 1 always by units; 2 by rows
 // from 2 rows on (tests). One setting for all variants (dispatch.cpp).
 int& step_split_mode();
-// Whether a unit split moves unit blocks between its threads as their speeds differ (driver.h:
-// Balance): 0 (default) yes, 1 never, 2 to another split at every interval (tests). One
-// setting for all variants (dispatch.cpp).
+// Whether the time loops move work between their threads as their speeds differ (driver.h): a
+// unit split its unit blocks (Balance), a row split its rows (RowSteal). 0 (default) yes, 1
+// never, 2 (tests) at every chance: another unit split at every interval, all rows in one group
+// that the other threads take rows from. One setting for all variants (dispatch.cpp).
 int& step_balance_mode();
+// Rows a row split's threads have taken from each other since load (driver.h: RowSteal), for
+// tests and benchmarks. One counter for all variants (dispatch.cpp).
+std::atomic<long>& row_moves();
 // The L2 cache of a core in bytes (sysconf; 1 MiB where the system does not say).
 long l2_cache_bytes();
 

@@ -23,6 +23,13 @@
 
 RNNCORE_NS_BEGIN
 
+// A spin-wait's pause between two looks at a word another thread will change.
+inline void pause() {
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+  _mm_pause();
+#endif
+}
+
 // The threads of a native call: rnncore's count, under the calling thread's cap (kernels.h:
 // rnncore's Python side sets one when it runs independent calls side by side, the two
 // directions of a layer). The cap is one variable for all variants, defined in dispatch.cpp.

@@ -591,3 +591,39 @@ def test_row_and_unit_splits_of_the_time_loop_give_the_same_bits(cid, cell, kw, 
         core.set_step_split(0)
         core.team_set_spin(50, 2000)
         core.team_set_adaptive(True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
+@pytest.mark.parametrize("cid,cell,kw", CELLS, ids=CELL_IDS)
+def test_rows_moved_between_threads_keep_the_bits(cid, cell, kw, batch_first, dtype):
+    """A row split's thread that has finished its rows takes half the rows of the group with
+    the most work left, from that group's next step on (driver.h: RowSteal). Forced (step_balance
+    2: all rows in one group, which the other threads must take rows from, down to one row and
+    one step), timed (0) and never (1), on 2 and 3 threads, with sequence lengths, mid-chunk
+    and at chunk starts: one thread's bits, forward and backward, and rows did move."""
+    case = _case(cell, T=64, B=9, D=32, H=128, dtype=dtype, seed=21 + len(cid), batch_first=batch_first)
+    kw = {**kw, "batch_first": batch_first}
+    core = rnncore._native.core
+    with rnncore.num_threads(1):
+        one = _run(cell, kw, case)
+    core.set_step_split(2)
+    core.team_set_adaptive(False)
+    try:
+        for mode in (2, 0, 1):
+            core.set_step_balance(mode)
+            for n in (2, 3):
+                with rnncore.num_threads(n):
+                    before = core.row_moves()
+                    for rep in range(20):  # until a move was seen: a worker may come late
+                        _assert_equal(_run(cell, kw, case), one, f"balance {mode}, {n} threads: ")
+                        if mode != 2 or core.row_moves() > before:
+                            break
+                    if mode == 2:
+                        assert core.row_moves() > before
+                    elif mode == 1:
+                        assert core.row_moves() == before
+    finally:
+        core.set_step_split(0)
+        core.set_step_balance(0)
+        core.team_set_adaptive(True)

@@ -179,8 +179,9 @@ def kernel_info() -> dict:
     system reports it) and ``step_split`` (``"auto"``: the time loop is cut by batch rows or by
     hidden units from the sizes and that L2, as csrc/driver.h's split_rows says; ``"units"`` /
     ``"rows"`` when forced), ``step_balance`` (``"timed"``: a split by hidden units moves unit
-    blocks to the thread whose core runs faster, every 16 steps; ``"fixed"`` / ``"probe"`` when
-    forced), ``isa_flags`` (the
+    blocks to the thread whose core runs faster, every 16 steps, and a split by rows lets a
+    thread that has finished take half the rows of the group with the most work left;
+    ``"fixed"`` / ``"probe"`` when forced), ``isa_flags`` (the
     variant's compiler flags), ``build`` (``"native"``: tuned for the building CPU,
     ``"portable"``: RNNCORE_NATIVE=OFF), ``build_flags``, ``sanitizers`` (an ASan + UBSan build)
     and ``cpu_features``."""
