@@ -326,13 +326,16 @@ struct RowSteal {
 // of L2: the unit split (which moves its blocks to the faster core: Balance) took 0.76-0.92x the
 // row split's time at B 16-64, H = D = 256 (LSTM, 2 MiB of weights; GRU, 1.5 MiB, 0.87-0.88x),
 // the row split 0.89x the unit split's at B 32, H 256, D 64 (LSTM, 1.25 MiB: the default `rnncore
-// train` model) and 0.90-0.96x at H 128 (medians of 4-8 alternating runs).
+// train` model) and 0.90-0.96x at H 128 (medians of 4-8 alternating runs). Since rows move to
+// the faster core (RowSteal), the row split's forward is faster beyond that too from 12 rows a
+// thread, where wx is no larger than wh: 0.86-0.94x the unit split's time at B 24-128, H = D =
+// 256 (LSTM; at B 16, 8 rows a thread, 1.08x), GRU 0.83-0.91x at B 32-64 (4 alternating runs).
 inline bool split_rows(int B, int nt, double wbytes, double xbytes, bool backward) {
   if (nt <= 1 || B < 2) return false;
   const int mode = step_split_mode();
   if (mode != 0) return mode == 2;
   const double l2 = (double)l2_cache_bytes();
-  if (!backward && 10 * (wbytes + xbytes) > 7 * l2) return false;
+  if (!backward && 10 * (wbytes + xbytes) > 7 * l2 && !(xbytes <= wbytes && B >= 12 * nt)) return false;
   return 2 * wbytes <= l2 && (8 * wbytes <= l2 || B >= 8 * nt);
 }
 
