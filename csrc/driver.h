@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <thread>
 
 #include "blas.h"
 #include "cells.h"
@@ -305,7 +306,11 @@ struct RowSteal {
       if (!victim.word.compare_exchange_strong(bw, RowSlot::pack(n, b0, mid), std::memory_order_acq_rel,
                                                std::memory_order_relaxed))
         continue;  // the owner claimed a step, or another thief came first: look again
-      while (RowSlot::n_of(victim.word.load(std::memory_order_acquire)) <= n) pause();
+      // at most one of the owner's steps; past some 50 us (its core taken?) the wait yields
+      for (int spins = 0; RowSlot::n_of(victim.word.load(std::memory_order_acquire)) <= n; ++spins) {
+        if (spins < 1024) pause();
+        else std::this_thread::yield();
+      }
       ::rnncore::row_moves().fetch_add(1, std::memory_order_relaxed);
       part = RowPart{n, mid, end, open(n, mid, end)};
       return true;
