@@ -492,8 +492,9 @@ def machine_lines(env):
                      f"{k['build']} build; this CPU runs {', '.join(k['supported'])})"
                      + (f"  RNNCORE_ISA={env['RNNCORE_ISA']}" if env.get("RNNCORE_ISA") else ""))
         lines.append(f"rnncore time loop: split {k['step_split']} (by batch rows or hidden units, from the sizes and "
-                     f"the {k['l2_bytes'] // 1024} KiB L2 a core: rnncore.kernel_info), unit blocks "
-                     f"{k.get('step_balance', 'timed')} (moved to the faster core every 16 steps)")
+                     f"the {k['l2_bytes'] // 1024} KiB L2 a core: rnncore.kernel_info), balance "
+                     f"{k.get('step_balance', 'timed')} (unit blocks moved to the faster core every 16 steps, "
+                     f"rows taken by a thread that is done)")
     elif "error" in k:
         lines.append(f"rnncore kernels: {k['error']}")
     for lib in env["numpy_blas"]:
