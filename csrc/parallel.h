@@ -66,7 +66,8 @@ inline int threads_for(double work, long parallel_units, double min_work_per_thr
 // Threads for a bulk operation (a large GEMM, an elementwise pass) of `work` multiply-adds:
 // at least 4M a thread (some 30 us), so that waking a sleeping worker (microseconds, far more
 // when other processes hold the cores) pays for itself.
-inline int bulk_threads(double work, long units) { return threads_for(work, units, 4194304.0); }
+constexpr double kBulkWork = 4194304.0;
+inline int bulk_threads(double work, long units) { return threads_for(work, units, kBulkWork); }
 
 // [lo, hi) of n items for part `tid` of `nt`, boundaries on multiples of `align`.
 inline void split_range(long n, int nt, int tid, long align, long& lo, long& hi) {
@@ -108,15 +109,17 @@ inline long num_chunks(long n) { return (n + chunk_width(n) - 1) / chunk_width(n
 class Claims {
  public:
   static constexpr int kMaxLoops = 8;
-  Claims(std::atomic<long>* next, int threads) : next_(next), threads_(threads) {}
+  // whole: every loop is one chunk (a region too small for two threads at any thread count)
+  Claims(std::atomic<long>* next, int threads, bool whole = false)
+      : next_(next), threads_(threads), whole_(whole) {}
   // The threads the region was opened for; 1 when it runs on the caller alone (no worker will
   // come: the team was busy or backing off), where a caller free to choose its chunks may take
   // larger ones.
   int threads() const { return threads_; }
-  // f(lo, hi) for each chunk of [0, n) this thread claims.
+  // f(lo, hi) for each chunk of [0, n) this thread claims (all of it in one, in a whole region).
   template <typename F>
   void for_chunks(long n, F&& f) {
-    for_chunks(n, chunk_width(n), f);
+    for_chunks(n, whole_ ? std::max(1L, n) : chunk_width(n), f);
   }
   // The same with chunks of w items.
   template <typename F>
@@ -130,6 +133,7 @@ class Claims {
  private:
   std::atomic<long>* next_;
   int threads_;
+  bool whole_;
   int loop_ = 0;
 };
 
@@ -206,15 +210,21 @@ inline void parallel_region(int nt, F&& f, double work = 0) {
 // operations, whose loops (claims.for_chunks) share their chunks among the threads that come.
 // The caller claims from the start and waits only for workers that joined before it ran out of
 // chunks (team.h: a flexible region), so a sleeping or descheduled worker never holds it up.
-// `work` as for parallel_region.
-// No barrier inside.
+// `work` as for parallel_region. No barrier inside.
+// A region of known work too small for a second thread whatever the thread count (below twice
+// bulk_threads' share) runs each loop as one chunk, one BLAS call instead of one a fixed chunk:
+// the backward of the textbook SimpleRnnlm's output layer (50 x 100 x 418, two GEMMs) took
+// 92-103 us a call against 98.5-109 in two chunks each (3 alternating runs on the 2-core Xeon;
+// NumPy's OpenBLAS: 36 + 53 us as single calls, 39 + 63 in two chunks). The choice depends on
+// the work alone, so the bits still do not depend on the thread count.
 template <typename F>
 inline void bulk_region(int nt, F&& f, double work = 0) {
   std::atomic<long> next[Claims::kMaxLoops];
   for (auto& a : next) a.store(0, std::memory_order_relaxed);
+  const bool whole = work > 0 && work < 2 * kBulkWork;
   auto body = [&](int, int n) {
     DenormalGuard guard;
-    Claims claims(next, n);
+    Claims claims(next, n, whole);
     f(claims);
   };
   team_run(nt, body, true, work);
