@@ -131,3 +131,45 @@ def test_implementations_take_turns_round_by_round(monkeypatch):
         assert rec["fwdbwd"]["runs"] == 3 * 2 and rec["fwd"]["runs"] == 3 * 2
     timed = calls[2:]  # after the two warm-ups
     assert timed == (["native"] * 2 + ["twin"] * 2) * 3
+
+
+def test_load_ratio_pairs_the_runs_of_each_round(monkeypatch):
+    """``--load``: the thread counts take turns run by run, and the ratio is the median over the
+    rounds of each round's time over the first count's in that round. A machine whose speed
+    changes from round to round (up to 4x here), with 2 threads taking 0.9x the time of 1 in
+    every round, gives 0.9 exactly; runs paired across rounds would not."""
+    from rnncore.benchmark import ops
+
+    spells = [1.0, 3.0, 1.5, 4.0, 2.0, 1.0, 2.5]  # the machine's slowness in each round
+    clock = {"t": 0.0, "calls": 0}
+
+    class Fake:
+        def __init__(self, p):
+            self.n = 1
+
+        def threads(self, n):
+            fake = self
+
+            class Ctx:
+                def __enter__(self):
+                    self.old, fake.n = fake.n, n
+
+                def __exit__(self, *exc):
+                    fake.n = self.old
+
+            return Ctx()
+
+        def forward_backward(self):
+            k = clock["calls"] - 2  # after the two warm-ups, two runs a round
+            clock["calls"] += 1
+            spell = spells[(k // 2) % len(spells)] if k >= 0 else 1.0
+            clock["t"] += 0.01 * spell * (0.9 if self.n == 2 else 1.0)
+
+    monkeypatch.setitem(ops.FACTORIES, "native", Fake)
+    monkeypatch.setattr(ops.time, "perf_counter", lambda: clock["t"])
+    cfg = ops._config(ops.build_parser().parse_args(
+        ["--cells", "rnn", "--batch", "2", "--hidden", "8", "--threads", "1", "2", "--load", "1",
+         "--no-torch", "--no-textbook", "--no-twin", "--repeat", str(len(spells))]))
+    rows = ops.run_load(cfg, say=lambda *a, **k: None)
+    assert len(rows) == 1 and rows[0]["rounds"] == len(spells)
+    assert abs(rows[0]["ratio"]["2"] - 0.9) < 1e-9

@@ -803,7 +803,9 @@ def run(cfg, say=print, progress=None):
 def run_load(cfg, say=print, progress=None):
     """``--load N``: native forward + backward at each thread count of ``cfg["threads"]``, the
     counts taking turns run by run, so that every count meets the same load; the median of
-    each and their ratio to the first count's. Returns the rows."""
+    each, and the median over the rounds of each round's time over the first count's in that
+    round (paired: the scheduler's slow spells, which move a point by 30% and more from run to
+    run under two busy processes, touch both runs of a round alike). Returns the rows."""
     counts = cfg["threads"]
     say("cell     B     H | " + " ".join(f"{f'{n} thr ms':>10}" for n in counts) + " | "
         + " ".join(f"{f'{n}/{counts[0]}':>7}" for n in counts[1:]) + " | rounds")
@@ -831,14 +833,15 @@ def run_load(cfg, say=print, progress=None):
                                                               or elapsed >= cfg["max_seconds"] / 2):
                         break
                 med = {n: statistics.median(v) for n, v in times.items()}
+                ratio = {n: statistics.median(a / b for a, b in zip(times[n], times[counts[0]])) for n in counts[1:]}
                 row = {"cell": cell, "T": p.T, "B": B, "H": H, "D": p.D, "dtype": cfg["dtype"], "rounds": rounds,
                        "load": cfg["load"], "fwdbwd": {str(n): _stats(v) for n, v in times.items()},
-                       "ratio": {str(n): med[n] / med[counts[0]] for n in counts[1:]}}
+                       "ratio": {str(n): ratio[n] for n in counts[1:]}}
                 rows.append(row)
                 if progress is not None:
                     progress.update(len(counts) * len(cfg["impls"]))
                 say(f"{cell:<5} {B:>4} {H:>5} | " + " ".join(f"{_ms(med[n]):>10}" for n in counts) + " | "
-                    + " ".join(f"{med[n] / med[counts[0]]:>6.2f}x" for n in counts[1:]) + f" | {rounds}")
+                    + " ".join(f"{ratio[n]:>6.2f}x" for n in counts[1:]) + f" | {rounds}")
     return rows
 
 
@@ -1021,7 +1024,8 @@ def main(argv=None) -> int:
     print()
     if cfg["load"]:
         print(f"under load: native only, thread counts {cfg['threads']} taking turns run by run; "
-              "times are medians of forward + backward; ratio > 1: slower than with the first count")
+              "times are medians of forward + backward; ratio: the median over the rounds of each round's "
+              "time over the first count's in the same round (> 1: slower than with the first count)")
     else:
         for line in _table_head(cfg["impls"], cfg["forward"]):
             print(line)
