@@ -836,14 +836,16 @@ void steps(StepContext<T>& c) {
     const int mode = step_balance_mode();
     RowSteal steal(mode, p.B, p.T_);
     bulk_region(nt, [&](Claims& cl) {
-      // a group a thread of the region (the probe: one); on the caller alone (team.h: the cores
-      // were taken) all rows. The same chunk for all, whoever moves rows mid-chunk.
-      const long group = mode == 2 ? p.B : row_group(p.B, cl.threads());
-      const int chunk = chunk_steps<T>(p.T_, (int)row_group(p.B, cl.threads()), G * H, 1);
-      cl.for_chunks(p.B, group, [&](long b0, long b1) {
-        run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, b0, b1), chunk, 0, steal.open(0, b0, b1));
+      // a group a thread of the region (the probe: one), the same chunk for all, whoever moves
+      // rows mid-chunk. On the caller alone (team.h: the cores were taken; no worker will come)
+      // all rows, with no slot to claim steps from and none to take.
+      const long even = row_group(p.B, cl.threads());
+      const int chunk = chunk_steps<T>(p.T_, (int)even, G * H, 1);
+      const bool moves = cl.threads() > 1;
+      cl.for_chunks(p.B, mode == 2 ? p.B : even, [&](long b0, long b1) {
+        run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, b0, b1), chunk, 0, moves ? steal.open(0, b0, b1) : nullptr);
       });
-      for (RowPart part; steal.take(part);)
+      for (RowPart part; moves && steal.take(part);)
         run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, part.b0, part.end), chunk, (int)part.n, part.slot);
     }, work);
     return;

@@ -2,6 +2,7 @@
 the same bits for any thread count, concurrent Python threads are safe, the GIL is released."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -528,6 +529,25 @@ def test_other_openblas_pools_are_quieted_safely():
     assert r["with_thread"] == 0, r
 
 
+@contextlib.contextmanager
+def _time_loop_settings(sleep=False):
+    """The team forced to run (no falling back to the caller while the machine is busy), its
+    workers sleeping at every wait when ``sleep`` (3 threads on 2 cores); afterwards the time
+    loops' split and balance settings and the team back to their defaults. Yields the core."""
+    core = rnncore._native.core
+    core.team_set_adaptive(False)
+    if sleep:
+        core.team_set_spin(0, 0)
+    try:
+        yield core
+    finally:
+        core.set_step_split(0)
+        core.set_step_balance(0)
+        if sleep:
+            core.team_set_spin(50, 2000)
+        core.team_set_adaptive(True)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
 @pytest.mark.parametrize("cid,cell,kw", CELLS, ids=CELL_IDS)
@@ -547,21 +567,14 @@ def test_unit_blocks_moved_between_threads_keep_the_bits(cid, cell, kw, batch_fi
     other = _case(cell, T=70, B=9, D=24, H=150, dtype=dtype, seed=12 + len(cid), batch_first=batch_first)
     with rnncore.num_threads(1):
         one = _run(cell, kw, case)
-    core.set_step_split(1)
-    core.team_set_adaptive(False)
-    core.team_set_spin(0, 0)  # 3 threads on 2 cores: sleep at every wait rather than spin
-    try:
+    with _time_loop_settings(sleep=True):  # 3 threads on 2 cores: sleep at every wait
+        core.set_step_split(1)
         for mode in (2, 1, 0):
             core.set_step_balance(mode)
             for n in (2, 3):
                 with rnncore.num_threads(n):
                     _run(cell, kw, other)
                     _assert_equal(_run(cell, kw, case), one, f"balance {mode}, {n} threads: ")
-    finally:
-        core.set_step_split(0)
-        core.set_step_balance(0)
-        core.team_set_spin(50, 2000)
-        core.team_set_adaptive(True)
 
 
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
@@ -577,9 +590,7 @@ def test_row_and_unit_splits_of_the_time_loop_give_the_same_bits(cid, cell, kw, 
     assert core.step_split() == 0  # the default: chosen from the sizes
     with rnncore.num_threads(1):
         one = _run(cell, kw, case)
-    core.team_set_adaptive(False)
-    core.team_set_spin(0, 0)
-    try:
+    with _time_loop_settings(sleep=True):
         for mode in (1, 2):
             core.set_step_split(mode)
             for n in (2, 3):
@@ -587,10 +598,6 @@ def test_row_and_unit_splits_of_the_time_loop_give_the_same_bits(cid, cell, kw, 
                     before = rnncore.threads.team_stats()["regions"]
                     _assert_equal(_run(cell, kw, case), one, f"split {mode}, {n} threads: ")
                     assert rnncore.threads.team_stats()["regions"] >= before + 2  # both loops on a team
-    finally:
-        core.set_step_split(0)
-        core.team_set_spin(50, 2000)
-        core.team_set_adaptive(True)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -601,21 +608,22 @@ def test_rows_moved_between_threads_keep_the_bits(cid, cell, kw, batch_first, dt
     the most work left, from that group's next step on (driver.h: RowSteal). Forced (step_balance
     2: all rows in one group, which the other threads must take rows from, down to one row and
     one step), timed (0) and never (1), on 2 and 3 threads, with sequence lengths, mid-chunk
-    and at chunk starts: one thread's bits, forward and backward, and rows did move."""
+    and at chunk starts: one thread's bits, forward and backward, and rows did move. Another case of the same sizes
+    runs before each call, so that outputs a moved row failed to write would hold its numbers."""
     case = _case(cell, T=64, B=9, D=32, H=128, dtype=dtype, seed=21 + len(cid), batch_first=batch_first)
+    other = _case(cell, T=64, B=9, D=32, H=128, dtype=dtype, seed=22 + len(cid), batch_first=batch_first)
     kw = {**kw, "batch_first": batch_first}
-    core = rnncore._native.core
     with rnncore.num_threads(1):
         one = _run(cell, kw, case)
-    core.set_step_split(2)
-    core.team_set_adaptive(False)
-    try:
+    with _time_loop_settings() as core:  # workers that spin: they come in time to take rows
+        core.set_step_split(2)
         for mode in (2, 0, 1):
             core.set_step_balance(mode)
             for n in (2, 3):
                 with rnncore.num_threads(n):
                     before = core.row_moves()
                     for rep in range(20):  # until a move was seen: a worker may come late
+                        _run(cell, kw, other)
                         _assert_equal(_run(cell, kw, case), one, f"balance {mode}, {n} threads: ")
                         if mode != 2 or core.row_moves() > before:
                             break
@@ -623,7 +631,3 @@ def test_rows_moved_between_threads_keep_the_bits(cid, cell, kw, batch_first, dt
                         assert core.row_moves() > before
                     elif mode == 1:
                         assert core.row_moves() == before
-    finally:
-        core.set_step_split(0)
-        core.set_step_balance(0)
-        core.team_set_adaptive(True)
