@@ -93,21 +93,45 @@ Packed<T> packed_view(const T* buf, int K) {
   return w;
 }
 
+// How far ahead small_kernel asks for its panels' rows, from 2 rows of A on: 768 bytes (6 rows
+// of a 32-float panel). A step's weights live in L2 (a thread's share of wh, up to its 2 MiB),
+// and the L1 prefetcher, following 2 to 4 panel streams and as many rows of A, fetched them
+// late: alone, 2-8 rows at K 256 x 512 columns took 5-20% less time with these prefetches, 8-32
+// rows at K 512 x 1024 columns (past L2) 5-14% less, 12 rows at K 256 the same (the 2-core
+// Xeon); in the time loops 2-7% less at B 8-64 (LSTM, 5 alternating runs, within the noise).
+// Not for a single row: the batch-1 GEMV ran 25% faster alone but 3-7% slower in the loops
+// (B 1, H 128-512), whose barrier brings in the other core's h_{t-1} meanwhile. And only with
+// AVX-512: the AVX2 kernels (a panel row one cache line) gained 0-10% from 4 rows on, but 2
+// rows ran 2.4x slower with the prefetches than without (7.5 -> 18 us, the same Xeon).
+constexpr int kPrefetchBytes = 768;
+
 // C[:R, :] (+)= A[:R, :K] @ (P consecutive panels); nb valid columns in all (<= P * NB).
-// R * P * 2 vector accumulators: P grows for small R to keep the FMA units busy.
+// R * P * 2 vector accumulators: P grows for small R to keep the FMA units busy. With 2 or 3
+// rows GCC folds the weight loads into every row's multiply-add (12 loads a k instead of 4 at
+// 3 rows: 2.2x slower at K 256), so those keep their weight vectors in registers. Not inlined:
+// inlined into small_gemm, the 2-row kernel so held ran slower than without (13.5 against 12.3
+// us at K 256 x 512 columns; 7.0 not inlined).
 template <typename T, int R, int P>
-inline void small_kernel(int K, const T* A, long lda, const T* Wp, long pstride, int nb, bool overwrite, T* C,
-                         long ldc) {
+__attribute__((noinline)) void small_kernel(int K, const T* A, long lda, const T* Wp, long pstride, int nb,
+                                            bool overwrite, T* C, long ldc) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::L, NB = Vec<T>::NB;
+  constexpr int row_bytes = NB * (int)sizeof(T), ahead = std::max(1, kPrefetchBytes / row_bytes);
   V acc[R][2 * P];
   for (int r = 0; r < R; ++r)
     for (int q = 0; q < 2 * P; ++q) acc[r][q] = V{};
   for (int k = 0; k < K; ++k) {
     V w[2 * P];
     for (int p = 0; p < P; ++p) {
-      std::memcpy(&w[2 * p], Wp + p * pstride + (long)k * NB, sizeof(V));
-      std::memcpy(&w[2 * p + 1], Wp + p * pstride + (long)k * NB + L, sizeof(V));
+      const T* row = Wp + p * pstride + (long)k * NB;
+      if constexpr (R >= 2 && kWideRegs)
+        for (int b = 0; b < row_bytes; b += 64)  // past the panel's end: a prefetch never faults
+          __builtin_prefetch(reinterpret_cast<const char*>(row + (long)ahead * NB) + b, 0, 3);
+      std::memcpy(&w[2 * p], row, sizeof(V));
+      std::memcpy(&w[2 * p + 1], row + L, sizeof(V));
+#if defined(__x86_64__) || defined(__i386__)
+      if constexpr (R == 2 || R == 3) __asm__("" : "+v"(w[2 * p]), "+v"(w[2 * p + 1]));
+#endif
     }
     for (int r = 0; r < R; ++r) {
       const T a = A[r * lda + k];
