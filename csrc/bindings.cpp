@@ -195,26 +195,29 @@ template <>
 const CellOps<double>& cell_ops<double>(int cell) { return kernels().cells[cell].f64; }
 
 template <typename T>
-py::tuple forward_t(const Call& c) {
+py::tuple forward_t(const Call& c, bool keep_cache) {
   Args<T> a(c);
   RecurrentArgs<T>& p = a.p;
   auto hs = a.seq(a.s.H);
   auto h_n = new_array<T>({a.s.B, a.s.H});
   p.hs = hs.mutable_data();
   p.h_n = h_n.mutable_data();
+  p.no_cache = !keep_cache;
   py::object c_n = py::none(), gates = py::none(), cs = py::none();
-  if (a.GC) {
+  if (a.GC && keep_cache) {
     auto g = a.seq(a.GC * a.s.H);
     p.gates = g.mutable_data();
     gates = g;
   }
   if (c.desc->has_c) {
     auto n = new_array<T>({a.s.B, a.s.H});
-    auto s = a.seq(a.s.H);
     p.c_n = n.mutable_data();
-    p.cs = s.mutable_data();
     c_n = n;
-    cs = s;
+    if (keep_cache) {
+      auto s = a.seq(a.s.H);
+      p.cs = s.mutable_data();
+      cs = s;
+    }
   }
   const CellOps<T>& o = cell_ops<T>(c.cell);
   {
@@ -460,13 +463,14 @@ PYBIND11_MODULE(_core, m) {
 
   m.def(
       "forward",
-      [](const py::object& inputs) {
+      [](const py::object& inputs, bool cache) {
         const Call c = describe(inputs);
-        return is_double(c.x, "x") ? forward_t<double>(c) : forward_t<float>(c);
+        return is_double(c.x, "x") ? forward_t<double>(c, cache) : forward_t<float>(c, cache);
       },
-      py::arg("inputs"),
+      py::arg("inputs"), py::arg("cache") = true,
       "Forward over all steps of the call described by `inputs` (rnncore._checks.Inputs) -> "
-      "(hs, h_n, c_n | None, gates | None, cs | None).");
+      "(hs, h_n, c_n | None, gates | None, cs | None); with cache=False (inference) gates and cs "
+      "are None and no cache is kept.");
   m.def(
       "backward",
       [](const py::object& inputs, const py::object& hs, const py::object& gates, const py::object& cs,

@@ -421,6 +421,32 @@ struct StepContext {
   // split share one, each in its own rows) and multiplies them there.
   T* xstage = nullptr;
   int xslots = 0;  // its blocks: a time loop runs on at most this many threads
+  // Forward without a cache (Problem::no_cache, inference): a step's gate rows and cell states
+  // are needed only until the step is done, and the input projection's a chunk ahead. So they
+  // live in rings, time-major: the gate cache (GC blocks of H a row) in `ring` steps, at least a
+  // chunk (steps, below), and the cell states in two. Writing all of them out (6 H floats a
+  // row for an LSTM: 39 MB a call at T 100, B 64, H 256) filled L2 with lines no one would read.
+  T* gring = nullptr;
+  T* cring = nullptr;
+  int ring = 0;  // 0: the caller's gates and cs
+
+  // Row (t, b) of the gate cache and of the cell states; the gate cache's row stride.
+  long gates_ld() const { return ring ? (long)gF : p.ld(gF); }
+  T* gates_at(int t, int b) const {
+    return ring ? gring + ((long)(t % ring) * p.B + b) * gF : p.gates + p.off(t, gF) + b * p.ld(gF);
+  }
+  T* cs_at(int t, int b) const {
+    return ring ? cring + ((long)(t & 1) * p.B + b) * p.H : p.cs + p.off(t, p.H) + b * p.ld(p.H);
+  }
+  int gF = 0;  // GC * H (both directions set it)
+  // Where x_t @ wx of row (t, b) lands (pre: the gate cache, or hs for a cell without one), and
+  // the rows between two steps of a row and between two rows of a step.
+  long pre_row(int t, int b) const {
+    return pre_ring ? (long)(t % pre_ring) * p.B + b : p.off(t, 1) + b * p.ld(1);
+  }
+  long pre_step() const { return pre_ring || !p.batch_first ? p.B : 1; }
+  long pre_rows() const { return pre_ring || !p.batch_first ? 1 : p.T_; }
+  int pre_ring = 0;  // ring when pre is the gate cache, else 0
 
   // Step t's half of the stage.
   T* stage_of(int t) const { return hstage + (long)(t & 1) * p.B * p.H; }
@@ -442,7 +468,13 @@ struct StepContext {
     }
     return prev_of(p.hs, p.h0, t, ldh);
   }
-  const T* cprev(int t, long& ldc) const { return prev_of(p.cs, p.c0, t, ldc); }
+  const T* cprev(int t, long& ldc) const {
+    if (ring && t > 0) {
+      ldc = p.H;
+      return cs_at(t - 1, 0);
+    }
+    return prev_of(p.cs, p.c0, t, ldc);
+  }
 };
 
 // Forward: the panels of unit blocks [u0, u1) for gates [k0, k1) of W (K, G*H) (wh: K = H, wx:
@@ -553,40 +585,49 @@ void input_projection(const StepContext<T>& c, int G, int t0, int t1, const Unit
   constexpr int NB = kUnitBlock<T>;
   const Problem<T>& p = c.p;
   const int H = p.H, D = p.D;
-  // m rows from row r0, `stride` rows apart (x's rows read from xs, contiguous, when given)
-  auto rows = [&](long r0, int m, long stride, const T* xs = nullptr) {
-    const T* A = xs ? xs : p.x + r0 * D;
-    const long lda = xs ? D : stride * D;
-    T* C = c.pre + r0 * c.F;
+  if (c.pre_ring && t0 % c.pre_ring + (t1 - t0) > c.pre_ring) {  // a chunk's steps that wrap round the ring
+    const int tw = t0 + (c.pre_ring - t0 % c.pre_ring);
+    input_projection(c, G, t0, tw, u);
+    input_projection(c, G, tw, t1, u);
+    return;
+  }
+  // m rows from row (t, b): steps t.. of row b (along_t), or rows b.. of step t (x's rows read
+  // from xs, contiguous, when given)
+  auto rows = [&](int t, int b, int m, bool along_t, const T* xs = nullptr) {
+    const long xstep = p.batch_first ? 1 : p.B, xrow = p.batch_first ? p.T_ : 1;
+    const T* A = xs ? xs : p.x + (p.off(t, 1) + b * p.ld(1)) * D;
+    const long lda = xs ? D : (along_t ? xstep : xrow) * D;
+    T* C = c.pre + c.pre_row(t, b) * c.F;
+    const long ldc = (along_t ? c.pre_step() : c.pre_rows()) * c.F;
     if (c.in_place) {  // all G*H columns, gate by gate as the cache keeps them
-      rowwise_gemm(m, D, G * H, A, lda, p.wx, (long)G * H, C, stride * c.F);
+      rowwise_gemm(m, D, G * H, A, lda, p.wx, (long)G * H, C, ldc);
       return;
     }
     for (long b = u.u0; b < u.u1; ++b) {
       const int valid = (int)std::min<long>(NB, H - b * NB);  // past H: the next gate's columns
       for (int k = 0; k < G; ++k) {
         const long n = (b * G + k) * NB;  // the panel's first packed column
-        small_gemm(m, (int)n, (int)(n + valid), A, lda, c.wx, T(0), C + (long)k * H + b * NB - n, stride * c.F);
+        small_gemm(m, (int)n, (int)(n + valid), A, lda, c.wx, T(0), C + (long)k * H + b * NB - n, ldc);
       }
     }
   };
   const int b0 = u.b0, m = u.b1 - u.b0;  // this thread's rows of a step
-  if (!p.batch_first && m == p.B)
-    rows((long)t0 * p.B, (t1 - t0) * p.B, 1);
+  if (!p.batch_first && m == p.B)  // whole steps: consecutive rows of x and of pre
+    rows(t0, 0, (t1 - t0) * p.B, false);
   else if (!p.batch_first && m >= t1 - t0)  // the longer run of rows: a step's rows of this thread ...
-    for (int t = t0; t < t1; ++t) rows((long)t * p.B + b0, m, 1);
+    for (int t = t0; t < t1; ++t) rows(t, b0, m, false);
   else if (!p.batch_first)  // ... or a row's steps, B rows apart (4 rows a thread at batch 8: the
-    for (int b = b0; b < u.b1; ++b) rows((long)t0 * p.B + b, t1 - t0, p.B);  // 4-row kernel ran at 60%)
+    for (int b = b0; b < u.b1; ++b) rows(t0, b, t1 - t0, true);  // 4-row kernel ran at 60%)
   else if (m >= t1 - t0) {  // the longer run of rows: a step's rows (T rows apart, copied when staged) ...
     T* xs = c.xstage ? c.xstage + ((long)u.slot * p.B + b0) * D : nullptr;
     for (int t = t0; t < t1; ++t) {
       const long r0 = (long)b0 * p.T_ + t;
       if (xs)
         for (int i = 0; i < m; ++i) copy(p.x + (r0 + i * p.T_) * D, p.x + (r0 + i * p.T_ + 1) * D, xs + (long)i * D);
-      rows(r0, m, p.T_, xs);
+      rows(t, b0, m, false, xs);
     }
   } else  // ... or a sequence's steps
-    for (int b = b0; b < u.b1; ++b) rows((long)b * p.T_ + t0, t1 - t0, 1);
+    for (int b = b0; b < u.b1; ++b) rows(t0, b, t1 - t0, true);
 }
 
 // Steps of a forward chunk: the thread's share of a chunk's pre-activations (G*H/nt columns of
@@ -614,10 +655,10 @@ RNNCORE_INLINE Row<T> row_of(const StepContext<T>& c, int t, int b) {
   long ldh;
   r.hp = c.hprev(t, ldh) + b * ldh;
   r.h = p.hs + p.off(t, H) + b * p.ld(H);
-  if constexpr (Cell::GC > 0) r.g = p.gates + p.off(t, Cell::GC * H) + b * p.ld(Cell::GC * H);
+  if constexpr (Cell::GC > 0) r.g = c.gates_at(t, b);
   if constexpr (Cell::has_c) {
     long ldc;
-    r.c = p.cs + p.off(t, H) + b * p.ld(H);
+    r.c = c.cs_at(t, b);
     r.cp = c.cprev(t, ldc) + b * ldc;
   }
   if constexpr (!BWD) {
@@ -665,7 +706,7 @@ RNNCORE_INLINE void forward_step(const StepContext<T>& c, int t, const UnitRange
     if (t >= p.len[b]) continue;
     const long r = p.off(t, 1) + b * p.ld(1);  // row (t, b)
     prefetch_blocks(p.hs + r * H, 1, H, j0, j1, true);
-    if constexpr (Cell::has_c) prefetch_blocks(p.cs + r * H, 1, H, j0, j1, true);
+    if constexpr (Cell::has_c) prefetch_blocks(c.cs_at(t, b), 1, H, j0, j1, true);
   }
   gate_gemm(c, G, 0, R, u, hp, ldh, c.wrec, t & 1);
   // A padded row (t >= len[b]) is zeroed at the first pass, and the cell never sees it: both
@@ -685,7 +726,7 @@ RNNCORE_INLINE void forward_step(const StepContext<T>& c, int t, const UnitRange
         for_blocks<T, G>(r, u, [](const Row<T>& rb, long a, long e) { Cell::template forward_pre<ACT>(rb, a, e); });
     }
     step_barrier(u);
-    gate_gemm(c, G, R, G, u, p.gates + p.off(t, GC * H) + (long)Cell::extra_in * H, p.ld(GC * H), c.wrec2, t & 1);
+    gate_gemm(c, G, R, G, u, c.gates_at(t, 0) + (long)Cell::extra_in * H, c.gates_ld(), c.wrec2, t & 1);
   }
   for (int b = u.b0; b < u.b1; ++b) {
     const Row<T> r = row_of<T, Cell, false>(c, t, b);
@@ -819,6 +860,12 @@ void run_steps(StepContext<T>& c, const UnitRange& share, int chunk, int k0 = 0,
   }
 }
 
+// A forward chunk of steps within the ring of the gate cache, if it has one (StepContext: ring).
+template <typename T>
+int ring_chunk(const StepContext<T>& c, int chunk) {
+  return c.ring ? std::min(chunk, c.ring) : chunk;
+}
+
 // The time loop on the step team. Unit split: each thread packs the panels of its own unit
 // blocks (no one else reads them) and runs every step on them. Row split: the caller packs all
 // panels (every group reads them all), then the groups of rows are claimed one at a time.
@@ -840,7 +887,7 @@ void steps(StepContext<T>& c) {
       // rows mid-chunk. On the caller alone (team.h: the cores were taken; no worker will come)
       // all rows, with no slot to claim steps from and none to take.
       const long even = row_group(p.B, cl.threads());
-      const int chunk = chunk_steps<T>(p.T_, (int)even, G * H, 1);
+      const int chunk = ring_chunk(c, chunk_steps<T>(p.T_, (int)even, G * H, 1));
       const bool moves = cl.threads() > 1;
       cl.for_chunks(p.B, mode == 2 ? p.B : even, [&](long b0, long b1) {
         run_steps<T, Cell, BWD, ACT>(c, row_range<T>(H, b0, b1), chunk, 0, moves ? steal.open(0, b0, b1) : nullptr);
@@ -865,7 +912,7 @@ void steps(StepContext<T>& c) {
       bal.leave();
       u.bal = &bal;
     }
-    run_steps<T, Cell, BWD, ACT>(c, u, chunk_steps<T>(p.T_, p.B, G * H, n));
+    run_steps<T, Cell, BWD, ACT>(c, u, ring_chunk(c, chunk_steps<T>(p.T_, p.B, G * H, n)));
   }, work);
 }
 
@@ -912,7 +959,10 @@ void forward(Problem<T>& p) {
   const bool staged = staged_rows(p);
   const int xslots = std::max(1, call_threads());
   const size_t nxstage = staged ? (size_t)xslots * B * D : 0;  // a block a thread
-  T* scratch = ws.get((size_t)B * sld + nzeros + GH + (staged ? 2 * (size_t)B * H : 0) + nxstage);
+  // no cache: rings of the longest chunk any split takes (steps: a group of B / threads rows)
+  const int ring = p.no_cache ? chunk_steps<T>(p.T_, std::max(1, B / xslots), GH, 1) : 0;
+  const size_t ngring = (size_t)ring * B * GC * H, ncring = p.no_cache && Cell::has_c ? 2 * (size_t)B * H : 0;
+  T* scratch = ws.get((size_t)B * sld + nzeros + GH + (staged ? 2 * (size_t)B * H : 0) + nxstage + ngring + ncring);
   T* zeros = scratch + (size_t)B * sld;
   T* bsum = zeros + nzeros;
   fill(zeros, zeros + nzeros, T(0));
@@ -922,6 +972,13 @@ void forward(Problem<T>& p) {
     ctx.hstage = bsum + GH;
     ctx.xstage = ctx.hstage + 2 * (size_t)B * H;
     ctx.xslots = xslots;
+  }
+  ctx.gF = GC * H;
+  if (p.no_cache) {
+    ctx.gring = bsum + GH + (staged ? 2 * (size_t)B * H : 0) + nxstage;
+    ctx.cring = ctx.gring + ngring;
+    ctx.ring = ring;
+    ctx.pre_ring = GC > 0 ? ring : 0;
   }
   ctx.in_place = in_place_step<T, Cell>(p);
   ctx.wbuf = Workspace<T>::local(Workspace<T>::kPacked)
@@ -936,7 +993,7 @@ void forward(Problem<T>& p) {
   // steps ahead of the cell (input_projection), which overwrites it step by step
   if (!ctx.in_place) ctx.wxbuf = Workspace<T>::local(Workspace<T>::kPackedInput).get(panels_size<T>(nub * G, D));
   ctx.wx = packed_view<T>(ctx.wxbuf, D);
-  ctx.pre = GC > 0 ? p.gates : p.hs;
+  ctx.pre = GC > 0 ? (p.no_cache ? ctx.gring : p.gates) : p.hs;
   ctx.F = GC > 0 ? (long)GC * H : H;
 
   time_loop<T, Cell, false>(ctx);
@@ -1043,6 +1100,7 @@ void backward(Problem<T>& p) {
   T* prev_buf = vec + nvec * nBH;  // batch-first: the previous states, filled after the loop
   fill(zeros, zeros + nBH, T(0));
   StepContext<T> ctx{p, nullptr, 0, nullptr, zeros};
+  ctx.gF = Cell::GC * H;
   const long nub = unit_blocks<T>(H);
   ctx.wbuf = Workspace<T>::local(Workspace<T>::kPacked).get(panels_size<T>(nub, GH));  // wh^T by unit block
   ctx.wrec = packed_view<T>(ctx.wbuf, GH);

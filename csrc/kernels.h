@@ -26,6 +26,7 @@ struct RecurrentArgs {
           *c0 = nullptr;
   const int* len = nullptr;
   T *hs = nullptr, *h_n = nullptr, *c_n = nullptr, *gates = nullptr, *cs = nullptr;
+  bool no_cache = false;  // forward for inference: gates and cs null, no cache kept (driver.h)
   const T *dhs = nullptr, *dhn = nullptr, *dcn = nullptr;
   T *dx = nullptr, *dwx = nullptr, *dwh = nullptr, *db_ih = nullptr, *db_hh = nullptr, *dh0 = nullptr,
     *dc0 = nullptr;

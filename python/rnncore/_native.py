@@ -41,11 +41,13 @@ else:
 before_call = None
 
 
-def forward(inp):
-    """inp: the call's Inputs (_checks.py), read by name on the C++ side, as in backward."""
+def forward(inp, cache=True):
+    """inp: the call's Inputs (_checks.py), read by name on the C++ side, as in backward.
+    Without ``cache`` (inference) the step's gates and cell states live in small rings of the
+    workspace (csrc/driver.h), and gates, cs come back None."""
     if before_call is not None:
         before_call()
-    return core.forward(inp)
+    return core.forward(inp, cache)
 
 
 def backward(cache, dhs, dh_n, dc_n):

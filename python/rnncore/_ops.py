@@ -54,21 +54,28 @@ def make_ops(impl, module) -> Ops:
     def forward(cell: str, x: Array, wx: Array, wh: Array, b_ih: Array, b_hh: Optional[Array] = None,
                 h0: Optional[Array] = None, c0: Optional[Array] = None, *, activation: str = _CELL_DEFAULT,
                 batch_first: bool = False, lengths: Optional[Array] = None, op: Optional[str] = None,
-                transposed: bool = False) -> Tuple[Array, Array, Optional[Array], Cache]:
+                transposed: bool = False, inference: bool = False
+                ) -> Tuple[Array, Array, Optional[Array], Optional[Cache]]:
         """One layer of the registered kernel ``cell`` over all steps -> ``(hs, h_n, c_n, cache)``
         (c_n None without a cell state). ``op`` names the caller in messages (default
         ``<cell>_forward``); ``activation`` defaults to the cell's first. The returned hs is a
         read-only view of the cache's (the backward reads it, so writing into it would change
         the gradients silently). ``transposed``: wx (G*H, D) and wh (G*H, H) as PyTorch keeps
-        them, and the backward's dwx, dwh in the same layout."""
+        them, and the backward's dwx, dwh in the same layout. ``inference``: keep no cache (as
+        PyTorch under ``torch.no_grad()``): the same hs, h_n, c_n bits, cache None, hs yours."""
         spec = cells.get(cell)
         if op is None:
             op = f"{spec.cell}_forward"
+        if not isinstance(inference, (bool, np.bool_)):
+            raise TypeError(f"{op}: inference must be a bool, got {type(inference).__name__}")
         inp = recurrent_inputs(op, spec, x, wx, wh, b_ih, b_hh, h0, c0, lengths, batch_first,
                                spec.activations[0] if activation is _CELL_DEFAULT else activation, transposed)
         im = impl()
         if im is _native and not spec.native:
             raise _twin_only(op, spec)
+        if inference:
+            hs, h_n, c_n, _, _ = im.forward(inp, False)
+            return hs, h_n, c_n, None
         hs, h_n, c_n, gates, cs = im.forward(inp)
         out = hs.view()
         out.flags.writeable = False
@@ -81,8 +88,9 @@ def make_ops(impl, module) -> Ops:
         from a flavour of that cell."""
         if not isinstance(cache, Cache) or (cell is not None and cache.inputs.spec.cell != cell):
             names = "/".join(s.name for s in cells.flavours(cell)) if cell is not None else "any cell"
+            got = "None (a forward with inference=True keeps no cache)" if cache is None else type(cache).__name__
             raise TypeError(f"{op or 'backward'}: cache must be the cache returned by the matching forward "
-                            f"({names}), got {type(cache).__name__}")
+                            f"({names}), got {got}")
         i = cache.inputs
         if op is None:
             op = f"{i.spec.cell}_backward"
@@ -96,8 +104,8 @@ def make_ops(impl, module) -> Ops:
         return im.backward(cache, dhs, dh_n, dc_n)
 
     def rnn_forward(x: Array, wx: Array, wh: Array, b: Array, h0: Optional[Array] = None, *,
-                    activation: str = "tanh", batch_first: bool = False, lengths: Optional[Array] = None
-                    ) -> Tuple[Array, Array, Cache]:
+                    activation: str = "tanh", batch_first: bool = False, lengths: Optional[Array] = None,
+                    inference: bool = False) -> Tuple[Array, Array, Optional[Cache]]:
         """Elman RNN over all steps: ``h_t = f(x_t @ wx + h_{t-1} @ wh + b)``.
 
         x (T, B, D), or (B, T, D) with ``batch_first``; wx (D, H); wh (H, H); b (H,);
@@ -106,9 +114,13 @@ def make_ops(impl, module) -> Ops:
         sequence's length; a read-only view of what the backward reads: copy it to modify it),
         ``h_n`` (B, H), the state at each sequence's last step, and the ``cache`` for
         :func:`rnn_backward`. The same holds for every forward: ``hs`` read-only, the rest yours.
+        ``inference=True`` keeps no cache (PyTorch's ``torch.no_grad()``): the same ``hs`` and
+        ``h_n``, ``cache`` None and ``hs`` writable; less memory, and no time spent writing the
+        cache out (every forward takes it).
         """
         hs, h_n, _, cache = forward("rnn", x, wx, wh, b, None, h0, None, activation=activation,
-                                    batch_first=batch_first, lengths=lengths, op="rnn_forward")
+                                    batch_first=batch_first, lengths=lengths, op="rnn_forward",
+                                    inference=inference)
         return hs, h_n, cache
 
     def rnn_backward(dhs: Optional[Array], cache: Cache, dh_n: Optional[Array] = None
@@ -122,14 +134,16 @@ def make_ops(impl, module) -> Ops:
 
     def lstm_forward(x: Array, wx: Array, wh: Array, b_ih: Array, b_hh: Optional[Array],
                      h0: Optional[Array] = None, c0: Optional[Array] = None, *, batch_first: bool = False,
-                     lengths: Optional[Array] = None) -> Tuple[Array, Array, Array, Cache]:
+                     lengths: Optional[Array] = None, inference: bool = False
+                     ) -> Tuple[Array, Array, Array, Optional[Cache]]:
         """LSTM over all steps, PyTorch's equations and gate order (i, f, g, o).
 
         wx (D, 4H) is PyTorch's weight_ih transposed, wh (H, 4H) weight_hh transposed;
-        b_ih, b_hh (4H,) (b_hh may be None). Returns ``hs, h_n, c_n, cache``.
+        b_ih, b_hh (4H,) (b_hh may be None). Returns ``hs, h_n, c_n, cache`` (cache None with
+        ``inference=True``, as for :func:`rnn_forward`).
         """
         return forward("lstm", x, wx, wh, b_ih, b_hh, h0, c0, batch_first=batch_first, lengths=lengths,
-                       op="lstm_forward")
+                       op="lstm_forward", inference=inference)
 
     def lstm_backward(dhs: Optional[Array], cache: Cache, dh_n: Optional[Array] = None,
                       dc_n: Optional[Array] = None) -> Grads:
@@ -138,18 +152,20 @@ def make_ops(impl, module) -> Ops:
 
     def gru_forward(x: Array, wx: Array, wh: Array, b_ih: Array, b_hh: Optional[Array],
                     h0: Optional[Array] = None, *, reset_after: bool = True, batch_first: bool = False,
-                    lengths: Optional[Array] = None) -> Tuple[Array, Array, Cache]:
+                    lengths: Optional[Array] = None, inference: bool = False) -> Tuple[Array, Array, Optional[Cache]]:
         """GRU over all steps, PyTorch's equations and gate order (r, z, n).
 
         ``reset_after=True`` (PyTorch, cuDNN) applies the reset gate after the hidden matmul,
         ``n = tanh(x W_in + b_in + r * (h W_hn + b_hn))``; ``False`` is the textbook/Keras
         flavour ``n = tanh(x W_in + b_in + (r * h) W_hn + b_hn)``. wx (D, 3H), wh (H, 3H),
-        b_ih, b_hh (3H,). Returns ``hs, h_n, cache``.
+        b_ih, b_hh (3H,). Returns ``hs, h_n, cache`` (cache None with ``inference=True``, as for
+        :func:`rnn_forward`).
         """
         if not isinstance(reset_after, (bool, np.bool_)):
             raise TypeError(f"gru_forward: reset_after must be a bool, got {type(reset_after).__name__}")
         hs, h_n, _, cache = forward("gru" if reset_after else "gru_reset_before", x, wx, wh, b_ih, b_hh, h0,
-                                    None, batch_first=batch_first, lengths=lengths, op="gru_forward")
+                                    None, batch_first=batch_first, lengths=lengths, op="gru_forward",
+                                    inference=inference)
         return hs, h_n, cache
 
     def gru_backward(dhs: Optional[Array], cache: Cache, dh_n: Optional[Array] = None

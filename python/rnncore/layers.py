@@ -152,14 +152,15 @@ class Recurrent:
         self.c = None if c is None else np.ascontiguousarray(c, dtype=self.dtype)
 
     def forward(self, xs: np.ndarray, lengths: Optional[np.ndarray] = None, h0: Optional[np.ndarray] = None,
-                c0: Optional[np.ndarray] = None) -> np.ndarray:
+                c0: Optional[np.ndarray] = None, *, inference: bool = False) -> np.ndarray:
         """xs (N, T, D) (or (T, N, D) if not batch_first) -> outputs (N, T, num_dirs * H),
         read-only where they are what the backward reads (one direction): copy to modify.
 
         ``lengths`` (N,) gives each sequence's valid steps (outputs past them are zero and
         the carried state is the one at the last valid step). ``h0``/``c0`` override the
         carried state for this call. With ``stateful`` the final state is kept for the next
-        call; the gradient stops at the chunk boundary (truncated BPTT).
+        call; the gradient stops at the chunk boundary (truncated BPTT). ``inference=True``
+        keeps no cache (PyTorch's ``torch.no_grad()``): the same outputs, no backward after it.
         """
         if not isinstance(xs, np.ndarray):
             raise TypeError(f"{type(self).__name__}.forward: xs must be a numpy.ndarray")
@@ -174,7 +175,7 @@ class Recurrent:
             self.cell, xs, self.weights, h0, c0 if cells.flavours(self.cell)[0].has_cell_state else None,
             num_layers=self.num_layers,
             bidirectional=self.bidirectional, dropout=self.dropout, training=self.training, rng=self.rng,
-            batch_first=self.batch_first, lengths=lengths, **self.cell_kw)
+            batch_first=self.batch_first, lengths=lengths, inference=inference, **self.cell_kw)
         self.h_n, self.c_n = h_n, c_n
         if self.stateful:
             self.h, self.c = h_n, c_n

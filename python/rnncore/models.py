@@ -78,9 +78,10 @@ class LanguageModel:
     def eval(self):
         return self.train(False)
 
-    def predict(self, xs, lengths=None):
-        """ids (N, T) -> scores (N, T, V)."""
-        hs = self.rnn.forward(self.embed.forward(xs), lengths=lengths)
+    def predict(self, xs, lengths=None, *, inference: bool = False):
+        """ids (N, T) -> scores (N, T, V); ``inference``: the recurrent layer keeps no cache (no
+        backward after it), as :meth:`perplexity` and :meth:`generate` run it."""
+        hs = self.rnn.forward(self.embed.forward(xs), lengths=lengths, inference=inference)
         return self.linear.forward(self.drop.forward(hs))
 
     def loss(self, xs, ts):
@@ -132,7 +133,7 @@ class LanguageModel:
         total, count = 0.0, 0
         try:
             for xs, ts in batcher:
-                total += self.loss(xs, ts) * ts.size
+                total += self.loss_layer.forward(self.predict(xs, inference=True), ts) * ts.size
                 count += ts.size
         finally:
             self.set_state(state)
@@ -160,7 +161,7 @@ class LanguageModel:
         try:
             x = start[None, :]
             for i in range(int(n)):
-                logits = self.predict(x)[0, -1].astype(np.float64) / temperature
+                logits = self.predict(x, inference=True)[0, -1].astype(np.float64) / temperature
                 if top_k is not None and top_k < len(logits):
                     kth = np.partition(logits, -int(top_k))[-int(top_k)]
                     logits = np.where(logits >= kth, logits, -np.inf)

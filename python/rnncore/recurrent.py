@@ -229,8 +229,8 @@ def recurrent_forward(mode: str, x: np.ndarray, weights: Sequence[Weights], h0: 
                       c0: Optional[np.ndarray] = None, *, num_layers: int = 1, bidirectional: bool = False,
                       dropout: float = 0.0, training: bool = False, rng=None, batch_first: bool = False,
                       lengths: Optional[np.ndarray] = None, activation: str = "tanh", reset_after: bool = True,
-                      weight_layout: str = "rnncore"
-                      ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], RecurrentCache]:
+                      weight_layout: str = "rnncore", inference: bool = False
+                      ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[RecurrentCache]]:
     """A multi-layer, optionally bidirectional RNN / LSTM / GRU over a whole sequence.
 
     The functional counterpart of ``torch.nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``.
@@ -264,6 +264,8 @@ def recurrent_forward(mode: str, x: np.ndarray, weights: Sequence[Weights], h0: 
         ``(weight_ih_l*, weight_hh_l*, bias_ih_l*, bias_hh_l*)`` as the module holds them, wx
         (G*H, D_l) and wh (G*H, H), read in place (no transposed copies); the backward's weight
         gradients then come in that layout too.
+    inference : keep no cache, as PyTorch under ``torch.no_grad()``: the same outputs and
+        states, ``cache`` None (no backward), less memory and time.
 
     Returns
     -------
@@ -271,12 +273,13 @@ def recurrent_forward(mode: str, x: np.ndarray, weights: Sequence[Weights], h0: 
     h_n : (num_layers * num_dirs, B, H) final hidden states (for the reverse direction:
         the state after reading back to step 0).
     c_n : (num_layers * num_dirs, B, H) final cell states for "lstm", else None.
-    cache : :class:`RecurrentCache` for :func:`recurrent_backward`.
+    cache : :class:`RecurrentCache` for :func:`recurrent_backward` (None with ``inference``).
     """
     op = "recurrent_forward"
     L, nd, p, spec = _check_config(op, mode, num_layers, bidirectional, dropout, activation, reset_after)
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"{op}: training must be a bool, got {type(training).__name__}")
+    for flag, value in (("training", training), ("inference", inference)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{op}: {flag} must be a bool, got {type(value).__name__}")
     T, B, D = check_sequence(op, x, batch_first)
     batch_first = bool(batch_first)
     dt = x.dtype
@@ -310,7 +313,8 @@ def recurrent_forward(mode: str, x: np.ndarray, weights: Sequence[Weights], h0: 
             if spec.fused_bias:  # the op takes one bias
                 b_ih, b_hh = b_ih + b_hh, None
             hs, hk, ck, c = _ops.forward(spec.name, xin, wx, wh, b_ih, b_hh, h0k, None if c0 is None else c0[k],
-                                         batch_first=batch_first, lengths=lengths, transposed=transposed, **kw)
+                                         batch_first=batch_first, lengths=lengths, transposed=transposed,
+                                         inference=inference, **kw)
             return (hs if d == 0 else _reverse(hs, batch_first, rev_index)), hk, ck, c
 
         results = [direction(0)] if nd == 1 else _side_by_side(lambda: direction(0), lambda: direction(1))
@@ -333,7 +337,7 @@ def recurrent_forward(mode: str, x: np.ndarray, weights: Sequence[Weights], h0: 
             cache.masks.append(mask)
         layer_in = out
     cache.out_shape = layer_in.shape
-    return layer_in, h_n, c_n, cache
+    return layer_in, h_n, c_n, (None if inference else cache)
 
 
 def recurrent_backward(dout: Optional[np.ndarray], cache: RecurrentCache, dh_n: Optional[np.ndarray] = None,
@@ -359,8 +363,8 @@ def recurrent_backward(dout: Optional[np.ndarray], cache: RecurrentCache, dh_n: 
     """
     op = "recurrent_backward"
     if not isinstance(cache, RecurrentCache):
-        raise TypeError(f"{op}: cache must be the RecurrentCache returned by recurrent_forward, "
-                        f"got {type(cache).__name__}")
+        got = "None (a forward with inference=True keeps no cache)" if cache is None else type(cache).__name__
+        raise TypeError(f"{op}: cache must be the RecurrentCache returned by recurrent_forward, got {got}")
     mode, L, nd, H, bf, dt = cache.cell, cache.num_layers, cache.num_dirs, cache.hidden_size, cache.batch_first, \
         cache.dtype
     B = cache.x_shape[0 if bf else 1]

@@ -204,8 +204,9 @@ def _row_vector(inp):
     return dataclasses.replace(inp, wx=inp.wx.T, wh=inp.wh.T, transposed=False)
 
 
-def forward(inp):
-    """All steps of one layer -> (hs, h_n, c_n, gates, cs); hs, gates, cs in x's layout."""
+def forward(inp, cache=True):
+    """All steps of one layer -> (hs, h_n, c_n, gates, cs); hs, gates, cs in x's layout
+    (gates and cs None without ``cache``: inference)."""
     inp = _row_vector(inp)
     spec = inp.spec
     step = spec.step_forward
@@ -230,6 +231,8 @@ def forward(inp):
             cs[t] = np.where(valid[t], c, 0)
     c_n = c if spec.has_cell_state else None
     bf = inp.batch_first
+    if not cache:
+        return _caller_layout(hs, bf), h, c_n, None, None
     return (_caller_layout(hs, bf), h, c_n, _caller_layout(gates, bf), _caller_layout(cs, bf))
 
 

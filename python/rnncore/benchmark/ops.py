@@ -20,9 +20,9 @@ repeated runs, the implementations taking turns at each point in ``--rounds`` ro
 meaningful on a noisy, shared machine. Effective GFLOP/s counts the matmul work only:
 forward ``2*T*B*G*H*(D+H)`` (G = 1 rnn, 4 lstm, 3 gru), backward twice that.
 
-``--forward`` times inference alone: the forward of every implementation (PyTorch's under
-``torch.no_grad()``), its time per step in microseconds (the number that matters at batch 1),
-and the ratio of each forward to native's.
+``--forward`` times inference alone: the forward of every implementation (rnncore's with
+``inference=True``, keeping no cache; PyTorch's under ``torch.no_grad()``), its time per step in
+microseconds (the number that matters at batch 1), and the ratio of each forward to native's.
 
 Every table also measures the machine's GEMM peak in the same run: the best of an n x n x n
 GEMM (n = 2048, the table's dtype) through rnncore's BLAS on its thread team and through
@@ -111,6 +111,10 @@ class _NativeOps:
 
     def forward(self):
         return self._forward()[0]
+
+    def infer(self):  # the forward-only table: no cache, as torch under no_grad and ORT keep none
+        p = self.p
+        return self.ops.forward(p.cell, p.x, p.wx, p.wh, p.b_ih, p.b_hh, inference=True)[0]
 
     def forward_backward(self):
         hs, cache = self._forward()
@@ -541,7 +545,8 @@ def _header_lines(env, cfg):
             f" after a warm-up run that is also the check of hs against native (tol {TOL[cfg['dtype']]:g} x max|native|)",
             "columns: fwd = forward time in ms; us/st = microseconds per time step (fwd / T); "
             "x = impl fwd / native fwd (> 1: native is faster); GF/s = native forward 2*T*B*G*H*(D+H) / time, "
-            "pk% = that rate as a share of the GEMM peak above; torch runs under torch.no_grad()",
+            "pk% = that rate as a share of the GEMM peak above; native runs with inference=True (no cache), "
+            "torch under torch.no_grad()",
         ]
     lines += [
         f"grid: cells {','.join(cfg['cells'])}; T={cfg['seq_len']}; D=H; B {cfg['batch']}; H {cfg['hidden']}; "
