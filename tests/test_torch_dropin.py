@@ -166,6 +166,44 @@ def test_numpy_backend_gives_the_same(cell):
         assert_close(tg[name], ng[name], 1e-10, name)
 
 
+@pytest.mark.parametrize("cfg", [CONFIGS[1], CONFIGS[3]], ids=[CONFIGS[1][0], CONFIGS[3][0]])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_no_grad_keeps_no_cache_and_gives_the_same_bits(cell, cfg, monkeypatch):
+    """Under torch.no_grad() and inference_mode(), or with nothing requiring a gradient, the
+    forward asks rnncore for no cache (inference=True), and the outputs are the bits of the
+    forward autograd records."""
+    _, mine = _pair(cell, cfg, np.float32)
+    x, hx = _inputs(cell, cfg, np.float32)
+    kind, bf = cfg[6], cfg[3]
+    asked = []
+    real = rt.recurrent_forward
+    monkeypatch.setattr(rt, "recurrent_forward", lambda *a, **k: asked.append(k["inference"]) or real(*a, **k))
+
+    def run():
+        inp = x
+        if kind in ("sorted", "unsorted"):
+            lens = torch.tensor(sorted(LENGTHS, reverse=True) if kind == "sorted" else LENGTHS)
+            inp = pack_padded_sequence(x, lens, batch_first=bf, enforce_sorted=kind == "sorted")
+        out, head, state = mine(inp, None if hx is None else (tuple(hx) if cell == "lstm" else hx[0]))
+        states = list(state) if cell == "lstm" else [state]
+        return [t.detach().numpy().copy() for t in [head] + states]
+
+    recorded = run()
+    with torch.no_grad():
+        plain = run()
+    with torch.inference_mode():
+        plain2 = run()
+    mine.requires_grad_(False)
+    x.requires_grad_(False)
+    for t in hx or []:
+        t.requires_grad_(False)
+    plain3 = run()
+    assert asked == [False, True, True, True]
+    for other in (plain, plain2, plain3):
+        for a, b in zip(recorded, other):
+            np.testing.assert_array_equal(b, a)
+
+
 # -- gradcheck --------------------------------------------------------------------------------
 
 def _functional(module, names):

@@ -105,6 +105,7 @@ class _Spec:
     training: bool
     seed: Optional[int]            # dropout masks' seed (drawn from torch's generator), or None
     lengths: Optional[np.ndarray]  # (B,) valid steps of each sequence, or None (all T)
+    inference: bool = False        # no gradient can be asked for: rnncore keeps no cache
 
     @property
     def num_dirs(self) -> int:
@@ -157,7 +158,7 @@ class _Recurrent(torch.autograd.Function):
             spec.mode, _view(x), _rnncore_weights(spec, params), _view(h0), _view(c0),
             num_layers=spec.num_layers, bidirectional=spec.bidirectional, dropout=spec.dropout,
             training=spec.training, rng=spec.seed, batch_first=spec.batch_first, lengths=spec.lengths,
-            activation=spec.activation, weight_layout="torch")
+            activation=spec.activation, weight_layout="torch", inference=spec.inference)
         ctx.spec, ctx.cache = spec, cache
         ctx.set_materialize_grads(False)  # unused outputs' gradients arrive as None: no work for them
         # rnncore's cache reads x, h0, c0 and the biases themselves: saved, autograd's version
@@ -306,10 +307,14 @@ def _forward(module, input, hx=None):
     B = x.shape[0 if batch_first else 1]
     sorted_idx = packed[1] if packed is not None else None
     h0, c0 = _states(module, hx, mode, B, batched, sorted_idx, dtype, where)
+    params = [p for _, p in named]
+    # under torch.no_grad() / inference_mode(), or with nothing that requires a gradient, autograd
+    # records no graph: the forward keeps no cache for a backward that cannot come
+    inference = not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [x, h0, c0] + params))
     spec = _Spec(mode, activation, module.num_layers, bool(module.bidirectional), bool(module.bias), batch_first,
-                 float(module.dropout), bool(module.training), _dropout_seed(module), lengths)
+                 float(module.dropout), bool(module.training), _dropout_seed(module), lengths, inference)
     try:
-        out, *state = _Recurrent.apply(spec, x, h0, c0, *(p for _, p in named))
+        out, *state = _Recurrent.apply(spec, x, h0, c0, *params)
     except ValueError as e:  # what only rnncore checks: finite values; say which tensor in torch's names
         hx_names = ("hx[0] (h_0)", "hx[1] (c_0)") if mode == "lstm" else ("hx", None)
         _raise_non_finite(where, [("input", x), (hx_names[0], h0), (hx_names[1], c0)] + named, e)
