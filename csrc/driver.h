@@ -3,7 +3,8 @@
 // forward:  the time loop, where a step is the recurrent GEMM h_{t-1} @ wh[:, :R*H] and the
 //           cell's fused elementwise pass over its rows (and, for a cell with extra blocks, a
 //           first pass, the extra GEMM and then the second pass); preact = x @ wx is computed
-//           inside the loop a chunk of steps ahead (input_projection).
+//           inside the loop a chunk of steps ahead (input_projection). Without a cache
+//           (inference) a step's gate rows and cell states live in rings (StepContext).
 // backward: the reverse time loop produces dG (gradient of the pre-activations) for all
 //           steps, then dwx = x^T dG, dwh = h_prev^T dG_h, dx = dG wx^T are one GEMM each
 //           and the biases are column sums, all split over output rows/columns.
@@ -423,8 +424,11 @@ struct StepContext {
   int xslots = 0;  // its blocks: a time loop runs on at most this many threads
   // Forward without a cache (Problem::no_cache, inference): a step's gate rows and cell states
   // are needed only until the step is done, and the input projection's a chunk ahead. So they
-  // live in rings, time-major: the gate cache (GC blocks of H a row) in `ring` steps, at least a
-  // chunk (steps, below), and the cell states in two. Writing all of them out (6 H floats a
+  // live in rings, time-major: the gate cache (GC blocks of H a row) in `ring` steps (the
+  // forward's chunks of steps are cut to fit: ring_chunk), and the cell states in two. Each
+  // thread reads only the ring rows it wrote itself, or, after a barrier or a step claimed by
+  // the owner (Balance, RowSteal), rows another thread wrote for that step; the same holds
+  // in the caller's arrays. Writing all of them out (6 H floats a
   // row for an LSTM: 39 MB a call at T 100, B 64, H 256) filled L2 with lines no one would read.
   T* gring = nullptr;
   T* cring = nullptr;

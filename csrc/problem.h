@@ -22,6 +22,7 @@ RNNCORE_NS_BEGIN
 //   Forward outputs, and the cache the backward reads: hs (T, B, H) layout, zero past a
 //   sequence's length; h_n, c_n (B, H) the states at each sequence's last step; gates (T, B, GC*H)
 //   layout, the cell's cache blocks (cells.h); cs (T, B, H) layout, the cell states (has_c).
+//   no_cache (inference): gates and cs null; the driver keeps them in rings of its workspace.
 //   Backward inputs (any may be null: zeros): dhs (T, B, H) layout, dhn, dcn (B, H).
 //   Backward outputs: dx (T, B, D) layout, dwx, dwh, db_ih, db_hh (or null), dh0, dc0.
 template <typename T>
