@@ -85,39 +85,57 @@ void fill_bias(const Tile& t, const T* b, T* y, long M) {
     for (long j = t.c0; j < t.c0 + t.m; ++j) y[r * M + j] = b[j];
 }
 
-// y (N, M) = x (N, D) @ op(W) + b (M, or null), on the recurrent steps' packed kernel
-// (small_gemm.h): op(W) packed once a call into panels of its columns, each streamed from L1
-// for a block of up to 12 rows of x at a time, where OpenBLAS repacked it for every chunk. The
-// output layer of `rnncore train`'s model (2048 x 256 @ 256 x 96): 0.32 ms a 1024-row chunk
-// alone against 0.41 for OpenBLAS's sgemm (one thread); the whole call on 2 threads 0.91-0.96x
-// OpenBLAS's time, its backward (dx so, dW on OpenBLAS) 0.91-1.00x (alternating runs). Each output element is one sum over k in order, whoever computes
-// it: the same bits for any thread count. Row tiles read every panel, so the caller packs them
-// all first; a column tile (a wide layer, fewer rows than outputs) packs its own.
+// The right operand B (K, Nc) of a bulk region's tiled product, op(W) as pack_columns reads it,
+// on the recurrent steps' packed kernel (small_gemm.h) when its panels fit (packed_k): packed
+// once a call, where OpenBLAS repacked it for every chunk, and each panel streamed from L1 for
+// a block of up to 12 rows at a time. Row tiles (for_tiles: no fewer rows than columns) read
+// every panel, so the caller packs them all here; a column tile packs its own (product). Else
+// OpenBLAS. Each output element is one sum over k in order whoever computes it: the same bits
+// for any thread count. `rnncore train`'s output layer (2048 x 256 @ 256 x 96): 0.32 ms a
+// 1024-row chunk alone against 0.41 for OpenBLAS's sgemm (one thread); the whole forward on 2
+// threads 0.91-0.96x OpenBLAS's time, the backward (dx so, dW on OpenBLAS) 0.91-1.00x
+// (alternating runs on the 2-core Xeon).
+template <typename T>
+struct ColumnOperand {
+  static constexpr int NB = Vec<T>::NB;
+  const T* W;
+  bool wt;
+  long K, Nc;
+  bool packed, per_tile;
+  T* buf = nullptr;
+  Packed<T> P{};
+
+  // rows: the output's; used: false when the region will not take the product (nothing packed)
+  ColumnOperand(const T* W_, bool wt_, long K_, long Nc_, long rows, bool used = true)
+      : W(W_), wt(wt_), K(K_), Nc(Nc_), packed(used && packed_k<T>(K_)), per_tile(rows < Nc_) {
+    if (!packed) return;
+    const long panels = (Nc + NB - 1) / NB;
+    buf = Workspace<T>::local(Workspace<T>::kPacked).get(panels_size<T>(panels, (int)K));
+    P = packed_view<T>(buf, (int)K);
+    if (!per_tile) pack_columns(W, wt, K, Nc, 0, panels, buf);
+  }
+
+  // C[:, c0:c0+m] (+)= A @ B[:, c0:c0+m] over the tile's rows, A and C at its first row; beta 0 or 1.
+  void product(const Tile& t, const T* A, long lda, T beta, T* C, long ldc) const {
+    if (!packed) {
+      gemm(false, wt, (int)t.n, (int)t.m, (int)K, T(1), A, (int)lda, wt ? W + t.c0 * K : W + t.c0,
+           wt ? (int)K : (int)Nc, beta, C + t.c0, (int)ldc);
+      return;
+    }
+    if (per_tile) pack_columns(W, wt, K, Nc, t.c0 / NB, (t.c0 + t.m + NB - 1) / NB, buf);
+    packed_gemm(t.n, t.c0, t.m, A, lda, P, beta, C, ldc);
+  }
+};
+
+// y (N, M) = x (N, D) @ op(W) + b (M, or null).
 template <typename T>
 void affine_forward(const T* x, const T* W, bool wt, const T* b, long N, long D, long M, T* y) {
-  constexpr int NB = Vec<T>::NB;
   const double work = (double)N * D * M;
-  if (!packed_k<T>(D)) {  // OpenBLAS
-    bulk_region(bulk_threads(work, tile_units(N, M)), [&](Claims& cl) {
-      for_tiles(cl, N, M, [&](const Tile& t) {
-        T* yc = y + t.r0 * M + t.c0;
-        if (b) fill_bias(t, b, y, M);
-        gemm(false, wt, (int)t.n, (int)t.m, (int)D, T(1), x + t.r0 * D, (int)D, wt ? W + t.c0 * D : W + t.c0,
-             wt ? (int)D : (int)M, b ? T(1) : T(0), yc, (int)M);
-      });
-    }, work);
-    return;
-  }
-  const long panels = (M + NB - 1) / NB;
-  T* buf = Workspace<T>::local(Workspace<T>::kPacked).get(panels_size<T>(panels, (int)D));
-  const Packed<T> P = packed_view<T>(buf, (int)D);
-  const bool by_rows = N >= M;  // for_tiles' choice
-  if (by_rows) pack_columns(W, wt, D, M, 0, panels, buf);
+  const ColumnOperand<T> B(W, wt, D, M, N);
   bulk_region(bulk_threads(work, tile_units(N, M)), [&](Claims& cl) {
     for_tiles(cl, N, M, [&](const Tile& t) {
-      if (!by_rows) pack_columns(W, wt, D, M, t.c0 / NB, (t.c0 + t.m + NB - 1) / NB, buf);
       if (b) fill_bias(t, b, y, M);
-      packed_gemm(t.n, t.c0, t.m, x + t.r0 * D, D, P, b ? T(1) : T(0), y + t.r0 * M, M);
+      B.product(t, x + t.r0 * D, D, b ? T(1) : T(0), y + t.r0 * M, M);
     });
   }, work);
   Workspace<T>::release_all_large();
@@ -137,15 +155,9 @@ void gram_chunks(const T* A, long P, const T* B, long Q, long N, T* C, Claims& c
 template <typename T>
 void affine_backward(const T* dy, const T* x, const T* W, bool wt, long N, long D, long M, T* dW, bool dwt, T* db,
                      T* dx) {
-  constexpr int NB = Vec<T>::NB;
   const long units = std::max(tile_units(D, M), dx ? tile_units(N, D) : 1L);
   const double work = (double)N * D * M * (dx ? 2.0 : 1.0);
-  const bool packed = dx && packed_k<T>(M);
-  const long panels = packed ? (D + NB - 1) / NB : 0;  // of op(W)^T (M, D), K = M
-  T* buf = packed ? Workspace<T>::local(Workspace<T>::kPacked).get(panels_size<T>(panels, (int)M)) : nullptr;
-  const Packed<T> P = packed_view<T>(buf, (int)M);
-  const bool dx_by_rows = N >= D;  // for_tiles' choice for dx
-  if (packed && dx_by_rows) pack_columns(W, !wt, M, D, 0, panels, buf);
+  const ColumnOperand<T> Wt(W, !wt, M, D, N, dx != nullptr);  // op(W)^T (M, D): W^T, or W itself when wt
   bulk_region(bulk_threads(work, units), [&](Claims& cl) {
     if (dwt)
       gram_chunks(dy, M, x, D, N, dW, cl);
@@ -161,17 +173,7 @@ void affine_backward(const T* dy, const T* x, const T* W, bool wt, long N, long 
         }
       });
     }
-    if (packed) {  // on the packed kernel, as affine_forward: op(W)^T (M, D) is W^T, or W itself when wt
-      for_tiles(cl, N, D, [&](const Tile& t) {
-        if (!dx_by_rows) pack_columns(W, !wt, M, D, t.c0 / NB, (t.c0 + t.m + NB - 1) / NB, buf);
-        packed_gemm(t.n, t.c0, t.m, dy + t.r0 * M, M, P, T(0), dx + t.r0 * D, D);
-      });
-    } else if (dx) {  // columns c0.. of op(W)^T are rows c0.. of op(W)
-      for_tiles(cl, N, D, [&](const Tile& t) {
-        gemm(false, !wt, (int)t.n, (int)t.m, (int)M, T(1), dy + t.r0 * M, (int)M, wt ? W + t.c0 : W + t.c0 * M,
-             wt ? (int)D : (int)M, T(0), dx + t.r0 * D + t.c0, (int)D);
-      });
-    }
+    if (dx) for_tiles(cl, N, D, [&](const Tile& t) { Wt.product(t, dy + t.r0 * M, M, T(0), dx + t.r0 * D, D); });
   }, work);
   Workspace<T>::release_all_large();
 }

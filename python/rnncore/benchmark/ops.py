@@ -104,17 +104,16 @@ class _NativeOps:
         self.p, self.ops = p, ops
         self.out = None
 
-    def _forward(self):
+    def _forward(self, inference=False):
         p = self.p
-        hs, _, _, cache = self.ops.forward(p.cell, p.x, p.wx, p.wh, p.b_ih, p.b_hh)
+        hs, _, _, cache = self.ops.forward(p.cell, p.x, p.wx, p.wh, p.b_ih, p.b_hh, inference=inference)
         return hs, cache
 
     def forward(self):
         return self._forward()[0]
 
     def infer(self):  # the forward-only table: no cache, as torch under no_grad and ORT keep none
-        p = self.p
-        return self.ops.forward(p.cell, p.x, p.wx, p.wh, p.b_ih, p.b_hh, inference=True)[0]
+        return self._forward(inference=True)[0]
 
     def forward_backward(self):
         hs, cache = self._forward()
