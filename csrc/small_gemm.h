@@ -99,8 +99,11 @@ Packed<T> packed_view(const T* buf, int K) {
 // late: alone, 2-8 rows at K 256 x 512 columns took 5-20% less time with these prefetches, 8-32
 // rows at K 512 x 1024 columns (past L2) 5-14% less, 12 rows at K 256 the same (the 2-core
 // Xeon); in the time loops 2-7% less at B 8-64 (LSTM, 5 alternating runs, within the noise).
-// Not for a single row: the batch-1 GEMV ran 25% faster alone but 3-7% slower in the loops
-// (B 1, H 128-512), whose barrier brings in the other core's h_{t-1} meanwhile. And only with
+// Not for a single row: the batch-1 GEMV ran 3-7% slower with them in the loops (B 1, H
+// 128-512). (They made it 25% faster alone only in a harness whose panels were not 64-byte
+// aligned, each vector load split over two lines; on aligned panels, as the workspace gives
+// them, the 1-row kernel alone reads a thread's 512 KiB at K 256 in 3.9 us, as fast as a plain
+// L2 read loop of 512 KiB (3.9-4.1 us), and the prefetches change nothing at 1-3 rows.) And only with
 // AVX-512: the AVX2 kernels (a panel row one cache line) gained 0-10% from 4 rows on, but 2
 // rows ran 2.4x slower with the prefetches than without (7.5 -> 18 us, the same Xeon).
 constexpr int kPrefetchBytes = 768;
