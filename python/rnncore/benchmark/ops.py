@@ -809,7 +809,8 @@ def run_load(cfg, say=print, progress=None):
     counts taking turns run by run, so that every count meets the same load; the median of
     each, and the median over the rounds of each round's time over the first count's in that
     round (paired: the scheduler's slow spells, which move a point by 30% and more from run to
-    run under two busy processes, touch both runs of a round alike). Returns the rows."""
+    run under two busy processes, touch both runs of a round alike). The counts take the first
+    turn of a round in turn, so that neither always runs right after the other. Returns the rows."""
     counts = cfg["threads"]
     say("cell     B     H | " + " ".join(f"{f'{n} thr ms':>10}" for n in counts) + " | "
         + " ".join(f"{f'{n}/{counts[0]}':>7}" for n in counts[1:]) + " | rounds")
@@ -826,7 +827,7 @@ def run_load(cfg, say=print, progress=None):
                 start = time.perf_counter()
                 rounds = 0
                 while rounds < (cfg["repeat"] or 200):
-                    for n in counts:
+                    for n in (counts if rounds % 2 == 0 else counts[::-1]):  # first of a round in turn
                         with impl.threads(n):
                             t0 = time.perf_counter()
                             impl.forward_backward()
