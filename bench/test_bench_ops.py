@@ -173,3 +173,49 @@ def test_load_ratio_pairs_the_runs_of_each_round(monkeypatch):
     rows = ops.run_load(cfg, say=lambda *a, **k: None)
     assert len(rows) == 1 and rows[0]["rounds"] == len(spells)
     assert abs(rows[0]["ratio"]["2"] - 0.9) < 1e-9
+
+
+def test_load_counts_go_first_in_turn_and_cancel_an_order_cost(monkeypatch):
+    """``--load``: the counts take the first turn of a round in turn (1, 2 then 2, 1), and a cost
+    that falls on whichever runs second (here 1.3x) cancels between two rounds of opposite
+    orders: 2 threads at 0.9x the time of 1 give 0.9 exactly, whatever the machine's speed from
+    one pair of rounds to the next. Always 1 first, the ratio would be 1.17."""
+    from rnncore.benchmark import ops
+
+    spells = [1.0, 1.0, 3.0, 3.0, 1.5, 1.5, 2.0, 2.0]  # the machine's slowness, a pair of rounds each
+    state = {"t": 0.0, "calls": 0, "order": []}
+
+    class Fake:
+        def __init__(self, p):
+            self.n = 1
+
+        def threads(self, n):
+            fake = self
+
+            class Ctx:
+                def __enter__(self):
+                    self.old, fake.n = fake.n, n
+
+                def __exit__(self, *exc):
+                    fake.n = self.old
+
+            return Ctx()
+
+        def forward_backward(self):
+            k = state["calls"] - 2  # after the two warm-ups, two runs a round
+            state["calls"] += 1
+            spell, second = (spells[k // 2], k % 2 == 1) if k >= 0 else (1.0, False)
+            if k >= 0:
+                state["order"].append(self.n)
+            state["t"] += 0.01 * spell * (0.9 if self.n == 2 else 1.0) * (1.3 if second else 1.0)
+
+    monkeypatch.setitem(ops.FACTORIES, "native", Fake)
+    monkeypatch.setattr(ops.time, "perf_counter", lambda: state["t"])
+    cfg = ops._config(ops.build_parser().parse_args(
+        ["--cells", "rnn", "--batch", "2", "--hidden", "8", "--threads", "1", "2", "--load", "1",
+         "--no-torch", "--no-textbook", "--no-twin", "--repeat", str(len(spells))]))
+    rows = ops.run_load(cfg, say=lambda *a, **k: None)
+    assert state["order"] == [1, 2, 2, 1] * (len(spells) // 2)
+    assert abs(rows[0]["ratio"]["2"] - 0.9) < 1e-9
+    assert ops._paired_ratio([2.0], [4.0]) == 0.5  # one round: its ratio
+    assert abs(ops._paired_ratio([1.0, 4.0, 9.0], [1.0, 1.0, 1.0]) - 2.0) < 1e-12  # the odd last round left out
