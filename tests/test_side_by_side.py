@@ -68,3 +68,37 @@ def test_train_step_benchmark_smoke():
     assert book[0] != book[-1]  # it trained
     assert 0 < tb["rnncore_min_ms"] <= tb["rnncore_ms"] and 0 < tb["book_min_ms"] <= tb["book_ms"]
     assert any("SimpleRnnlm" in line for line in lines)
+
+
+def test_train_step_benchmark_pairs_its_rounds(monkeypatch):
+    """``rnncore bench --train-step``: the two sides of a comparison go first in turn, round by
+    round, and the ratio is paired round by round (benchmark.stats.paired_ratio): with torch at
+    1.2x rnncore's time, the machine 1-4x slower from round to round and whichever runs second
+    in a round 1.3x slower, table 1's ratio and table 3's speed-up come out 1.2 exactly (the ratio
+    of the medians over all rounds would not, nor the paired ratio with rnncore always first)."""
+    from rnncore.benchmark import train_step
+
+    spells = [1.0, 3.0, 1.5, 4.0, 2.0]  # the machine's slowness in each round
+    log = []
+    state = {"round": 0, "in_round": 0}
+
+    def fake_spawn(kind, *args):
+        side = kind if kind in ("rnncore", "torch") else args[1]  # textbook: args (model, side, ...)
+        log.append((kind, side))
+        base = 1.2 if side in ("torch", "book") else 1.0
+        t = base * spells[state["round"]] * (1.3 if state["in_round"] == 1 else 1.0)
+        state["in_round"] += 1
+        if state["in_round"] == 2:
+            state["round"], state["in_round"] = (state["round"] + 1) % len(spells), 0
+        return {"times": [t, t, t], "losses": [1.0, 0.5]}
+
+    monkeypatch.setattr(train_step, "_spawn", fake_spawn)
+    monkeypatch.setattr(train_step, "_have_torch", lambda: True)
+    res = train_step.run(cells=("lstm",), rounds=len(spells), interference_reps=0,
+                         textbook_models=("SimpleRnnlm",), say=lambda *a: None)
+    firsts = [side for (kind, side) in log[0:2 * len(spells):2]]
+    assert firsts == ["rnncore", "torch", "rnncore", "torch", "rnncore"]
+    assert abs(res["train_step"]["lstm"]["ratio"] - 1.2) < 1e-12
+    firsts = [side for (kind, side) in log[2 * len(spells)::2]]
+    assert firsts == ["book", "rnncore", "book", "rnncore", "book"]
+    assert abs(res["textbook"]["SimpleRnnlm"]["speedup"] - 1.2) < 1e-12

@@ -37,7 +37,6 @@ import contextlib
 import datetime
 import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -52,6 +51,7 @@ from .. import _ops, cells
 from .._version import __version__
 from ..interop import to_state_dict
 from ..threads import blas_info, get_num_threads, kernel_info, num_threads
+from .stats import paired_ratio
 
 #: the gate count of each cell with a native kernel (from the registry, :mod:`rnncore.cells`)
 GATES = {c: cells.flavours(c)[0].gates for c in cells.cells(native=True)}
@@ -805,25 +805,14 @@ def run(cfg, say=print, progress=None):
     return rows
 
 
-def _paired_ratio(a, b):
-    """The median over pairs of rounds of the geometric mean of the two rounds' ratios a[i] /
-    b[i]: the counts went first in turn (run_load), so a cost that falls on whichever runs
-    second (or first) multiplies one round's ratio and divides the other's. One round alone: its
-    ratio; an odd last round is left out."""
-    r = [x / y for x, y in zip(a, b)]
-    if len(r) < 2:
-        return r[0]
-    return statistics.median(math.sqrt(r[i] * r[i + 1]) for i in range(0, len(r) - 1, 2))
-
-
 def run_load(cfg, say=print, progress=None):
     """``--load N``: native forward + backward at each thread count of ``cfg["threads"]``, the
     counts taking turns run by run, so that every count meets the same load; the median of
     each, and the ratio of each round's time over the first count's in that round (paired: the
     scheduler's slow spells, which move a point by 30% and more from run to run under two busy
     processes, touch both runs of a round alike). The counts take the first turn of a round in
-    turn, so that neither always runs right after the other, and the ratios of two such rounds
-    are combined (_paired_ratio). Returns the rows."""
+    turn, so that neither always runs right after the other, and the rounds' ratios are combined
+    by stats.paired_ratio. Returns the rows."""
     counts = cfg["threads"]
     say("cell     B     H | " + " ".join(f"{f'{n} thr ms':>10}" for n in counts) + " | "
         + " ".join(f"{f'{n}/{counts[0]}':>7}" for n in counts[1:]) + " | rounds")
@@ -847,11 +836,11 @@ def run_load(cfg, say=print, progress=None):
                             times[n].append(time.perf_counter() - t0)
                     rounds += 1
                     elapsed = time.perf_counter() - start
-                    if not cfg["repeat"] and rounds >= 6 and rounds % 2 == 0 and (
-                            elapsed >= cfg["min_time"] * len(counts) or elapsed >= cfg["max_seconds"] / 2):
+                    if not cfg["repeat"] and rounds >= 5 and (elapsed >= cfg["min_time"] * len(counts)
+                                                              or elapsed >= cfg["max_seconds"] / 2):
                         break
                 med = {n: statistics.median(v) for n, v in times.items()}
-                ratio = {n: _paired_ratio(times[n], times[counts[0]]) for n in counts[1:]}
+                ratio = {n: paired_ratio(times[n], times[counts[0]]) for n in counts[1:]}
                 row = {"cell": cell, "T": p.T, "B": B, "H": H, "D": p.D, "dtype": cfg["dtype"], "rounds": rounds,
                        "load": cfg["load"], "fwdbwd": {str(n): _stats(v) for n, v in times.items()},
                        "ratio": {str(n): ratio[n] for n in counts[1:]}}
@@ -1043,8 +1032,8 @@ def main(argv=None) -> int:
     if cfg["load"]:
         print(f"under load: native only, thread counts {cfg['threads']} taking turns run by run, each count "
               "first in a round in turn; times are medians of forward + backward; ratio: each round's time over "
-              "the first count's in the same round, the geometric mean of two rounds (one of each order), the "
-              "median over those pairs (> 1: slower than with the first count)")
+              "the first count's in the same round, the geometric mean of two consecutive rounds (one of each "
+              "order), the median over those pairs (> 1: slower than with the first count)")
     else:
         for line in _table_head(cfg["impls"], cfg["forward"]):
             print(line)

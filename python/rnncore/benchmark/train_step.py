@@ -6,8 +6,9 @@ Three tables, each from one run on this machine:
    of 256 units, vocabulary 96, batch 32 x 64 steps, Adam, gradient clipping at 5) through
    rnncore's layers, and the same model in PyTorch (``nn.Embedding`` -> ``nn.LSTM``/``nn.GRU``
    -> ``nn.Linear``, ``cross_entropy``, ``clip_grad_norm_``, ``Adam``) when it is installed.
-   Each side runs in its own process, the processes alternate round by round, and the table
-   gives the median step time of each and their ratio.
+   Each side runs in its own process, the processes alternate round by round (which goes first
+   too), and the table gives the median step time of each and their ratio paired round by round
+   (:func:`rnncore.benchmark.stats.paired_ratio`).
 2. **Interference**: an rnncore LSTM forward + backward (B=32, T=64, H=256, D=64) alone (with
    NumPy's BLAS idle), and the same call right after two NumPy matmuls (2048x256 @ 256x96)
    whose BLAS keeps its default threads, as in a user's own NumPy code; blocks of each in
@@ -15,7 +16,7 @@ Three tables, each from one run on this machine:
 3. **The textbook's language models** (:mod:`rnncore.textbook.models`: SimpleRnnlm, Rnnlm,
    BetterRnnlm at the book's sizes) on the book's plain-NumPy layers and on
    ``rnncore.time_layers``, each in its own process, the processes alternating round by round
-   (as in table 1), forward + backward + SGD per iteration,
+   (as in table 1, the speed-up paired the same way), forward + backward + SGD per iteration,
    the same weights, batches and dropout masks, so their losses must agree.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ import time
 import numpy as np
 
 from .. import cells
+from .stats import paired_ratio
 
 #: the default model of ``rnncore train``
 V, B, T, H, E = 96, 32, 64, 256, 64
@@ -208,35 +210,39 @@ def run(cells=("lstm", "gru"), steps=20, rounds=3, threads=2, torch=True, textbo
     torch = torch and _have_torch()
     say(f"1. default training step (char LM: V={V}, embedding {E}, 1x{H}, batch {B} x {T}, Adam, clip 5); "
         f"{rounds} alternating rounds of {steps} steps a process, {threads} threads each")
-    say("   medians of the rounds' medians, then the fastest step of all rounds (on a shared machine other")
-    say("   tenants' work adds time at random; the fastest steps show each side undisturbed)")
+    say("   medians of the rounds' medians; the ratio from each round's two medians, which side went first")
+    say("   alternating, two consecutive rounds' ratios combined by their geometric mean, the median over")
+    say("   those pairs; then the fastest step of all rounds (on a shared machine other tenants' work adds")
+    say("   time at random; the fastest steps show each side undisturbed)")
     say(f"{'cell':<5} {'rnncore ms':>11} {'torch ms':>9} {'torch/rnncore':>14} | {'fastest: rnncore':>16} "
         f"{'torch':>6} {'ratio':>6}")
     for cell in cells:
         mine, theirs, mine_all, theirs_all = [], [], [], []
-        for _ in range(rounds):
-            r = _spawn("rnncore", cell, steps, threads)
-            if "error" in r:
-                say(f"{cell:<5} rnncore failed: {r['error']}")
+        for i in range(rounds):
+            sides = ("rnncore", "torch") if torch else ("rnncore",)
+            got = {}
+            for side in (sides if i % 2 == 0 else sides[::-1]):  # which goes first, in turn
+                got[side] = _spawn(side, cell, steps, threads)
+            if "error" in got["rnncore"]:
+                say(f"{cell:<5} rnncore failed: {got['rnncore']['error']}")
                 break
-            mine.append(statistics.median(r["times"]))
-            mine_all += r["times"]
+            if torch and "error" in got["torch"]:
+                say(f"  torch failed: {got['torch']['error']}")
+                torch, theirs, theirs_all = False, [], []
+            mine.append(statistics.median(got["rnncore"]["times"]))
+            mine_all += got["rnncore"]["times"]
             if torch:
-                t = _spawn("torch", cell, steps, threads)
-                if "error" in t:
-                    say(f"  torch failed: {t['error']}")
-                    torch = False
-                else:
-                    theirs.append(statistics.median(t["times"]))
-                    theirs_all += t["times"]
+                theirs.append(statistics.median(got["torch"]["times"]))
+                theirs_all += got["torch"]["times"]
         if not mine:
             continue
         m, m0 = statistics.median(mine), min(mine_all)
         row = {"rnncore_ms": m * 1e3, "rnncore_min_ms": m0 * 1e3}
         if theirs:
-            tt, t0 = statistics.median(theirs), min(theirs_all)
-            row.update(torch_ms=tt * 1e3, ratio=tt / m, torch_min_ms=t0 * 1e3, min_ratio=t0 / m0)
-            say(f"{cell:<5} {m * 1e3:>11.1f} {tt * 1e3:>9.1f} {tt / m:>13.2f}x | {m0 * 1e3:>16.1f} {t0 * 1e3:>6.1f} "
+            tt, t0, ratio = statistics.median(theirs), min(theirs_all), paired_ratio(theirs, mine)
+            row.update(torch_ms=tt * 1e3, ratio=ratio, torch_min_ms=t0 * 1e3, min_ratio=t0 / m0,
+                       rounds_ms=[[a * 1e3, b * 1e3] for a, b in zip(mine, theirs)])
+            say(f"{cell:<5} {m * 1e3:>11.1f} {tt * 1e3:>9.1f} {ratio:>13.2f}x | {m0 * 1e3:>16.1f} {t0 * 1e3:>6.1f} "
                 f"{t0 / m0:>5.2f}x")
         else:
             say(f"{cell:<5} {m * 1e3:>11.1f} {'-':>9} {'-':>14} | {m0 * 1e3:>16.1f} {'-':>6} {'-':>6}")
@@ -259,18 +265,23 @@ def run(cells=("lstm", "gru"), steps=20, rounds=3, threads=2, torch=True, textbo
         say("")
         say("3. the textbook's language models, book sizes (vocab, wordvec, hidden, batch, time); "
             f"forward + backward + SGD per iteration; {rounds} alternating rounds of a process each; median over "
-            "all rounds' timed iterations after the warm-up ones")
+            "all rounds' timed iterations after the warm-up ones; the speed-up paired round by round as in 1.")
         say(f"{'model':<12} {'sizes':<26} {'iters':>5} {'book layers ms':>15} {'rnncore ms':>11} "
             f"{'speed-up':>9} {'max loss diff':>14} | {'fastest: book':>13} {'rnncore':>8} {'ratio':>6}")
         for name in textbook_models:
             iters, warmup = textbook_iters.get(name, TEXTBOOK_ITERS[name])
             ref, mine, failed = None, None, None
-            for _ in range(rounds):  # the two layer sets take turns, as the training steps above
-                r = _spawn("textbook", name, "book", iters, warmup)
-                m = _spawn("textbook", name, "rnncore", iters, warmup)
+            book_meds, mine_meds = [], []
+            for i in range(rounds):  # the two layer sets take turns, as the training steps above
+                got = {}
+                for side in (("book", "rnncore") if i % 2 == 0 else ("rnncore", "book")):
+                    got[side] = _spawn("textbook", name, side, iters, warmup)
+                r, m = got["book"], got["rnncore"]
                 if "error" in r or "error" in m:
                     failed = r.get("error") or m.get("error")
                     break
+                book_meds.append(statistics.median(r["times"]))
+                mine_meds.append(statistics.median(m["times"]))
                 if ref is None:
                     ref, mine = r, m
                 else:  # the same batches and masks every round: the first round's losses stand for all
@@ -280,13 +291,14 @@ def run(cells=("lstm", "gru"), steps=20, rounds=3, threads=2, torch=True, textbo
                 say(f"{name:<12} failed: {failed}")
                 continue
             a, b = statistics.median(ref["times"]), statistics.median(mine["times"])
+            speedup = paired_ratio(book_meds, mine_meds)
             a0, b0 = min(ref["times"]), min(mine["times"])
             diff = float(np.max(np.abs(np.subtract(ref["losses"], mine["losses"]))))
-            results["textbook"][name] = {"book_ms": a * 1e3, "rnncore_ms": b * 1e3, "speedup": a / b,
+            results["textbook"][name] = {"book_ms": a * 1e3, "rnncore_ms": b * 1e3, "speedup": speedup,
                                          "book_min_ms": a0 * 1e3, "rnncore_min_ms": b0 * 1e3, "min_speedup": a0 / b0,
                                          "loss_diff": diff, "losses": [ref["losses"], mine["losses"]]}
             say(f"{name:<12} {str(TEXTBOOK[name]):<26} {iters:>5} {a * 1e3:>15.3g} {b * 1e3:>11.3g} "
-                f"{a / b:>8.2f}x {diff:>14.2g} | {a0 * 1e3:>13.3g} {b0 * 1e3:>8.3g} {a0 / b0:>5.2f}x")
+                f"{speedup:>8.2f}x {diff:>14.2g} | {a0 * 1e3:>13.3g} {b0 * 1e3:>8.3g} {a0 / b0:>5.2f}x")
     return results
 
 
