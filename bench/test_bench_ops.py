@@ -133,56 +133,12 @@ def test_implementations_take_turns_round_by_round(monkeypatch):
     assert timed == (["native"] * 2 + ["twin"] * 2) * 3
 
 
-def test_load_ratio_pairs_the_runs_of_each_round(monkeypatch):
-    """``--load``: the thread counts take turns run by run, and the ratio is the median over the
-    rounds of each round's time over the first count's in that round. A machine whose speed
-    changes from round to round (up to 4x here), with 2 threads taking 0.9x the time of 1 in
-    every round, gives 0.9 exactly; runs paired across rounds would not."""
+def _run_load_fake(monkeypatch, spells, second_cost=1.0):
+    """``rnncore bench --load 1 --threads 1 2`` on a fake native op whose run takes 0.01 s times
+    the round's slowness (``spells``), 0.9x with 2 threads, and ``second_cost`` times more as the
+    second run of its round; returns the rows and the thread counts in the order they ran."""
     from rnncore.benchmark import ops
 
-    spells = [1.0, 3.0, 1.5, 4.0, 2.0, 1.0, 2.5]  # the machine's slowness in each round
-    clock = {"t": 0.0, "calls": 0}
-
-    class Fake:
-        def __init__(self, p):
-            self.n = 1
-
-        def threads(self, n):
-            fake = self
-
-            class Ctx:
-                def __enter__(self):
-                    self.old, fake.n = fake.n, n
-
-                def __exit__(self, *exc):
-                    fake.n = self.old
-
-            return Ctx()
-
-        def forward_backward(self):
-            k = clock["calls"] - 2  # after the two warm-ups, two runs a round
-            clock["calls"] += 1
-            spell = spells[(k // 2) % len(spells)] if k >= 0 else 1.0
-            clock["t"] += 0.01 * spell * (0.9 if self.n == 2 else 1.0)
-
-    monkeypatch.setitem(ops.FACTORIES, "native", Fake)
-    monkeypatch.setattr(ops.time, "perf_counter", lambda: clock["t"])
-    cfg = ops._config(ops.build_parser().parse_args(
-        ["--cells", "rnn", "--batch", "2", "--hidden", "8", "--threads", "1", "2", "--load", "1",
-         "--no-torch", "--no-textbook", "--no-twin", "--repeat", str(len(spells))]))
-    rows = ops.run_load(cfg, say=lambda *a, **k: None)
-    assert len(rows) == 1 and rows[0]["rounds"] == len(spells)
-    assert abs(rows[0]["ratio"]["2"] - 0.9) < 1e-9
-
-
-def test_load_counts_go_first_in_turn_and_cancel_an_order_cost(monkeypatch):
-    """``--load``: the counts take the first turn of a round in turn (1, 2 then 2, 1), and a cost
-    that falls on whichever runs second (here 1.3x) cancels between two rounds of opposite
-    orders: 2 threads at 0.9x the time of 1 give 0.9 exactly, whatever the machine's speed from
-    round to round. Always 1 first, the ratio would be 1.17."""
-    from rnncore.benchmark import ops
-
-    spells = [1.0, 3.0, 1.5, 4.0, 2.0, 1.0, 2.5, 1.2]  # the machine's slowness in each round
     state = {"t": 0.0, "calls": 0, "order": []}
 
     class Fake:
@@ -204,19 +160,42 @@ def test_load_counts_go_first_in_turn_and_cancel_an_order_cost(monkeypatch):
         def forward_backward(self):
             k = state["calls"] - 2  # after the two warm-ups, two runs a round
             state["calls"] += 1
-            spell, second = (spells[k // 2], k % 2 == 1) if k >= 0 else (1.0, False)
-            if k >= 0:
-                state["order"].append(self.n)
-            state["t"] += 0.01 * spell * (0.9 if self.n == 2 else 1.0) * (1.3 if second else 1.0)
+            if k < 0:
+                state["t"] += 0.01
+                return
+            state["order"].append(self.n)
+            cost = second_cost if k % 2 == 1 else 1.0
+            state["t"] += 0.01 * spells[k // 2] * (0.9 if self.n == 2 else 1.0) * cost
 
     monkeypatch.setitem(ops.FACTORIES, "native", Fake)
     monkeypatch.setattr(ops.time, "perf_counter", lambda: state["t"])
     cfg = ops._config(ops.build_parser().parse_args(
         ["--cells", "rnn", "--batch", "2", "--hidden", "8", "--threads", "1", "2", "--load", "1",
          "--no-torch", "--no-textbook", "--no-twin", "--repeat", str(len(spells))]))
-    rows = ops.run_load(cfg, say=lambda *a, **k: None)
-    assert state["order"] == [1, 2, 2, 1] * (len(spells) // 2)
+    return ops.run_load(cfg, say=lambda *a, **k: None), state["order"]
+
+
+def test_load_ratio_pairs_the_runs_of_each_round(monkeypatch):
+    """``--load``: the thread counts take turns run by run, and each round's ratio is its time
+    over the first count's in that round (combined over rounds by stats.paired_ratio). A
+    machine whose speed changes from round to round (up to 4x here), with 2 threads taking 0.9x
+    the time of 1 in every round, gives 0.9 exactly; runs paired across rounds would not."""
+    spells = [1.0, 3.0, 1.5, 4.0, 2.0, 1.0, 2.5]  # the machine's slowness in each round
+    rows, _ = _run_load_fake(monkeypatch, spells)
+    assert len(rows) == 1 and rows[0]["rounds"] == len(spells)
     assert abs(rows[0]["ratio"]["2"] - 0.9) < 1e-9
+
+
+def test_load_counts_go_first_in_turn_and_cancel_an_order_cost(monkeypatch):
+    """``--load``: the counts take the first turn of a round in turn (1, 2 then 2, 1), and a cost
+    that falls on whichever runs second (here 1.3x) cancels between two rounds of opposite
+    orders: 2 threads at 0.9x the time of 1 give 0.9 exactly, whatever the machine's speed from
+    round to round. Always 1 first, the ratio would be 1.17."""
     from rnncore.benchmark.stats import paired_ratio
+
+    spells = [1.0, 3.0, 1.5, 4.0, 2.0, 1.0, 2.5, 1.2]  # the machine's slowness in each round
+    rows, order = _run_load_fake(monkeypatch, spells, second_cost=1.3)
+    assert order == [1, 2, 2, 1] * (len(spells) // 2)
+    assert abs(rows[0]["ratio"]["2"] - 0.9) < 1e-9
     assert paired_ratio([2.0], [4.0]) == 0.5  # one round: its ratio
     assert abs(paired_ratio([1.0, 4.0, 9.0], [1.0, 1.0, 1.0]) - 4.0) < 1e-12  # pairs (1, 4) and (4, 9): 2, 6
