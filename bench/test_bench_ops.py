@@ -103,7 +103,8 @@ def test_gemm_peak_is_a_rate():
 
 def test_implementations_take_turns_round_by_round(monkeypatch):
     """At each point the implementations are timed in ``--rounds`` rounds, taking turns (native,
-    twin, native, twin, ...), not one block each; every record counts its runs of all rounds."""
+    twin, then twin, native, ...: every other round in reverse order), not one block each; every
+    record counts its runs of all rounds and keeps each round's median, which the ratio pairs."""
     from rnncore.benchmark import ops
 
     calls = []
@@ -129,8 +130,12 @@ def test_implementations_take_turns_round_by_round(monkeypatch):
         rec = rows[0]["impls"][name]
         assert rec["status"] == "ok" and rec["rounds"] == 3
         assert rec["fwdbwd"]["runs"] == 3 * 2 and rec["fwd"]["runs"] == 3 * 2
+        assert len(rec["fwdbwd"]["round_medians"]) == len(rec["fwd"]["round_medians"]) == 3
     timed = calls[2:]  # after the two warm-ups
-    assert timed == (["native"] * 2 + ["twin"] * 2) * 3
+    assert timed == ["native"] * 2 + ["twin"] * 4 + ["native"] * 4 + ["twin"] * 2
+    from rnncore.benchmark.stats import paired_ratio
+    twin, nat = rows[0]["impls"]["twin"]["fwdbwd"], rows[0]["impls"]["native"]["fwdbwd"]
+    assert rows[0]["impls"]["twin"]["ratio"] == paired_ratio(twin["round_medians"], nat["round_medians"])
 
 
 def _run_load_fake(monkeypatch, spells, second_cost=1.0):

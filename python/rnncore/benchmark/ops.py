@@ -532,7 +532,9 @@ def _timing(cfg):
     each = (f"{cfg['repeat']} runs" if cfg["repeat"] else
             f">= {-(-3 // cfg['rounds'])} runs and >= {cfg['min_time'] / cfg['rounds']:g}s")
     return (f"median of all runs of {cfg['rounds']} round(s) at each point, the implementations taking turns "
-            f"({each} each a round)")
+            f"({each} each a round, every other round in reverse order); x paired round by round: each "
+            "round's ratio of medians, two consecutive rounds' ratios combined by their geometric mean, the "
+            "median over those pairs")
 
 
 def _header_lines(env, cfg):
@@ -717,13 +719,18 @@ def _time_point(prepared, p, threads, cfg, best_rate, say):
     """Time the prepared implementations at one point in ``cfg["rounds"]`` rounds, the
     implementations taking turns within each round, so that a slower or faster spell of a shared
     machine (other tenants' work, which comes and goes over seconds) falls on all of them alike;
-    each turn starts once the other implementations' threads have stopped spinning (_settle);
-    every record gets the median and minimum over all its rounds' runs."""
+    each turn starts once the other implementations' threads have stopped spinning (_settle),
+    and every other round takes them in the reverse order; every record gets the median and
+    minimum over all its rounds' runs, and each round's median (``round_medians``, which the
+    ratios pair: _ratios)."""
     fwd_only = bool(cfg.get("forward"))
     rounds = max(1, int(cfg.get("rounds") or 1))
     times = {name: {"fwd": [], "fwdbwd": []} for name in prepared}
+    meds = {name: {"fwd": [], "fwdbwd": []} for name in prepared}
     for r in range(rounds):
-        for name, (impl, rec) in prepared.items():
+        turns = list(prepared)
+        for name in (turns if r % 2 == 0 else turns[::-1]):
+            impl, rec = prepared[name]
             if rec["status"] not in ("ok", "failed"):  # an error in an earlier round
                 continue
             budget = rec["budget"] / rounds
@@ -733,11 +740,15 @@ def _time_point(prepared, p, threads, cfg, best_rate, say):
             try:
                 _settle()
                 with impl.threads(threads):
+                    runs = {}
                     if fwd_only:
-                        times[name]["fwd"] += _time_runs(getattr(impl, "infer", impl.forward), **share)
+                        runs["fwd"] = _time_runs(getattr(impl, "infer", impl.forward), **share)
                     else:
-                        times[name]["fwdbwd"] += _time_runs(impl.forward_backward, **share)
-                        times[name]["fwd"] += _time_runs(impl.forward, **share)
+                        runs["fwdbwd"] = _time_runs(impl.forward_backward, **share)
+                        runs["fwd"] = _time_runs(impl.forward, **share)
+                for kind, v in runs.items():
+                    times[name][kind] += v
+                    meds[name][kind].append(statistics.median(v))
             except Exception as e:  # report and carry on with the other implementations
                 say(f"!!! ERROR: {name} {p.cell} B={p.B} H={p.H} threads={threads}: {type(e).__name__}: {e}",
                     err=True)
@@ -747,10 +758,10 @@ def _time_point(prepared, p, threads, cfg, best_rate, say):
         t = times[name]
         if not t["fwd"] or rec["status"] == "error":
             continue
-        rec["fwd"] = _stats(t["fwd"])
+        rec["fwd"] = dict(_stats(t["fwd"]), round_medians=meds[name]["fwd"])
         rec["rounds"] = rounds
         if not fwd_only:
-            rec["fwdbwd"] = _stats(t["fwdbwd"])
+            rec["fwdbwd"] = dict(_stats(t["fwdbwd"]), round_medians=meds[name]["fwdbwd"])
             key = (name, p.cell, threads)
             best_rate[key] = min(best_rate[key], statistics.median(t["fwdbwd"]) / (3 * p.flops_fwd))
 
@@ -852,9 +863,18 @@ def run_load(cfg, say=print, progress=None):
     return rows
 
 
+def _time_ratio(rec, nat):
+    """rec's time over nat's: paired round by round (stats.paired_ratio) when both have the
+    same rounds, else the ratio of their medians."""
+    a, b = rec.get("round_medians"), nat.get("round_medians")
+    if a and b and len(a) == len(b):
+        return paired_ratio(a, b)
+    return rec["median"] / nat["median"]
+
+
 def _ratios(row, p, peak=None):
     """Native's GFLOP/s (and its share of the GEMM ``peak``), every other implementation's time
-    over native's."""
+    over native's (_time_ratio)."""
     nat = row["impls"].get("native", {})
     if nat.get("status") != "ok":
         return
@@ -871,9 +891,9 @@ def _ratios(row, p, peak=None):
         if name == "native":
             continue
         if r.get("fwd"):
-            r["ratio_fwd"] = r["fwd"]["median"] / nfw
+            r["ratio_fwd"] = _time_ratio(r["fwd"], nat["fwd"])
         if nfb and r.get("fwdbwd"):
-            r["ratio"] = r["fwdbwd"]["median"] / nfb
+            r["ratio"] = _time_ratio(r["fwdbwd"], nat["fwdbwd"])
 
 
 # -- the command line ----------------------------------------------------------------------------
