@@ -532,9 +532,8 @@ def _timing(cfg):
     each = (f"{cfg['repeat']} runs" if cfg["repeat"] else
             f">= {-(-3 // cfg['rounds'])} runs and >= {cfg['min_time'] / cfg['rounds']:g}s")
     return (f"median of all runs of {cfg['rounds']} round(s) at each point, the implementations taking turns "
-            f"({each} each a round, every other round in reverse order); x paired round by round: each "
-            "round's ratio of medians, two consecutive rounds' ratios combined by their geometric mean, the "
-            "median over those pairs")
+            f"({each} each a round, every other round in reverse order); x paired round by round: the "
+            "median over the rounds of each round's ratio of medians")
 
 
 def _header_lines(env, cfg):
@@ -822,8 +821,8 @@ def run_load(cfg, say=print, progress=None):
     each, and the ratio of each round's time over the first count's in that round (paired: the
     scheduler's slow spells, which move a point by 30% and more from run to run under two busy
     processes, touch both runs of a round alike). The counts take the first turn of a round in
-    turn, so that neither always runs right after the other, and the rounds' ratios are combined
-    by stats.paired_ratio. Returns the rows."""
+    turn, so that neither always runs right after the other; stats.paired_ratio takes the
+    median of the rounds' ratios. Returns the rows."""
     counts = cfg["threads"]
     say("cell     B     H | " + " ".join(f"{f'{n} thr ms':>10}" for n in counts) + " | "
         + " ".join(f"{f'{n}/{counts[0]}':>7}" for n in counts[1:]) + " | rounds")
@@ -1051,9 +1050,9 @@ def main(argv=None) -> int:
     print()
     if cfg["load"]:
         print(f"under load: native only, thread counts {cfg['threads']} taking turns run by run, each count "
-              "first in a round in turn; times are medians of forward + backward; ratio: each round's time over "
-              "the first count's in the same round, the geometric mean of two consecutive rounds (one of each "
-              "order), the median over those pairs (> 1: slower than with the first count)")
+              "first in a round in turn; times are medians of forward + backward; ratio: the median over the "
+              "rounds of each round's time over the first count's in the same round (> 1: slower than with the "
+              "first count)")
     else:
         for line in _table_head(cfg["impls"], cfg["forward"]):
             print(line)

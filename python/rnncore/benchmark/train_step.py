@@ -210,10 +210,10 @@ def run(cells=("lstm", "gru"), steps=20, rounds=3, threads=2, torch=True, textbo
     torch = torch and _have_torch()
     say(f"1. default training step (char LM: V={V}, embedding {E}, 1x{H}, batch {B} x {T}, Adam, clip 5); "
         f"{rounds} alternating rounds of {steps} steps a process, {threads} threads each")
-    say("   medians of the rounds' medians; the ratio from each round's two medians, which side went first")
-    say("   alternating, two consecutive rounds' ratios combined by their geometric mean, the median over")
-    say("   those pairs; then the fastest step of all rounds (on a shared machine other tenants' work adds")
-    say("   time at random; the fastest steps show each side undisturbed)")
+    say("   medians of the rounds' medians; the ratio: the median over the rounds of each round's ratio of")
+    say("   its two medians (which side went first alternating); then the fastest step of all rounds (on a")
+    say("   shared machine other tenants' work adds time at random; the fastest steps show each side")
+    say("   undisturbed)")
     say(f"{'cell':<5} {'rnncore ms':>11} {'torch ms':>9} {'torch/rnncore':>14} | {'fastest: rnncore':>16} "
         f"{'torch':>6} {'ratio':>6}")
     for cell in cells:
