@@ -14,8 +14,8 @@ def paired_ratio(a, b):
     out. (The callers also let the two go first in turn, round by round, so that neither always
     runs right after the other.)
 
-    >>> paired_ratio([0.9, 2.7, 3.0, 1.8], [1.0, 3.0, 1.5, 2.0])  # round 3: a slow spell on a
-    0.9
+    >>> paired_ratio([0.5, 1.5, 6.0, 1.0], [1.0, 3.0, 2.0, 2.0])  # a slow spell on a's third run
+    0.5
     """
     r = [x / y for x, y in zip(a, b)]
     if not r:
