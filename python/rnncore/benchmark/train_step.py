@@ -11,8 +11,8 @@ Three tables, each from one run on this machine:
    (:func:`rnncore.benchmark.stats.paired_ratio`).
 2. **Interference**: an rnncore LSTM forward + backward (B=32, T=64, H=256, D=64) alone (with
    NumPy's BLAS idle), and the same call right after two NumPy matmuls (2048x256 @ 256x96)
-   whose BLAS keeps its default threads, as in a user's own NumPy code; blocks of each in
-   turn; only the rnncore call is timed.
+   whose BLAS keeps its default threads, as in a user's own NumPy code; 8 blocks, each kind
+   first in turn; only the rnncore call is timed.
 3. **The textbook's language models** (:mod:`rnncore.textbook.models`: SimpleRnnlm, Rnnlm,
    BetterRnnlm at the book's sizes) on the book's plain-NumPy layers and on
    ``rnncore.time_layers``, each in its own process, the processes alternating round by round
@@ -134,12 +134,17 @@ def worker_interference(reps, threads):
     alone, beside = [], []
     for _ in range(3):
         call()
-    for block in range(4):  # blocks of each kind in turn, so both see the same machine
-        if block % 2 == 0:
+    # 8 blocks, alone, beside, beside, alone, ..., so that both kinds meet the same machine
+    # and neither always comes first: with 4 blocks of 10 calls (alone, beside, alone, beside) the
+    # ratio moved 0.65-1.29x from run to run on the 2-core Xeon, whose speed changes by a third
+    # within seconds
+    per = max(1, reps // 4)  # reps calls of each kind
+    for block in range(8):
+        if block % 4 in (0, 3):
             time.sleep(0.3)  # NumPy's idle BLAS threads stop spinning (OpenBLAS: about 0.1 s)
-            alone += [call() for _ in range(reps // 2)]
+            alone += [call() for _ in range(per)]
         else:
-            for _ in range(reps // 2):
+            for _ in range(per):
                 a @ w
                 a @ w
                 beside.append(call())
@@ -203,7 +208,7 @@ def _have_torch():
 # -- the tables -----------------------------------------------------------------------------------
 
 def run(cells=("lstm", "gru"), steps=20, rounds=3, threads=2, torch=True, textbook=True,
-        textbook_models=tuple(TEXTBOOK), interference_reps=20, textbook_iters=None, say=print):
+        textbook_models=tuple(TEXTBOOK), interference_reps=64, textbook_iters=None, say=print):
     """Run the three comparisons; print the tables through ``say``; return the results."""
     results = {"train_step": {}, "interference": None, "textbook": {}}
     textbook_iters = textbook_iters or {}
@@ -311,7 +316,8 @@ def build_parser():
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     ap.add_argument("--no-textbook", action="store_true", help="leave the textbook models out")
     ap.add_argument("--textbook-models", nargs="+", choices=tuple(TEXTBOOK), default=list(TEXTBOOK))
-    ap.add_argument("--interference-reps", type=int, default=20, help="0 leaves the interference test out")
+    ap.add_argument("--interference-reps", type=int, default=64,
+                    help="calls of each kind in the interference test (default 64); 0 leaves it out")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     return ap
 
