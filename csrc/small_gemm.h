@@ -103,9 +103,9 @@ Packed<T> packed_view(const T* buf, int K) {
 // 128-512). (They made it 25% faster alone only in a harness whose panels were not 64-byte
 // aligned, each vector load split over two lines; on aligned panels, as the workspace gives
 // them, the 1-row kernel alone reads a thread's 512 KiB at K 256 in 3.9 us, as fast as a plain
-// L2 read loop of 512 KiB (3.9-4.1 us), and the prefetches change nothing at 1-3 rows.) And only with
-// AVX-512: the AVX2 kernels (a panel row one cache line) gained 0-10% from 4 rows on, but 2
-// rows ran 2.4x slower with the prefetches than without (7.5 -> 18 us, the same Xeon).
+// L2 read loop of 512 KiB (3.9-4.1 us), and the prefetches change nothing at 1-3 rows.) And
+// only with AVX-512: the AVX2 kernels (a panel row one cache line) gained 0-10% from 4 rows on,
+// but 2 rows ran 2.4x slower with the prefetches than without (7.5 -> 18 us, the same Xeon).
 constexpr int kPrefetchBytes = 768;
 
 // C[:R, :] (+)= A[:R, :K] @ (P consecutive panels); nb valid columns in all (<= P * NB).

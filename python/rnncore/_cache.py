@@ -9,6 +9,11 @@ import numpy as np
 from ._checks import Inputs
 
 
+def cache_kind(cache) -> str:
+    """How a backward's error message names what it got instead of a cache."""
+    return "None (a forward with inference=True keeps no cache)" if cache is None else type(cache).__name__
+
+
 @dataclass
 class Cache:
     """Inputs of the forward call (referenced, not copied: do not modify them before the

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _native, cells
 from ._backend import implementation
-from ._cache import Cache
+from ._cache import Cache, cache_kind
 from ._checks import grad_input, recurrent_inputs
 
 __all__ = ["make_ops", "Ops", "ACTIVE", "forward", "backward", "rnn_forward", "rnn_backward", "lstm_forward",
@@ -88,9 +88,8 @@ def make_ops(impl, module) -> Ops:
         from a flavour of that cell."""
         if not isinstance(cache, Cache) or (cell is not None and cache.inputs.spec.cell != cell):
             names = "/".join(s.name for s in cells.flavours(cell)) if cell is not None else "any cell"
-            got = "None (a forward with inference=True keeps no cache)" if cache is None else type(cache).__name__
             raise TypeError(f"{op or 'backward'}: cache must be the cache returned by the matching forward "
-                            f"({names}), got {got}")
+                            f"({names}), got {cache_kind(cache)}")
         i = cache.inputs
         if op is None:
             op = f"{i.spec.cell}_backward"

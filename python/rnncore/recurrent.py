@@ -29,6 +29,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _ops, cells
+from ._cache import cache_kind
 from ._checks import INDEX_LIMIT, _memory_bytes, check_array, check_lengths, check_sequence, check_size, grad_input
 
 __all__ = ["recurrent_forward", "recurrent_backward", "init_weights", "RecurrentCache", "MODES"]
@@ -363,8 +364,8 @@ def recurrent_backward(dout: Optional[np.ndarray], cache: RecurrentCache, dh_n: 
     """
     op = "recurrent_backward"
     if not isinstance(cache, RecurrentCache):
-        got = "None (a forward with inference=True keeps no cache)" if cache is None else type(cache).__name__
-        raise TypeError(f"{op}: cache must be the RecurrentCache returned by recurrent_forward, got {got}")
+        raise TypeError(f"{op}: cache must be the RecurrentCache returned by recurrent_forward, "
+                        f"got {cache_kind(cache)}")
     mode, L, nd, H, bf, dt = cache.cell, cache.num_layers, cache.num_dirs, cache.hidden_size, cache.batch_first, \
         cache.dtype
     B = cache.x_shape[0 if bf else 1]
