@@ -5,8 +5,14 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/resource.h>
+#include <dirent.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 #include <sched.h>
+
+#include <cstdio>
+#include <string>
 
 #include <algorithm>
 #include <atomic>
@@ -54,6 +60,42 @@ struct alignas(64) Slot {
   std::atomic<int> sleeping{0};
   std::atomic<int> woken{0};  // notified while asleep, not yet back in `awake` (runnable meanwhile)
   std::atomic<long long> posted_ns{0};  // when the region was posted (to see how late the worker started)
+  std::atomic<int> tid{0};              // the worker's kernel thread id (its /proc/self/task entry)
+};
+
+// The CPU time that other processes spent on this process's CPUs over about the last tenth of a
+// second, in cores: their busy time in /proc/stat minus this process's own CPU time, from
+// samples kept at least kEvery apart while the team runs. A process busy all along shows 0.6-1
+// core; the visitors of an idle VM (the kernel's and the sandbox's threads, which on the 2-core
+// AMD VM here held a core for 0.3-10 ms some 3-4 times a second) some hundredths. /proc/stat
+// counts in ticks (10 ms), so the estimate is good to a tenth of a core or two over the window.
+struct LoadMeter {
+  static constexpr int kSamples = 16;
+  static constexpr long long kEvery = 10000000, kWindow = 100000000, kStale = 400000000;
+  struct Sample {
+    long long t, busy, self;
+  };
+  Sample ring[kSamples] = {};
+  int count = 0, newest = -1;
+
+  bool due(long long t) const { return newest < 0 || t - ring[newest].t >= kEvery; }
+  void add(long long t, long long busy, long long self) {
+    if (!due(t)) return;
+    newest = (newest + 1) % kSamples;
+    ring[newest] = Sample{t, busy, self};
+    count = count < kSamples ? count + 1 : count;
+  }
+  // Other processes' cores since the newest sample at least kWindow old, or -1 when there is
+  // none yet or it is older than kStale (the team was idle meanwhile).
+  double others(long long t, long long busy, long long self) const {
+    for (int i = 1; i < count; ++i) {
+      const Sample& r = ring[(newest - i + kSamples) % kSamples];
+      if (t - r.t < kWindow) continue;
+      if (t - r.t > kStale) return -1;
+      return std::max(0.0, (double)((busy - r.busy) - (self - r.self)) / (double)(t - r.t));
+    }
+    return -1;
+  }
 };
 
 struct Team {
@@ -92,14 +134,19 @@ struct Team {
   // Contention: waits at a barrier or at a region's end longer than kLongWait (spun or slept)
   // mean a thread of the region lost its core. When they add up to more than a fifth of a
   // region's time and the kernel confirms it (the region's threads were preempted or a worker
-  // started late, and other threads are runnable now: procs_running in /proc/stat beyond ours),
-  // the calls of the next `backoff` run on the caller alone. When it expires, /proc/stat is read
-  // three times over 300 us (cores_held): other threads runnable all along, the backoff doubles
-  // (up to kBackoffMax); else the team runs again. (A first backoff of 10 ms instead of 100,
-  // tried on the idle 2-core VM, where a visitor holding a core for 300 us starts one about once
-  // a second: fewer calls on the caller alone, no time gained, and 2/1-thread ratios under a
-  // busy process spread from 0.98-1.03x to 0.82-1.10x.)
+  // started late, and other work holds the cores: cores_held), the calls of the next `backoff`
+  // run on the caller alone. When it expires, cores_held is asked again: still held, the backoff
+  // doubles (up to kBackoffMax); else the team runs again. (A first backoff of 10 ms instead of
+  // 100, tried on the idle 2-core Xeon VM: fewer calls on the caller alone, no time gained, and
+  // 2/1-thread ratios under a busy process spread from 0.98-1.03x to 0.82-1.10x.) cores_held
+  // once looked only at the threads runnable at that moment (three times over 300 us): on the
+  // idle 2-core AMD VM, where visitors held a core for over 300 us some 3-4 times a second, 25-77
+  // of 100 long regions then ran on the caller alone, and the default training step took 1.03-
+  // 1.28x its time with the team always on (LSTM B 32, H 256: 12.6-15.9 ms against 12.4), an
+  // LSTM forward + backward between two NumPy matmuls 1.8x its time alone; measured by other
+  // processes' CPU time over a tenth of a second instead (LoadMeter), none did.
   std::atomic<int> awake{0};  // workers spinning or working (runnable, as the kernel counts)
+  LoadMeter meter;            // guarded by run_mutex
   alignas(64) std::atomic<long long> long_wait_ns{0};
   std::atomic<long> preempted{0};  // involuntary context switches of the region's threads
   std::atomic<long long> backoff_until_ns{0};
@@ -138,17 +185,51 @@ void run_part(Team* team, void (*fn)(void*, int, int), void* ctx, int tid, int n
   if (n) team->preempted.fetch_add(n, std::memory_order_relaxed);
 }
 
-// Runnable threads on the machine (procs_running of /proc/stat), or -1 where it cannot be read.
-int procs_running() {
+// What /proc/stat says now: the runnable threads of the machine (procs_running) and the busy
+// time (user, nice, system, irq, softirq) of the CPUs this process may run on, in nanoseconds.
+struct StatNow {
+  int running = -1;
+  long long busy = 0;
+};
+
+bool read_stat(StatNow& st) {
+  static thread_local std::string buf;  // the whole file (its intr line alone runs to kilobytes)
   const int fd = open("/proc/stat", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  static thread_local char buf[16384];
-  ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  if (fd < 0) return false;
+  buf.clear();
+  char chunk[8192];
+  for (ssize_t n; (n = read(fd, chunk, sizeof(chunk))) > 0;) buf.append(chunk, (size_t)n);
   close(fd);
-  if (n <= 0) return -1;
-  buf[n] = 0;
-  const char* p = strstr(buf, "procs_running ");
-  return p ? atoi(p + 14) : -1;
+  cpu_set_t set;
+  const bool mask = sched_getaffinity(0, sizeof(set), &set) == 0;
+  static const long long tick_ns = 1000000000LL / std::max(1L, sysconf(_SC_CLK_TCK));
+  long long ticks = 0;
+  for (const char* p = buf.c_str(); (p = strstr(p, "\ncpu")) != nullptr;) {
+    p += 4;
+    char* e;
+    const long cpu = strtol(p, &e, 10);  // the aggregate "cpu " line comes first, not preceded by \n
+    if (e == p || (mask && (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &set)))) continue;
+    long long v[7] = {};
+    for (long long& x : v) x = strtoll(e, &e, 10);
+    ticks += v[0] + v[1] + v[2] + v[5] + v[6];  // not idle, iowait or steal
+  }
+  const char* p = strstr(buf.c_str(), "procs_running ");
+  if (!p) return false;
+  st.running = atoi(p + 14);
+  st.busy = ticks * tick_ns;
+  return true;
+}
+
+long long process_cpu_ns() {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0;
+  return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+// A sample for the meter (at most one every LoadMeter::kEvery; the caller holds run_mutex).
+void sample_load(Team* team, long long t) {
+  StatNow st;
+  if (read_stat(st)) team->meter.add(t, st.busy, process_cpu_ns());
 }
 
 // Another runtime's OpenMP team, borrowed (rnncore_team_borrow_openmp): libgomp's entry points.
@@ -159,12 +240,9 @@ struct Borrowed {
 };
 std::atomic<const Borrowed*> g_borrowed{nullptr};
 
-// Whether threads other than this team's want the cores a region of nt threads would use.
-// The region's own threads are the caller and, on a borrowed team, its nt - 1 threads (awake or
-// not), else rnncore's awake workers.
-bool cores_taken(Team* team, int nt) {
-  const int running = procs_running();
-  if (running < 0) return false;
+// Runnable threads now that are not the region's own (the caller and, on a borrowed team, its
+// nt - 1 threads, awake or not, else rnncore's awake workers), from procs_running.
+int others_running(Team* team, int nt, int running) {
   int ours = nt - 1;  // a borrowed team's threads, awake or not
   if (!g_borrowed.load(std::memory_order_relaxed)) {
     // the workers awake, and those woken but not yet running (a VM's idle core can take a few
@@ -172,18 +250,56 @@ bool cores_taken(Team* team, int nt) {
     ours = team->awake.load(std::memory_order_relaxed);
     for (int w = 1; w <= team->started; ++w) ours += team->slots[w].woken.load(std::memory_order_relaxed);
   }
-  const int others = running - 1 - ours;
-  return others > rnncore_num_cpus() - nt;
+  return running - 1 - ours;
 }
 
-// cores_taken three times over 300 us: the other threads hold the cores, not a moment's
-// visitor (the kernel's rcu thread, a monitor's poll): on one look, 1-10% of the long regions
-// of a training loop on an otherwise idle 2-core VM (LSTM, B 32, H 256) went to the caller
-// alone, on three over 300 us 0-1% (4 of 420 at most in five runs: a task held a core that long).
+// Threads of this process that are runnable now (state R in /proc/self/task) other than the
+// calling thread and rnncore's workers: another pool of the process spinning after its last op
+// (ONNX Runtime's, some 40 ms).
+int foreign_runnable(Team* team) {
+  DIR* d = opendir("/proc/self/task");
+  if (!d) return 0;
+  const int me = (int)syscall(SYS_gettid);
+  int n = 0;
+  while (const dirent* e = readdir(d)) {
+    const int tid = atoi(e->d_name);
+    bool ours = tid <= 0 || tid == me;
+    for (int w = 1; !ours && w <= team->started; ++w) ours = team->slots[w].tid.load(std::memory_order_relaxed) == tid;
+    if (ours) continue;
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    const ssize_t k = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (k <= 0) continue;
+    buf[k] = 0;
+    const char* p = strrchr(buf, ')');  // the state follows the name, which may hold ')'
+    if (p && p[1] == ' ' && p[2] == 'R') ++n;
+  }
+  closedir(d);
+  return n;
+}
+
+// Whether other work holds the cores a region of nt threads would use (the CPUs beyond nt are
+// spare): other processes used more than the spare CPUs and half a core over the last tenth of
+// a second (LoadMeter), or threads of another pool of this process are runnable now beyond the
+// spare CPUs. A visitor of an idle VM that holds a core for some milliseconds is neither. Where
+// the meter has no recent samples (the team was idle), the runnable threads are looked at three
+// times over 300 us instead.
 bool cores_held(Team* team, int nt) {
-  for (int i = 0; i < 3; ++i) {
-    if (i) spin_until([] { return false; }, 150);  // a pause
-    if (!cores_taken(team, nt)) return false;
+  StatNow st;
+  if (!read_stat(st)) return false;
+  const long long t = now_ns(), self = process_cpu_ns();
+  team->meter.add(t, st.busy, self);
+  const int spare = rnncore_num_cpus() - nt;
+  const double others = team->meter.others(t, st.busy, self);
+  if (others > spare + 0.5) return true;
+  if (others_running(team, nt, st.running) <= spare) return false;
+  if (others >= 0) return !g_borrowed.load(std::memory_order_relaxed) && foreign_runnable(team) > spare;
+  for (int i = 0; i < 2; ++i) {
+    spin_until([] { return false; }, 150);  // a pause
+    if (!read_stat(st) || others_running(team, nt, st.running) <= spare) return false;
   }
   return true;
 }
@@ -242,6 +358,7 @@ int default_threads() {
 void worker_main(Team* team, int w, unsigned seen, unsigned handled) {
   Slot& s = team->slots[w];
   pthread_setname_np(pthread_self(), "rnncore-team");  // as /proc, top and the tests see it
+  s.tid.store((int)syscall(SYS_gettid), std::memory_order_relaxed);
   team->awake.fetch_add(1, std::memory_order_relaxed);
   for (;;) {
     auto posted = [&] { return s.seq.load(std::memory_order_acquire) != seen; };
@@ -358,6 +475,7 @@ int team_run(int nt, void (*fn)(void*, int, int), void* ctx, bool flexible, bool
   }
   const bool adaptive = g_adaptive.load(std::memory_order_relaxed);
   long long t0 = now_ns();
+  if (adaptive && team->meter.due(t0)) sample_load(team, t0);
   if (adaptive && t0 < team->backoff_until_ns.load(std::memory_order_relaxed)) {
     lock.unlock();  // the cores were taken a moment ago: this call runs on the caller alone
     team->inline_contended.fetch_add(1, std::memory_order_relaxed);
@@ -365,7 +483,7 @@ int team_run(int nt, void (*fn)(void*, int, int), void* ctx, bool flexible, bool
     return 1;
   }
   if (adaptive && team->backoff_until_ns.load(std::memory_order_relaxed) != 0) {  // a backoff expired
-    if (cores_held(team, nt)) {  // held over 300 us: a moment's visitor doubled it at one look
+    if (cores_held(team, nt)) {  // still held: the backoff doubles
       team->backoff_ns = std::min(team->backoff_ns * 2, Team::kBackoffMax);
       team->backoff_until_ns.store(t0 + team->backoff_ns, std::memory_order_relaxed);
       lock.unlock();
@@ -382,7 +500,7 @@ int team_run(int nt, void (*fn)(void*, int, int), void* ctx, bool flexible, bool
     // spinning after its last op, a busy process): its first barrier would wait for a worker
     // without a core, at every step. It runs on the caller, and so do the calls of the next
     // backoff, as when the waits show it (without that, under a busy process every long call
-    // paid the 300 us of cores_held: LSTM B 8, H 128 1.15x its one-thread time).
+    // paid the 300 us that cores_held then took: LSTM B 8, H 128 1.15x its one-thread time).
     team->backoff_until_ns.store(t0 + team->backoff_ns, std::memory_order_relaxed);
     lock.unlock();
     team->inline_contended.fetch_add(1, std::memory_order_relaxed);
@@ -404,7 +522,7 @@ int team_run(int nt, void (*fn)(void*, int, int), void* ctx, bool flexible, bool
   if (adaptive) {
     const long long t1 = now_ns();
     if (team->long_wait_ns.load(std::memory_order_relaxed) * 5 > (t1 - t0) &&
-        team->preempted.load(std::memory_order_relaxed) > 0 && cores_taken(team, nt))
+        team->preempted.load(std::memory_order_relaxed) > 0 && cores_held(team, nt))
       team->backoff_until_ns.store(t1 + team->backoff_ns, std::memory_order_relaxed);
   }
   return nt;

@@ -9,10 +9,13 @@
 // was descheduled for longer gives its core away instead of burning it.
 //
 // When the threads of a region keep losing their cores (another process, or another pool that
-// spins), their waits at the barriers add up; the team notices and runs the calls of the next
-// tenth of a second or more on the calling thread alone, then tries the full team again. A team
-// whose partner thread is descheduled is slower than one thread, so this keeps n threads never
-// slower than one on a loaded machine.
+// spins), their waits at the barriers add up; when other work holds the cores (other processes
+// used more than half a core of them over the last tenth of a second, or another pool of this
+// process has threads runnable), the team runs the calls of the next tenth of a second or more
+// on the calling thread alone, then tries the full team again. A team whose partner thread is
+// descheduled is slower than one thread, so this keeps n threads never slower than one on a
+// loaded machine; a short visitor (a kernel thread holding a core for a few milliseconds) costs
+// the waits it causes, not a tenth of a second on one thread.
 //
 // One region runs at a time: a call that finds the team busy (a second Python thread, or a
 // region started from inside a region) runs inline on its own thread. Work is cut into fixed
@@ -41,12 +44,12 @@ int rnncore_team_run(int nt, void (*fn)(void* ctx, int tid, int nt), void* ctx);
 // taken by another process) then costs the call nothing; the caller has done its share.
 int rnncore_team_run_flexible(int nt, void (*fn)(void* ctx, int tid, int nt), void* ctx);
 // Either of the two for a long region (milliseconds of work): unless the team is backing off
-// already, it first reads /proc/stat (some 6 us; twice more over 300 us when the first read
-// says so) and runs the region on the caller alone when other threads hold the cores at that
-// moment (procs_running beyond the team's own): another runtime's pool spinning after its last
-// op (ONNX Runtime's spins some 40 ms; an LSTM forward of a unit split started then took up to
-// 10x its time, every step's barrier waiting for a worker without a core) or a busy process;
-// so do the calls of the next backoff (as after the waits described above).
+// already, it first reads /proc/stat (some 6-9 us) and runs the region on the caller alone when
+// other work holds the cores: a busy process (other processes' CPU time over the last tenth of
+// a second) or another runtime's pool of this process spinning after its last op (its threads
+// runnable now, in /proc/self/task; ONNX Runtime's spins some 40 ms, and an LSTM forward of a
+// unit split started then took up to 10x its time, every step's barrier waiting for a worker
+// without a core); so do the calls of the next backoff (as after the waits described above).
 int rnncore_team_run_long(int nt, void (*fn)(void* ctx, int tid, int nt), void* ctx, int flexible);
 // Wait until every thread of the current region has arrived (no-op outside a region or at nt 1).
 void rnncore_team_barrier(void);

@@ -324,6 +324,99 @@ def test_a_long_call_that_finds_the_cores_taken_runs_on_the_caller():
     np.testing.assert_array_equal(out["alone"], out["team"])
 
 
+def _long_lstm_case():
+    return _case("lstm", T=100, B=32, D=64, H=256, dtype=np.float32, seed=5, lengths=False)[:2]
+
+
+@contextlib.contextmanager
+def _own_team():
+    """rnncore's own workers for the block (rnncore.torch's layers borrow torch's OpenMP team,
+    whose threads count as the team's own whether they run or not)."""
+    core = rnncore._native.core
+    borrowing = core.team_borrowing()
+    if borrowing:
+        from rnncore import torch as rtorch
+
+        rtorch.share_threads(False)
+    try:
+        yield
+    finally:
+        if borrowing:
+            rtorch.share_threads(True)
+
+
+def test_short_visits_of_another_process_leave_long_calls_on_the_team():
+    """A process that holds a core for 3 ms every 20 ms (as the kernel's and a sandbox's own
+    threads do on an idle VM) is not a busy one: long calls keep the team. (Looking only at
+    the runnable threads when a call starts, some of these calls went to the caller alone for
+    a tenth of a second each.)"""
+    import subprocess
+    import sys
+
+    cpus = len(os.sched_getaffinity(0))
+    if not 2 <= cpus <= 8:
+        pytest.skip("needs 2-8 CPUs, so that the visitor lands on a core the team uses")
+    x, (wx, wh, b_ih, b_hh) = _long_lstm_case()
+    visitor = subprocess.Popen([sys.executable, "-c", (
+        "import time\n"
+        "while 1:\n"
+        "    t = time.perf_counter()\n"
+        "    while time.perf_counter() - t < 0.003: pass\n"
+        "    time.sleep(0.017)\n")])
+    try:
+        with _own_team(), rnncore.num_threads(cpus):
+            deadline = time.perf_counter() + 0.3  # the team's view of the load fills first
+            while time.perf_counter() < deadline:
+                rnncore.lstm_forward(x, wx, wh, b_ih, b_hh, inference=True)
+            before = rnncore.threads.team_stats()
+            for _ in range(40):
+                rnncore.lstm_forward(x, wx, wh, b_ih, b_hh, inference=True)
+            after = rnncore.threads.team_stats()
+    finally:
+        visitor.kill()
+        visitor.wait()
+    assert after["regions"] - before["regions"] >= 40
+    assert after["inline_contended"] == before["inline_contended"]
+
+
+def test_a_spinning_pool_of_this_process_sends_long_calls_to_the_caller():
+    """Another pool of this process that keeps a core busy (here a Python thread in a loop of
+    large memsets, which run without the GIL) holds that core as a busy process would: the
+    long call runs on the calling thread alone, with the same bits."""
+    import ctypes
+
+    cpus = len(os.sched_getaffinity(0))
+    if not 2 <= cpus <= 8:
+        pytest.skip("needs 2-8 CPUs, so that the spinning thread takes a core the team would use")
+    core = rnncore._native.core
+    x, (wx, wh, b_ih, b_hh) = _long_lstm_case()
+    with _own_team(), rnncore.num_threads(cpus):
+        core.team_set_adaptive(False)
+        try:
+            team = rnncore.lstm_forward(x, wx, wh, b_ih, b_hh)[0]
+        finally:
+            core.team_set_adaptive(True)
+        buf = ctypes.create_string_buffer(64 << 20)
+        stop = threading.Event()
+
+        def spin():
+            while not stop.is_set():
+                ctypes.memset(buf, 0, len(buf))
+
+        spinner = threading.Thread(target=spin)
+        spinner.start()
+        try:
+            time.sleep(0.1)
+            before = rnncore.threads.team_stats()
+            alone = rnncore.lstm_forward(x, wx, wh, b_ih, b_hh)[0]
+            after = rnncore.threads.team_stats()
+        finally:
+            stop.set()
+            spinner.join()
+    assert after["inline_contended"] > before["inline_contended"]
+    np.testing.assert_array_equal(alone, team)
+
+
 # -- several Python threads at once ---------------------------------------------------------------
 
 def test_a_call_of_a_few_tiny_steps_stays_on_the_caller():
