@@ -70,8 +70,17 @@ inline int threads_for(double work, long parallel_units, double min_work_per_thr
 // took 69-111 us on two threads against 96-135 on one, but the NumPy SGD update that follows,
 // reading the gradients the worker wrote from the other core's cache, went from 39-57 to
 // 71-124 us, and the training step gained nothing (5 alternating runs each, the 2-core Xeon).
+// While the bulk calls come briskly (team.h: rnncore_team_pace), the workers stay awake between
+// them, and a share of kBulkBrisk pays: the textbook SimpleRnnlm's output layer (50 x 100 x 418)
+// took 16.6 us forward and 33 backward on two threads against 23 and 49 on one, its whole
+// iteration 142-151 us against 171 (the 2-core AMD VM), although the NumPy SGD that follows
+// reads the half of the gradients the worker wrote from the other core (18 -> 23 us).
 constexpr double kBulkWork = 4194304.0;
-inline int bulk_threads(double work, long units) { return threads_for(work, units, kBulkWork); }
+constexpr double kBulkBrisk = 524288.0;
+inline int bulk_threads(double work, long units) {
+  if (work < 2 * kBulkBrisk || call_threads() <= 1) return 1;
+  return threads_for(work, units, rnncore_team_pace() ? kBulkBrisk : kBulkWork);
+}
 
 // [lo, hi) of n items for part `tid` of `nt`, boundaries on multiples of `align`.
 inline void split_range(long n, int nt, int tid, long align, long& lo, long& hi) {
@@ -215,17 +224,16 @@ inline void parallel_region(int nt, F&& f, double work = 0) {
 // The caller claims from the start and waits only for workers that joined before it ran out of
 // chunks (team.h: a flexible region), so a sleeping or descheduled worker never holds it up.
 // `work` as for parallel_region. No barrier inside.
-// A region of known work too small for a second thread whatever the thread count (below twice
-// bulk_threads' share) runs each loop as one chunk, one BLAS call instead of one a fixed chunk:
-// the backward of the textbook SimpleRnnlm's output layer (50 x 100 x 418, two GEMMs) took
-// 92-103 us a call against 98.5-109 in two chunks each (3 alternating runs on the 2-core Xeon;
-// NumPy's OpenBLAS: 36 + 53 us as single calls, 39 + 63 in two chunks). The choice depends on
-// the work alone, so the bits still do not depend on the thread count.
+// A region of known work too small for a second thread whatever the thread count and pace
+// (below twice kBulkBrisk) runs each loop as one chunk, one BLAS call instead of one a fixed
+// chunk (two GEMMs of 50 x 100 x 418 took 92-103 us as single calls against 98.5-109 in two
+// chunks each, 3 alternating runs on the 2-core Xeon). The choice depends on the work alone, so
+// the bits do not depend on the thread count, nor on the pace of the calls.
 template <typename F>
 inline void bulk_region(int nt, F&& f, double work = 0) {
   std::atomic<long> next[Claims::kMaxLoops];
   for (auto& a : next) a.store(0, std::memory_order_relaxed);
-  const bool whole = work > 0 && work < 2 * kBulkWork;
+  const bool whole = work > 0 && work < 2 * kBulkBrisk;
   auto body = [&](int, int n) {
     DenormalGuard guard;
     Claims claims(next, n, whole);

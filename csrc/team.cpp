@@ -60,6 +60,7 @@ struct alignas(64) Slot {
   std::atomic<int> sleeping{0};
   std::atomic<int> woken{0};  // notified while asleep, not yet back in `awake` (runnable meanwhile)
   std::atomic<long long> posted_ns{0};  // when the region was posted (to see how late the worker started)
+  std::atomic<long long> rung_ns{0};    // when its doorbell (seq) was rung
   std::atomic<int> tid{0};              // the worker's kernel thread id (its /proc/self/task entry)
 };
 
@@ -121,6 +122,28 @@ struct Team {
   std::atomic<unsigned> generation{0};
   std::atomic<int> barrier_sleepers{0};
   alignas(64) std::atomic<int> idle_spin_us{50};
+  // The pace of the bulk calls (rnncore_team_pace): when each of the last kPaceCalls came within
+  // kPaceCap of the one before, idle workers spin 1.5x the longest of those gaps (pace_spin_us,
+  // at most kPaceCap) instead of idle_spin_us, so that they are awake for the next call. A
+  // small model's training step (the textbook SimpleRnnlm: 2-20 us GEMMs some 20-110 us apart)
+  // then splits its GEMMs over the cores: a worker woken from sleep there came 10-20 us late on
+  // the 2-core AMD VM, and its calls ran slower than on one thread.
+  std::atomic<long long> pace_last_ns{0};
+  std::atomic<int> pace_gaps_us[4] = {};
+  std::atomic<unsigned> pace_next{0};
+  std::atomic<int> pace_spin_us{0};
+  static constexpr int kPaceCalls = 4, kPaceCap = 300;
+  // How far the cores are from each other: the time a spinning worker's doorbell took to reach
+  // it, for the last kHandoffs regions. The 2-core AMD VM's host moved its two vCPUs between
+  // cores that share an L3 and cores that do not every few seconds: a cache line's round trip
+  // went from 70-125 ns to 350-390, and the SimpleRnnlm iteration whose GEMMs split over the
+  // two cores from 150 us to 250 (one thread: 175-180 in both). Brisk calls split their small
+  // GEMMs unless every handoff of the last kHandoffAge (at least one) took over kFarHandoff:
+  // when none is that recent, they split again, and the next handoffs tell.
+  std::atomic<long long> handoff_ns[4] = {}, handoff_at[4] = {};
+  std::atomic<unsigned> handoff_next{0};
+  static constexpr int kHandoffs = 4;
+  static constexpr long long kFarHandoff = 150, kHandoffAge = 100000000;
   // Inside a region every thread works on the same call, so a barrier spins long: on a VM a
   // thread that sleeps idles its virtual CPU, and waking it again goes through the hypervisor
   // (tens of microseconds, longer when the host has given the core away meanwhile). Its
@@ -362,7 +385,11 @@ void worker_main(Team* team, int w, unsigned seen, unsigned handled) {
   team->awake.fetch_add(1, std::memory_order_relaxed);
   for (;;) {
     auto posted = [&] { return s.seq.load(std::memory_order_acquire) != seen; };
-    if (!spin_until(posted, team->idle_spin_us.load(std::memory_order_relaxed))) {
+    const int idle = team->idle_spin_us.load(std::memory_order_relaxed);  // 0: never spin (tests)
+    const int spin = idle > 0 ? std::max(idle, team->pace_spin_us.load(std::memory_order_relaxed)) : 0;
+    long long began = 0;  // 0: rung before this worker looked
+    const bool spun = spin_until(posted, spin, &began);
+    if (!spun) {
       s.sleeping.store(1);
       team->awake.fetch_sub(1, std::memory_order_relaxed);
       while (s.seq.load() == seen) s.seq.wait(seen);
@@ -374,6 +401,12 @@ void worker_main(Team* team, int w, unsigned seen, unsigned handled) {
     const unsigned gen = s.gen.load(std::memory_order_acquire);
     if (gen == handled) continue;
     handled = gen;
+    if (spun && began) {  // how long the doorbell took to reach this core, spinning (Team::handoff_ns)
+      const long long now = now_ns();
+      const unsigned i = team->handoff_next.fetch_add(1, std::memory_order_relaxed) % Team::kHandoffs;
+      team->handoff_ns[i].store(now - s.rung_ns.load(std::memory_order_relaxed), std::memory_order_relaxed);
+      team->handoff_at[i].store(now, std::memory_order_relaxed);
+    }
     // Started a millisecond or more after it was posted: the worker waited for a core.
     if (now_ns() - s.posted_ns.load(std::memory_order_relaxed) > Team::kLateStart)
       team->preempted.fetch_add(1, std::memory_order_relaxed);
@@ -416,6 +449,7 @@ void run_on_workers(Team* team, int nt, void (*fn)(void*, int, int), void* ctx, 
   for (int w = 1; w < nt; ++w) {
     Slot& s = team->slots[w];
     s.posted_ns.store(t0, std::memory_order_relaxed);
+    s.rung_ns.store(now_ns(), std::memory_order_relaxed);
     s.gen.store(gen, std::memory_order_release);
     s.seq.fetch_add(1);
     if (s.sleeping.load()) {
@@ -583,6 +617,27 @@ int rnncore_team_borrowing(void) { return g_borrowed.load() != nullptr; }
 void rnncore_team_set_spin(int idle_us, int barrier_us) {
   if (idle_us >= 0) g_team->idle_spin_us.store(idle_us);
   if (barrier_us >= 0) g_team->barrier_spin_us.store(barrier_us);
+}
+
+int rnncore_team_pace(void) {
+  Team* team = g_team;
+  const long long now = now_ns();
+  const long long last = team->pace_last_ns.exchange(now, std::memory_order_relaxed);
+  const long long gap_us = last ? (now - last) / 1000 : Team::kPaceCap + 1;
+  const unsigned i = team->pace_next.fetch_add(1, std::memory_order_relaxed) % Team::kPaceCalls;
+  team->pace_gaps_us[i].store((int)std::min<long long>(gap_us, Team::kPaceCap + 1), std::memory_order_relaxed);
+  int longest = 0;
+  for (const auto& g : team->pace_gaps_us) longest = std::max(longest, g.load(std::memory_order_relaxed));
+  const bool brisk = longest <= Team::kPaceCap;
+  team->pace_spin_us.store(brisk ? std::min(Team::kPaceCap, longest * 3 / 2) : 0, std::memory_order_relaxed);
+  if (!brisk) return 0;
+  bool recent = false;
+  for (int h = 0; h < Team::kHandoffs; ++h) {
+    if (team->handoff_at[h].load(std::memory_order_relaxed) < now - Team::kHandoffAge) continue;
+    if (team->handoff_ns[h].load(std::memory_order_relaxed) <= Team::kFarHandoff) return 1;  // a fast one
+    recent = true;
+  }
+  return !recent;  // every recent handoff slow: the cores are far apart; none recent: split to see
 }
 
 void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps, long* inline_contended,

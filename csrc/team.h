@@ -65,6 +65,10 @@ void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps, 
                         long* borrowed, long* late);
 // Whether the team falls back to the calling thread alone while the cores are taken (default on).
 void rnncore_team_set_adaptive(int on);
+// A bulk call (parallel.h: bulk_threads) is about to run: whether the calls come briskly (each of
+// the last four within 300 us of the one before), in which case the idle workers spin until
+// the next one is due (up to 300 us) instead of sleeping after 50.
+int rnncore_team_pace(void);
 // Run the regions from now on on another runtime's OpenMP team instead of rnncore's workers:
 // libgomp's GOMP_parallel, omp_get_thread_num and omp_get_num_threads of a libgomp already in
 // the process (PyTorch's: rnncore.torch). In a program whose other pool is that OpenMP team,

@@ -276,6 +276,29 @@ def test_bulk_calls_with_workers_asleep_or_late_give_the_same_bits():
         _assert_equal(got, one)
 
 
+def test_brisk_small_gemms_give_the_same_bits():
+    """The textbook SimpleRnnlm's output layer (50 x 100 x 418), called back to back: while calls
+    come that briskly the workers stay awake and the GEMMs split over the threads (unless the
+    cores are far apart); whichever way each call ran, the bits are one thread's."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((10, 5, 100)).astype(np.float32)
+    W = (rng.standard_normal((100, 418)) / 10).astype(np.float32)
+    b = rng.standard_normal(418).astype(np.float32)
+    dy = rng.standard_normal((10, 5, 418)).astype(np.float32)
+
+    def calls():
+        y = rnncore.dense.affine_forward(x, W, b)
+        dx, dW, db = rnncore.dense.affine_backward(dy, x, W)
+        return {"y": y, "dx": dx, "dW": dW, "db": db}
+
+    with rnncore.num_threads(1):
+        one = calls()
+    with rnncore.num_threads(2):
+        runs = [calls() for _ in range(200)]
+    for got in runs:
+        _assert_equal(got, one)
+
+
 def test_a_long_call_that_finds_the_cores_taken_runs_on_the_caller():
     """A long region starting while another process spins on a core the team would use (or
     another runtime's pool after its last op) runs on the calling thread alone, with the same
