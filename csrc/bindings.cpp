@@ -673,6 +673,10 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "team_set_adaptive", [](bool on) { rnncore_team_set_adaptive(on ? 1 : 0); }, py::arg("on"),
       "Whether the team falls back to one thread while its threads lose their cores (default on).");
+  m.def(
+      "team_set_far", [](int mode) { rnncore_team_set_far(mode); }, py::arg("mode"),
+      "Tests: whether the team's cores count as far apart (1), near (0), or as measured (-1, the default).");
+  m.def("team_far", [] { return rnncore_team_far() != 0; }, "Whether the team's cores count as far apart now.");
   m.def("blas_corename", [] { return std::string(scipy_openblas_get_corename()); }, "Kernel set the BLAS chose for this CPU.");
   m.def("blas_config", [] { return std::string(scipy_openblas_get_config()); }, "Build configuration of the vendored BLAS.");
 

@@ -65,10 +65,17 @@ inline double step_work(int B, int H, int G, int D) { return (double)B * G * H *
 // us, bulk_threads), so that waking a sleeping worker pays for itself: a call of a few tiny steps
 // (the textbook's SimpleRnnlm: T 5, B 10, H 100) stays on the caller. Never more threads than
 // unit blocks. The team falls back to one thread by itself when other work holds the cores.
+// While the cores are far apart (team.h: rnncore_team_far), a step's meeting of the threads costs
+// some microseconds more (a barrier and the other thread's part of h_{t-1}, each a few cache
+// lines from the other core), and a step pays for a team from 128K multiply-adds a thread: so
+// measured on the 2-core AMD VM, whose host moved its vCPUs apart every few seconds (GRU B 1,
+// H 128, 49K a thread: 0.20 ms on two threads against 0.16 on one; LSTM H 128, 131K: 0.23
+// against 0.22; GRU H 256, 196K: 0.46 against 0.59, forward at T 100).
 template <typename T>
 inline int step_threads(int B, int H, int G, int D, int steps) {
   const double step = step_work(B, H, G, D);
-  return std::min(threads_for(step, unit_blocks<T>(H), 49152.0), bulk_threads(step * steps, unit_blocks<T>(H)));
+  const double per_thread = rnncore_team_far() ? 131072.0 : 49152.0;
+  return std::min(threads_for(step, unit_blocks<T>(H), per_thread), bulk_threads(step * steps, unit_blocks<T>(H)));
 }
 
 // A thread's share of every step: unit blocks [u0, u1) (hidden units [j0, j1)) of batch rows
@@ -336,13 +343,16 @@ struct RowSteal {
 // the faster core (RowSteal), the row split's forward is faster beyond that too from 12 rows a
 // thread, where wx is no larger than wh: 0.86-0.94x the unit split's time at B 24-128, H = D =
 // 256 (LSTM; at B 16, 8 rows a thread, 1.08x), GRU 0.83-0.91x at B 32-64 (4 alternating runs).
+// While the cores are far apart (team.h: rnncore_team_far), every step of a unit split meets
+// the other core, and rows split whenever wh fits half of L2: LSTM B 8, H 128 forward 0.75 ms
+// against 0.92 (the AMD VM, its vCPUs apart).
 inline bool split_rows(int B, int nt, double wbytes, double xbytes, bool backward) {
   if (nt <= 1 || B < 2) return false;
   const int mode = step_split_mode();
   if (mode != 0) return mode == 2;
   const double l2 = (double)l2_cache_bytes();
   if (!backward && 10 * (wbytes + xbytes) > 7 * l2 && !(xbytes <= wbytes && B >= 12 * nt)) return false;
-  return 2 * wbytes <= l2 && (8 * wbytes <= l2 || B >= 8 * nt);
+  return 2 * wbytes <= l2 && (8 * wbytes <= l2 || B >= 8 * nt || rnncore_team_far());
 }
 
 // A barrier between the threads of a unit split (a row split needs none); `publish`: the last

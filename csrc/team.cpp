@@ -128,11 +128,11 @@ struct Team {
   // small model's training step (the textbook SimpleRnnlm: 2-20 us GEMMs some 20-110 us apart)
   // then splits its GEMMs over the cores: a worker woken from sleep there came 10-20 us late on
   // the 2-core AMD VM, and its calls ran slower than on one thread.
+  static constexpr int kPaceCalls = 4, kPaceCap = 300;
   std::atomic<long long> pace_last_ns{0};
-  std::atomic<int> pace_gaps_us[4] = {};
+  std::atomic<int> pace_gaps_us[kPaceCalls] = {};
   std::atomic<unsigned> pace_next{0};
   std::atomic<int> pace_spin_us{0};
-  static constexpr int kPaceCalls = 4, kPaceCap = 300;
   // How far the cores are from each other: the time a spinning worker's doorbell took to reach
   // it, for the last kHandoffs regions. The 2-core AMD VM's host moved its two vCPUs between
   // cores that share an L3 and cores that do not every few seconds: a cache line's round trip
@@ -140,10 +140,10 @@ struct Team {
   // two cores from 150 us to 250 (one thread: 175-180 in both). Brisk calls split their small
   // GEMMs unless every handoff of the last kHandoffAge (at least one) took over kFarHandoff:
   // when none is that recent, they split again, and the next handoffs tell.
-  std::atomic<long long> handoff_ns[4] = {}, handoff_at[4] = {};
-  std::atomic<unsigned> handoff_next{0};
   static constexpr int kHandoffs = 4;
   static constexpr long long kFarHandoff = 150, kHandoffAge = 100000000;
+  std::atomic<long long> handoff_ns[kHandoffs] = {}, handoff_at[kHandoffs] = {};
+  std::atomic<unsigned> handoff_next{0};
   // Inside a region every thread works on the same call, so a barrier spins long: on a VM a
   // thread that sleeps idles its virtual CPU, and waking it again goes through the hypervisor
   // (tens of microseconds, longer when the host has given the core away meanwhile). Its
@@ -177,6 +177,18 @@ struct Team {
   static constexpr long long kLongWait = 300000, kLateStart = 1000000, kBackoffMin = 100000000, kBackoffMax = 1600000000;
   static constexpr unsigned long long kOpen = 1ull << 31, kCount = kOpen - 1;
 };
+
+// Whether the cores are far apart (Team::handoff_ns): every handoff of the last kHandoffAge, and
+// at least one, took over kFarHandoff. Without a recent one, near: the next regions will tell.
+bool cores_far(Team* team, long long now) {
+  bool recent = false;
+  for (int h = 0; h < Team::kHandoffs; ++h) {
+    if (team->handoff_at[h].load(std::memory_order_relaxed) < now - Team::kHandoffAge) continue;
+    if (team->handoff_ns[h].load(std::memory_order_relaxed) <= Team::kFarHandoff) return false;
+    recent = true;
+  }
+  return recent;
+}
 
 // Join the region of generation `gen` if it is still open: true, with this worker's tid.
 bool try_join(Team* team, unsigned gen, int& tid) {
@@ -357,6 +369,7 @@ void borrowed_part(void* p) {
 }
 std::atomic<int> g_setting{0};
 std::atomic<int> g_adaptive{1};
+std::atomic<int> g_far_mode{-1};  // rnncore_team_set_far
 
 int env_threads(const char* name) {
   const char* s = std::getenv(name);
@@ -630,15 +643,15 @@ int rnncore_team_pace(void) {
   for (const auto& g : team->pace_gaps_us) longest = std::max(longest, g.load(std::memory_order_relaxed));
   const bool brisk = longest <= Team::kPaceCap;
   team->pace_spin_us.store(brisk ? std::min(Team::kPaceCap, longest * 3 / 2) : 0, std::memory_order_relaxed);
-  if (!brisk) return 0;
-  bool recent = false;
-  for (int h = 0; h < Team::kHandoffs; ++h) {
-    if (team->handoff_at[h].load(std::memory_order_relaxed) < now - Team::kHandoffAge) continue;
-    if (team->handoff_ns[h].load(std::memory_order_relaxed) <= Team::kFarHandoff) return 1;  // a fast one
-    recent = true;
-  }
-  return !recent;  // every recent handoff slow: the cores are far apart; none recent: split to see
+  return brisk && !rnncore_team_far();
 }
+
+int rnncore_team_far(void) {
+  const int forced = g_far_mode.load(std::memory_order_relaxed);
+  return forced >= 0 ? forced : cores_far(g_team, now_ns());
+}
+
+void rnncore_team_set_far(int mode) { g_far_mode.store(mode < 0 ? -1 : (mode ? 1 : 0)); }
 
 void rnncore_team_stats(long* regions, long* inline_busy, long* barrier_sleeps, long* inline_contended,
                         long* borrowed, long* late) {

@@ -4,7 +4,8 @@
 // Persistent workers owned by rnncore, not an OpenMP runtime: a native call runs its parallel
 // region on them, and they wait for the next region with a short bounded spin and then sleep on
 // a futex, so they never keep spinning while NumPy's BLAS, PyTorch's OpenMP or another process
-// wants the cores. The barrier between the phases of a step spins longer (up to 2 ms: every
+// wants the cores (the spin lasts until the next call is due, up to 300 us, while bulk calls
+// come briskly: rnncore_team_pace). The barrier between the phases of a step spins longer (up to 2 ms: every
 // thread of the region works on the same call), then sleeps too, so a step whose partner thread
 // was descheduled for longer gives its core away instead of burning it.
 //
@@ -69,6 +70,13 @@ void rnncore_team_set_adaptive(int on);
 // the last four within 300 us of the one before), in which case the idle workers spin until
 // the next one is due (up to 300 us) instead of sleeping after 50.
 int rnncore_team_pace(void);
+// Whether the team's cores are far apart now: the doorbells of the last tenth of a second took
+// over 150 ns to reach a spinning worker (cores that share no cache; on the 2-core AMD VM the
+// host moved its vCPUs there and back every few seconds). Brisk calls then keep their small
+// GEMMs on one thread, and the time loops their small steps (driver.h: step_threads).
+int rnncore_team_far(void);
+// Tests: 1 the cores count as far apart, 0 near, -1 as measured (the default).
+void rnncore_team_set_far(int mode);
 // Run the regions from now on on another runtime's OpenMP team instead of rnncore's workers:
 // libgomp's GOMP_parallel, omp_get_thread_num and omp_get_num_threads of a libgomp already in
 // the process (PyTorch's: rnncore.torch). In a program whose other pool is that OpenMP team,

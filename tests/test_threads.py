@@ -299,6 +299,53 @@ def test_brisk_small_gemms_give_the_same_bits():
         _assert_equal(got, one)
 
 
+def test_cores_far_apart_keep_small_steps_on_one_thread():
+    """While the team's cores count as far apart (a host that moved the vCPUs to cores that
+    share no cache: every step's meeting of the threads costs microseconds more), a time loop of
+    small steps (GRU B 1, H 128: 49K multiply-adds a thread a step) stays on the caller; near,
+    it takes the team. A loop whose weights fit half of L2 is cut by rows when far (LSTM B 8,
+    H 128). The bits are the same every way."""
+    core = rnncore._native.core
+    small = _case("gru", T=100, B=1, D=128, H=128, dtype=np.float32, seed=3, lengths=False)
+    rows = _case("lstm", T=30, B=8, D=128, H=128, dtype=np.float32, seed=4)
+    with rnncore.num_threads(1):
+        want = (_run("gru", {}, small), _run("lstm", {}, rows))
+    regions = {}
+    core.team_set_adaptive(False)
+    try:
+        with _own_team(), rnncore.num_threads(2):
+            for far in (0, 1):
+                core.team_set_far(far)
+                assert core.team_far() == bool(far)
+                before = rnncore.threads.team_stats()["regions"]
+                x, (wx, wh, b_ih, b_hh) = small[:2]
+                rnncore.gru_forward(x, wx, wh, b_ih, b_hh, inference=True)
+                regions[far] = rnncore.threads.team_stats()["regions"] - before
+                _assert_equal(_run("gru", {}, small), want[0], f"far={far}: ")
+                _assert_equal(_run("lstm", {}, rows), want[1], f"far={far}: ")
+    finally:
+        core.team_set_far(0)  # as conftest.cores_near keeps it
+        core.team_set_adaptive(True)
+    assert regions[0] >= 1 and regions[1] == 0
+
+
+def test_cores_measured_near_or_far():
+    """Left to measure (the default outside the tests), the team says near or far from the
+    handoffs it saw, and a call gives one thread's bits either way."""
+    core = rnncore._native.core
+    case = _case("lstm", T=30, B=8, D=128, H=128, dtype=np.float32, seed=4)
+    with rnncore.num_threads(1):
+        want = _run("lstm", {}, case)
+    core.team_set_far(-1)
+    try:
+        with rnncore.num_threads(2):
+            for _ in range(5):
+                _assert_equal(_run("lstm", {}, case), want)
+            assert core.team_far() in (True, False)
+    finally:
+        core.team_set_far(0)
+
+
 def test_a_long_call_that_finds_the_cores_taken_runs_on_the_caller():
     """A long region starting while another process spins on a core the team would use (or
     another runtime's pool after its last op) runs on the calling thread alone, with the same
