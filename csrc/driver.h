@@ -69,7 +69,7 @@ inline double step_work(int B, int H, int G, int D) { return (double)B * G * H *
 // some microseconds more (a barrier and the other thread's part of h_{t-1}, each a few cache
 // lines from the other core), and a step pays for a team from 128K multiply-adds a thread: so
 // measured on the 2-core AMD VM, whose host moved its vCPUs apart every few seconds (GRU B 1,
-// H 128, 49K a thread: 0.20 ms on two threads against 0.16 on one; LSTM H 128, 131K: 0.23
+// H 128, 49K a thread: 0.20 ms on two threads against 0.16 on one; LSTM H 128, 66K: 0.23
 // against 0.22; GRU H 256, 196K: 0.46 against 0.59, forward at T 100).
 template <typename T>
 inline int step_threads(int B, int H, int G, int D, int steps) {

@@ -73,8 +73,9 @@ inline int threads_for(double work, long parallel_units, double min_work_per_thr
 // While the bulk calls come briskly (team.h: rnncore_team_pace), the workers stay awake between
 // them, and a share of kBulkBrisk pays: the textbook SimpleRnnlm's output layer (50 x 100 x 418)
 // took 16.6 us forward and 33 backward on two threads against 23 and 49 on one, its whole
-// iteration 142-151 us against 171 (the 2-core AMD VM), although the NumPy SGD that follows
-// reads the half of the gradients the worker wrote from the other core (18 -> 23 us).
+// iteration 150-155 us against 171-187 (the 2-core AMD VM, its cores near each other), although
+// the NumPy SGD that follows reads the half of the gradients the worker wrote from the other
+// core (18 -> 23 us). While the cores are far apart (rnncore_team_far), pace says no.
 constexpr double kBulkWork = 4194304.0;
 constexpr double kBulkBrisk = 524288.0;
 inline int bulk_threads(double work, long units) {
