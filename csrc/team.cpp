@@ -225,6 +225,7 @@ void run_part(Team* team, void (*fn)(void*, int, int), void* ctx, int tid, int n
 struct StatNow {
   int running = -1;
   long long busy = 0;
+  int cpus = 0;  // the machine's CPUs (its cpuN lines)
 };
 
 bool read_stat(StatNow& st) {
@@ -239,11 +240,14 @@ bool read_stat(StatNow& st) {
   const bool mask = sched_getaffinity(0, sizeof(set), &set) == 0;
   static const long long tick_ns = 1000000000LL / std::max(1L, sysconf(_SC_CLK_TCK));
   long long ticks = 0;
+  st.cpus = 0;
   for (const char* p = buf.c_str(); (p = strstr(p, "\ncpu")) != nullptr;) {
     p += 4;
     char* e;
     const long cpu = strtol(p, &e, 10);  // the aggregate "cpu " line comes first, not preceded by \n
-    if (e == p || (mask && (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &set)))) continue;
+    if (e == p) continue;
+    ++st.cpus;
+    if (mask && (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &set))) continue;
     long long v[7] = {};
     for (long long& x : v) x = strtoll(e, &e, 10);
     ticks += v[0] + v[1] + v[2] + v[5] + v[6];  // not idle, iowait or steal
@@ -330,8 +334,11 @@ bool cores_held(Team* team, int nt) {
   const int spare = rnncore_num_cpus() - nt;
   const double others = team->meter.others(t, st.busy, self);
   if (others > spare + 0.5) return true;
-  if (others_running(team, nt, st.running) <= spare) return false;
-  if (others >= 0) return !g_borrowed.load(std::memory_order_relaxed) && foreign_runnable(team) > spare;
+  // procs_running counts the whole machine's runnable threads: of no use where this process may
+  // run on only some of its CPUs (a container pinned to 2 of a large host's)
+  const bool all_cpus = st.cpus <= rnncore_num_cpus();
+  if (all_cpus && others_running(team, nt, st.running) <= spare) return false;
+  if (others >= 0 || !all_cpus) return !g_borrowed.load(std::memory_order_relaxed) && foreign_runnable(team) > spare;
   for (int i = 0; i < 2; ++i) {
     spin_until([] { return false; }, 150);  // a pause
     if (!read_stat(st) || others_running(team, nt, st.running) <= spare) return false;
