@@ -66,13 +66,15 @@ struct alignas(64) Slot {
 
 // The CPU time that other processes spent on this process's CPUs over about the last tenth of a
 // second, in cores: their busy time in /proc/stat minus this process's own CPU time, from
-// samples kept at least kEvery apart while the team runs. A process busy all along shows 0.6-1
+// samples kept at least kEvery apart while the team runs (each a read of /proc/stat, 6-9 us
+// here and more on a machine of many CPUs, taken by whichever region comes: at 25 ms apart it
+// costs a region loop a few hundredths of a percent). A process busy all along shows 0.6-1
 // core; the visitors of an idle VM (the kernel's and the sandbox's threads, which on the 2-core
 // AMD VM here held a core for 0.3-10 ms some 3-4 times a second) some hundredths. /proc/stat
 // counts in ticks (10 ms), so the estimate is good to a tenth of a core or two over the window.
 struct LoadMeter {
   static constexpr int kSamples = 16;
-  static constexpr long long kEvery = 10000000, kWindow = 100000000, kStale = 400000000;
+  static constexpr long long kEvery = 25000000, kWindow = 100000000, kStale = 400000000;
   struct Sample {
     long long t, busy, self;
   };

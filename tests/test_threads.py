@@ -299,6 +299,48 @@ def test_brisk_small_gemms_give_the_same_bits():
         _assert_equal(got, one)
 
 
+# -- the cores: taken by other work, visited, near or far -----------------------------------------
+
+def _other_processes_busy(seconds):
+    """Cores that other processes kept busy over the next ``seconds`` (/proc/stat's busy time
+    of this process's CPUs less its own CPU time), as the team's meter reads it."""
+    mine = os.sched_getaffinity(0)
+
+    def busy():
+        total = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *v = line.split()
+                if name.startswith("cpu") and name != "cpu" and int(name[3:]) in mine:
+                    total += sum(int(v[i]) for i in (0, 1, 2, 5, 6))
+        return total / os.sysconf("SC_CLK_TCK")
+
+    b0, s0, t0 = busy(), time.process_time(), time.perf_counter()
+    time.sleep(seconds)
+    return max(0.0, (busy() - b0) - (time.process_time() - s0)) / (time.perf_counter() - t0)
+
+
+def _long_lstm_case():
+    return _case("lstm", T=100, B=32, D=64, H=256, dtype=np.float32, seed=5, lengths=False)[:2]
+
+
+@contextlib.contextmanager
+def _own_team():
+    """rnncore's own workers for the block (rnncore.torch's layers borrow torch's OpenMP team,
+    whose threads count as the team's own whether they run or not)."""
+    core = rnncore._native.core
+    borrowing = core.team_borrowing()
+    if borrowing:
+        from rnncore import torch as rtorch
+
+        rtorch.share_threads(False)
+    try:
+        yield
+    finally:
+        if borrowing:
+            rtorch.share_threads(True)
+
+
 def test_cores_far_apart_keep_small_steps_on_one_thread():
     """While the team's cores count as far apart (a host that moved the vCPUs to cores that
     share no cache: every step's meeting of the threads costs microseconds more), a time loop of
@@ -357,14 +399,9 @@ def test_a_long_call_that_finds_the_cores_taken_runs_on_the_caller():
     if not 2 <= cpus <= 8:
         pytest.skip("needs 2-8 CPUs, so that one busy process takes a core the team would use")
     core = rnncore._native.core
-    x, (wx, wh, b_ih, b_hh) = _case("lstm", T=100, B=32, D=64, H=256, dtype=np.float32, seed=5, lengths=False)[:2]
+    x, (wx, wh, b_ih, b_hh) = _long_lstm_case()
     out = {}
-    borrowing = core.team_borrowing()  # (rnncore.torch's layers borrow torch's OpenMP team, whose
-    if borrowing:                      # threads count as the team's own whether they run or not)
-        from rnncore import torch as rtorch
-
-        rtorch.share_threads(False)
-    with rnncore.num_threads(cpus):
+    with _own_team(), rnncore.num_threads(cpus):
         core.team_set_adaptive(False)
         try:
             before = rnncore.threads.team_stats()
@@ -382,8 +419,6 @@ def test_a_long_call_that_finds_the_cores_taken_runs_on_the_caller():
         finally:
             busy.kill()
             busy.wait()
-            if borrowing:
-                rtorch.share_threads(True)
     assert after["inline_contended"] > before["inline_contended"]
     # the time loop went to the caller. The call's one other region, the finiteness scan of wh
     # (256K elements, a short bulk region, never looked at first), comes before it: it takes the
@@ -392,46 +427,6 @@ def test_a_long_call_that_finds_the_cores_taken_runs_on_the_caller():
     assert on_team == 2
     assert after["regions"] - before["regions"] < on_team
     np.testing.assert_array_equal(out["alone"], out["team"])
-
-
-def _other_processes_busy(seconds):
-    """Cores that other processes kept busy over the next ``seconds`` (/proc/stat's busy time
-    of this process's CPUs less its own CPU time), as the team's meter reads it."""
-    mine = os.sched_getaffinity(0)
-
-    def busy():
-        total = 0
-        with open("/proc/stat") as f:
-            for line in f:
-                name, *v = line.split()
-                if name.startswith("cpu") and name != "cpu" and int(name[3:]) in mine:
-                    total += sum(int(v[i]) for i in (0, 1, 2, 5, 6))
-        return total / os.sysconf("SC_CLK_TCK")
-
-    b0, s0, t0 = busy(), time.process_time(), time.perf_counter()
-    time.sleep(seconds)
-    return max(0.0, (busy() - b0) - (time.process_time() - s0)) / (time.perf_counter() - t0)
-
-
-def _long_lstm_case():
-    return _case("lstm", T=100, B=32, D=64, H=256, dtype=np.float32, seed=5, lengths=False)[:2]
-
-
-@contextlib.contextmanager
-def _own_team():
-    """rnncore's own workers for the block (rnncore.torch's layers borrow torch's OpenMP team,
-    whose threads count as the team's own whether they run or not)."""
-    core = rnncore._native.core
-    borrowing = core.team_borrowing()
-    if borrowing:
-        from rnncore import torch as rtorch
-
-        rtorch.share_threads(False)
-    try:
-        yield
-    finally:
-        if borrowing:
-            rtorch.share_threads(True)
 
 
 def test_short_visits_of_another_process_leave_long_calls_on_the_team():

@@ -51,7 +51,7 @@ from .. import _ops, cells
 from .._version import __version__
 from ..interop import to_state_dict
 from ..threads import blas_info, get_num_threads, kernel_info, num_threads
-from .stats import paired_ratio
+from .stats import in_turn, paired_ratio
 
 #: the gate count of each cell with a native kernel (from the registry, :mod:`rnncore.cells`)
 GATES = {c: cells.flavours(c)[0].gates for c in cells.cells(native=True)}
@@ -727,8 +727,7 @@ def _time_point(prepared, p, threads, cfg, best_rate, say):
     times = {name: {"fwd": [], "fwdbwd": []} for name in prepared}
     meds = {name: {"fwd": [], "fwdbwd": []} for name in prepared}
     for r in range(rounds):
-        turns = list(prepared)
-        for name in (turns if r % 2 == 0 else turns[::-1]):
+        for name in in_turn(list(prepared), r):
             impl, rec = prepared[name]
             if rec["status"] not in ("ok", "failed"):  # an error in an earlier round
                 continue
@@ -839,7 +838,7 @@ def run_load(cfg, say=print, progress=None):
                 start = time.perf_counter()
                 rounds = 0
                 while rounds < (cfg["repeat"] or 200):
-                    for n in (counts if rounds % 2 == 0 else counts[::-1]):  # first of a round in turn
+                    for n in in_turn(counts, rounds):  # first of a round in turn
                         with impl.threads(n):
                             t0 = time.perf_counter()
                             impl.forward_backward()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 
-__all__ = ["paired_ratio"]
+__all__ = ["paired_ratio", "in_turn"]
 
 
 def paired_ratio(a, b):
@@ -21,3 +21,13 @@ def paired_ratio(a, b):
     if not r:
         raise ValueError("paired_ratio: no rounds")
     return statistics.median(r)
+
+
+def in_turn(items, i):
+    """``items`` in order in round ``i`` when it is even, reversed when odd: the sides of a
+    comparison take the first turn of a round in turn.
+
+    >>> [in_turn(("a", "b"), i) for i in range(3)]
+    [('a', 'b'), ('b', 'a'), ('a', 'b')]
+    """
+    return items if i % 2 == 0 else items[::-1]

@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from .. import cells
-from .stats import paired_ratio
+from .stats import in_turn, paired_ratio
 
 #: the default model of ``rnncore train``
 V, B, T, H, E = 96, 32, 64, 256, 64
@@ -226,7 +226,7 @@ def run(cells=("lstm", "gru"), steps=20, rounds=3, threads=2, torch=True, textbo
         for i in range(rounds):
             sides = ("rnncore", "torch") if torch else ("rnncore",)
             got = {}
-            for side in (sides if i % 2 == 0 else sides[::-1]):  # which goes first, in turn
+            for side in in_turn(sides, i):  # which goes first, in turn
                 got[side] = _spawn(side, cell, steps, threads)
             if "error" in got["rnncore"]:
                 say(f"{cell:<5} rnncore failed: {got['rnncore']['error']}")
@@ -279,7 +279,7 @@ def run(cells=("lstm", "gru"), steps=20, rounds=3, threads=2, torch=True, textbo
             book_meds, mine_meds = [], []
             for i in range(rounds):  # the two layer sets take turns, as the training steps above
                 got = {}
-                for side in (("book", "rnncore") if i % 2 == 0 else ("rnncore", "book")):
+                for side in in_turn(("book", "rnncore"), i):
                     got[side] = _spawn("textbook", name, side, iters, warmup)
                 r, m = got["book"], got["rnncore"]
                 if "error" in r or "error" in m:
